@@ -1,0 +1,5 @@
+"""lance-bridge: keeps CRMs in sync with Lance enrichments."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

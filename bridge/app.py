@@ -1,0 +1,203 @@
+"""The application: ``create_app()`` wires the ledger, HTTP session, connectors and jobs.
+
+Everything opens and closes through aiohttp's ``cleanup_ctx``, in the order ledger → HTTP
+session → connectors → scheduler, and closes in reverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from bridge import (
+    connector,
+    dispatcher,
+    fetcher,
+    lance,
+    ledger,
+    outbox,
+    poller,
+    scheduler,
+    triggerer,
+)
+from bridge import settings as settings_mod
+from bridge import (
+    web as routes,
+)
+
+USER_AGENT = "lance-bridge"
+
+
+@dataclasses.dataclass(slots=True)
+class Bridge:
+    """The running parts, in the order they open."""
+
+    settings: settings_mod.Settings
+    clock: Callable[[], float]
+    ledger: ledger.Ledger
+    session: aiohttp.ClientSession | None = None
+    client: lance.LanceClient | None = None
+    connectors: dict[str, connector.Connector] = dataclasses.field(default_factory=dict)
+    jobs: scheduler.Jobs | None = None
+    supervisor: scheduler.Supervisor | None = None
+
+    @property
+    def needs_record(self) -> dict[str, bool]:
+        """Which configured connectors update CRM records."""
+        types = connector.connector_types()
+        return {c.name: types[c.type].needs_record for c in self.settings.connectors}
+
+    def ready(self) -> bool:
+        """Ledger open and jobs running (or driven by hand when no scheduler is used)."""
+        if self.jobs is None:
+            return False
+        return self.supervisor is None or self.supervisor.running
+
+
+SETTINGS = web.AppKey("settings", settings_mod.Settings)
+BRIDGE = web.AppKey("bridge", Bridge)
+
+
+def router_for(settings: settings_mod.Settings) -> outbox.Router:
+    """Delivery routes of the configured connectors."""
+    types = connector.connector_types()
+    return outbox.Router(
+        [
+            outbox.Route(c.name, types[c.type].needs_record, frozenset(c.events))
+            for c in settings.connectors
+        ]
+    )
+
+
+def create_app(
+    settings: settings_mod.Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    run_jobs: bool = True,
+    rng: random.Random | None = None,
+) -> web.Application:
+    """Build the aiohttp application.
+
+    Args:
+        settings: The validated configuration.
+        clock: Wall-clock source (tests pass a controllable one).
+        run_jobs: Start the scheduler; tests pass ``False`` and call each job's ``run_once()``.
+        rng: Randomness for jitter (tests pass a seeded one).
+    """
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[routes.errors_middleware, routes.auth_middleware],
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_ledger_ctx(clock))
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_connectors_ctx)
+    app.cleanup_ctx.append(_jobs_ctx(run_jobs, rng or random.Random()))  # noqa: S311 - jitter
+    routes.setup_routes(app)
+    return app
+
+
+def _ledger_ctx(
+    clock: Callable[[], float],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        store = await ledger.Ledger.open(
+            settings.ledger.path,
+            router=router_for(settings),
+            synchronous=settings.ledger.synchronous,
+        )
+        app[BRIDGE] = Bridge(settings, clock, store)
+        yield
+        await store.close()
+
+    return ctx
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    bridge = app[BRIDGE]
+    lance_config = bridge.settings.lance
+    connector_limit = sum(c.max_concurrency for c in bridge.settings.connectors)
+    tcp = aiohttp.TCPConnector(limit=lance_config.max_concurrency * 4 + connector_limit + 16)
+    async with aiohttp.ClientSession(
+        connector=tcp, headers={"User-Agent": USER_AGENT}, raise_for_status=False
+    ) as session:
+        bridge.session = session
+        bridge.client = lance.LanceClient(
+            session,
+            lance_config.base_url,
+            lance_config.token,
+            timeout_s=lance_config.timeout_seconds,
+        )
+        yield
+
+
+async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
+    bridge = app[BRIDGE]
+    assert bridge.session is not None
+    built = connector.build(bridge.settings.connectors, bridge.session)
+    opened: list[connector.Connector] = []
+    try:
+        for item in built:
+            await item.open()
+            opened.append(item)
+        bridge.connectors = {item.name: item for item in built}
+        yield
+    finally:
+        for item in reversed(opened):
+            await item.close()
+
+
+def _jobs_ctx(
+    run_jobs: bool, rng: random.Random
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        bridge = app[BRIDGE]
+        bridge.jobs = build_jobs(bridge, rng)
+        if not run_jobs:
+            yield
+            return
+        s = bridge.settings
+        supervisor = scheduler.Supervisor(
+            {
+                "trigger": (s.trigger.interval_seconds, bridge.jobs.triggerer.run_once),
+                "poll": (s.poll.interval_seconds, bridge.jobs.poller.run_once),
+                "fetch": (s.fetch.interval_seconds, bridge.jobs.fetcher.run_once),
+                "deliver": (s.delivery.interval_seconds, bridge.jobs.dispatcher.run_once),
+            }
+        )
+        bridge.supervisor = supervisor
+        supervisor.start()
+        yield
+        await supervisor.stop(s.server.drain_seconds)
+
+    return ctx
+
+
+def build_jobs(bridge: Bridge, rng: random.Random) -> scheduler.Jobs:
+    """The four jobs over the bridge's ledger, Lance client and connectors."""
+    assert bridge.client is not None
+    s, store, client, clock = bridge.settings, bridge.ledger, bridge.client, bridge.clock
+    return scheduler.Jobs(
+        triggerer=triggerer.Triggerer(
+            store,
+            client,
+            s.trigger,
+            s.poll,
+            batch_size=s.lance.trigger_batch_size,
+            clock=clock,
+            rng=rng,
+        ),
+        poller=poller.Poller(
+            store, client, s.poll, batch_size=s.lance.query_batch_size, clock=clock, rng=rng
+        ),
+        fetcher=fetcher.Fetcher(store, client, s.fetch, clock=clock, rng=rng),
+        dispatcher=dispatcher.Dispatcher(
+            store, bridge.connectors, s.delivery, clock=clock, rng=rng
+        ),
+    )

@@ -1,0 +1,282 @@
+"""The connector contract, the failure classifier and the registry of connector types.
+
+A connector turns completion events into requests to one destination (a webhook endpoint, a CRM).
+The core never names a connector: types are found through the ``lance_bridge.connectors``
+entry-point group, so a new connector is one module plus one line in ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import email.utils
+import json
+import logging
+import time
+import typing
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from typing import Any, ClassVar, Literal
+
+import aiohttp
+import pydantic
+
+from bridge import errors
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "lance_bridge.connectors"
+EventType = Literal[
+    "enrichment.finished",
+    "enrichment.failed",
+    "enrichment.timeout",
+    "enrichment.cancelled",
+    "enrichment.expired",
+    "enrichment.lost",
+]
+EVENT_TYPES: tuple[EventType, ...] = typing.get_args(EventType)
+# Throttling answers and timeouts are never retried sooner than this (DESIGN §8).
+THROTTLE_MIN_DELAY_S = 60.0
+ERROR_EXCERPT_CHARS = 300
+
+
+class ConnectorConfig(pydantic.BaseModel):
+    """Settings every connector has; each connector type extends this with its own keys."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    name: str = pydantic.Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: str
+    events: tuple[EventType, ...] = EVENT_TYPES
+    timeout_seconds: float = pydantic.Field(default=15.0, gt=0, le=120)
+    max_concurrency: int = pydantic.Field(default=8, ge=1, le=256)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One pending delivery, as a connector sees it.
+
+    Attributes:
+        delivery_id: The ledger's delivery id.
+        message_id: Stable across retries; receivers dedupe on it (``webhook-id``).
+        event_type: One of :data:`EVENT_TYPES`.
+        body: The exact JSON bytes of the event, stored at creation and re-sent on each retry.
+        target: The CRM record to update, or ``None`` for connectors that need no record.
+        attempt: How many attempts were made before this one.
+    """
+
+    delivery_id: int
+    message_id: str
+    event_type: str
+    body: bytes
+    target: Mapping[str, Any] | None
+    attempt: int
+
+    def payload(self) -> dict[str, Any]:
+        """The decoded event body."""
+        decoded: dict[str, Any] = json.loads(self.body)
+        return decoded
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one event.
+
+    ``delivered``: acknowledged. ``retry``: a transient failure; try again, not before
+    ``retry_after_s`` when set. ``dead``: a permanent failure; retrying cannot help.
+    """
+
+    kind: Literal["delivered", "retry", "dead"]
+    status: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+    @classmethod
+    def delivered(cls, status: int | None = None) -> Outcome:
+        """An acknowledged delivery."""
+        return cls("delivered", status)
+
+
+def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
+
+
+def classify(
+    status: int | None = None,
+    *,
+    error: BaseException | None = None,
+    body: str = "",
+    retry_after: str | None = None,
+) -> Outcome:
+    """Turn an HTTP status or a transport exception into an :class:`Outcome`.
+
+    This is the single place that decides what is worth retrying: 2xx is delivered; 408, 425,
+    429, 5xx, timeouts and connection failures are retried (throttling and timeouts not sooner
+    than a minute, ``Retry-After`` honoured); every other answer, redirects included, is
+    permanent.
+    """
+    if error is not None:
+        reason = f"{type(error).__name__}: {error}".rstrip(": ")
+        if isinstance(error, TimeoutError | asyncio.TimeoutError):
+            return Outcome("retry", None, f"timeout ({reason})", THROTTLE_MIN_DELAY_S)
+        return Outcome("retry", None, reason)
+    assert status is not None
+    if 200 <= status < 300:
+        return Outcome.delivered(status)
+    excerpt = body.strip()[:ERROR_EXCERPT_CHARS]
+    reason = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    wait_s = parse_retry_after(retry_after)
+    if status == 429:
+        return Outcome("retry", status, reason, max(wait_s or 0.0, THROTTLE_MIN_DELAY_S))
+    if status in (408, 425) or status >= 500:
+        return Outcome("retry", status, reason, wait_s)
+    return Outcome("dead", status, reason)
+
+
+async def classify_response(response: aiohttp.ClientResponse) -> Outcome:
+    """Classify an HTTP response, reading an excerpt of its body for the error message."""
+    body = "" if 200 <= response.status < 300 else await _read_excerpt(response)
+    return classify(response.status, body=body, retry_after=response.headers.get("Retry-After"))
+
+
+async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
+    try:
+        raw = await response.content.read(ERROR_EXCERPT_CHARS * 4)
+    except (aiohttp.ClientError, TimeoutError):
+        return ""
+    return raw.decode("utf-8", "replace")
+
+
+class Connector(abc.ABC):
+    """Base class of every connector (template method: :meth:`send` calls :meth:`_send`).
+
+    Subclasses set :attr:`Config` to their pydantic settings model, :attr:`max_batch` to the
+    most events their API takes in one request, and :attr:`needs_record` when they update a
+    CRM record (such connectors only receive events of enrichments whose targets name them).
+    """
+
+    Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+    max_batch: ClassVar[int] = 1
+    needs_record: ClassVar[bool] = False
+
+    def __init__(self, config: ConnectorConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.session = session
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.config.name!r}>"
+
+    @property
+    def name(self) -> str:
+        """The configured, unique connector name."""
+        return self.config.name
+
+    def wants(self, event_type: str) -> bool:
+        """Whether this connector subscribes to ``event_type``."""
+        return event_type in self.config.events
+
+    async def open(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Acquire what the connector needs (tokens, caches). Called once at start."""
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Release what :meth:`open` acquired."""
+
+    async def check(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Verify credentials against the remote side (``check-config --online``)."""
+
+    async def send(self, events: Sequence[Event]) -> list[Outcome]:
+        """Deliver ``events`` in chunks of :attr:`max_batch`; one outcome per event, in order.
+
+        An unexpected exception in a chunk is classified (and logged) instead of escaping, so
+        one bad chunk never loses the outcomes of the others.
+        """
+        chunks = [events[i : i + self.max_batch] for i in range(0, len(events), self.max_batch)]
+        results = await asyncio.gather(*(self._send_guarded(chunk) for chunk in chunks))
+        return [outcome for chunk_outcomes in results for outcome in chunk_outcomes]
+
+    async def _send_guarded(self, chunk: Sequence[Event]) -> list[Outcome]:
+        async with self._slots:
+            try:
+                outcomes = await self._send(chunk)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return [classify(error=exc)] * len(chunk)
+            except Exception as exc:
+                logger.exception(
+                    "connector failed", extra={"event": "connector.error", "connector": self.name}
+                )
+                return [Outcome("retry", None, f"internal error: {type(exc).__name__}")] * len(
+                    chunk
+                )
+        if len(outcomes) != len(chunk):
+            raise errors.BridgeError(f"connector {self.name} returned a wrong number of outcomes")
+        return outcomes
+
+    @abc.abstractmethod
+    async def _send(self, chunk: Sequence[Event]) -> list[Outcome]:
+        """Send one chunk (at most :attr:`max_batch` events); one outcome per event."""
+
+
+def connector_types() -> dict[str, type[Connector]]:
+    """Connector classes by type name, from the ``lance_bridge.connectors`` entry points."""
+    found: dict[str, type[Connector]] = {}
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        cls = entry.load()
+        if not (isinstance(cls, type) and issubclass(cls, Connector)):
+            raise errors.ConnectorError(f"entry point {entry.value} is not a Connector subclass")
+        found[entry.name] = cls
+    return found
+
+
+def parse_configs(raw: Sequence[Mapping[str, Any]]) -> list[ConnectorConfig]:
+    """Validate each ``[[connectors]]`` table with its type's own schema.
+
+    Raises:
+        errors.ConfigError: naming the key path (``connectors[1].url``) of the first problem.
+    """
+    types = connector_types()
+    parsed: list[ConnectorConfig] = []
+    for index, table in enumerate(raw):
+        where = f"connectors[{index}]"
+        kind = table.get("type")
+        if kind not in types:
+            known = ", ".join(sorted(types)) or "none installed"
+            raise errors.ConfigError(f"{where}.type: unknown connector type {kind!r} ({known})")
+        try:
+            parsed.append(types[kind].Config.model_validate(dict(table)))
+        except pydantic.ValidationError as exc:
+            raise errors.ConfigError(describe_validation_error(exc, where)) from None
+    names = [config.name for config in parsed]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise errors.ConfigError(f"connectors: duplicate name {duplicates[0]!r}; names are unique")
+    return parsed
+
+
+def build(configs: Sequence[ConnectorConfig], session: aiohttp.ClientSession) -> list[Connector]:
+    """Instantiate connectors from validated configs, sharing the app's HTTP session."""
+    types = connector_types()
+    return [types[config.type](config, session) for config in configs]
+
+
+def describe_validation_error(exc: pydantic.ValidationError, prefix: str = "") -> str:
+    """One line naming the key path and the problem of the first validation error."""
+    first = exc.errors()[0]
+    path = ".".join(str(part) for part in first["loc"])
+    where = ".".join(part for part in (prefix, path) if part) or "(root)"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    return f"{where}: {first['msg']}"

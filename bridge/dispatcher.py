@@ -1,0 +1,124 @@
+"""The delivery job: due outbox rows → connectors → per-item outcomes → ledger.
+
+Retries follow a fixed schedule with jitter (DESIGN §8); throttling and timeouts wait at least
+a minute; permanent failures and exhausted retries end ``dead`` with the reason, replayable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+
+from bridge import connector, ledger, outbox, pacing
+from bridge import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True)
+class DeliveryReport:
+    """What one run did."""
+
+    attempted: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    dead: int = 0
+
+
+class Dispatcher:
+    """The delivery job. :meth:`run_once` attempts every due delivery once."""
+
+    def __init__(
+        self,
+        store: ledger.Ledger,
+        connectors: Mapping[str, connector.Connector],
+        config: settings_mod.DeliverySettings,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.connectors = connectors
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+
+    async def run_once(self) -> DeliveryReport:
+        """Send due deliveries, grouped by connector, and record every outcome."""
+        due = await self.store.due_deliveries(self.clock(), self.config.batch_size)
+        by_connector: dict[str, list[outbox.Delivery]] = {}
+        for delivery in due:
+            by_connector.setdefault(delivery.connector, []).append(delivery)
+        groups = await asyncio.gather(
+            *(self._send(name, items) for name, items in by_connector.items())
+        )
+        attempts = [attempt for group in groups for attempt in group]
+        await self.store.record_attempts(attempts, self.clock())
+        return _report(attempts)
+
+    async def _send(self, name: str, items: Sequence[outbox.Delivery]) -> list[outbox.Attempt]:
+        target = self.connectors.get(name)
+        if target is None:
+            reason = f"connector {name!r} is not configured"
+            return [outbox.Attempt(d.id, "dead", None, reason, None) for d in items]
+        events = [_event(d) for d in items]
+        outcomes = await target.send(events)
+        now = self.clock()
+        return [self._attempt(d, o, now) for d, o in zip(items, outcomes, strict=True)]
+
+    def _attempt(
+        self, delivery: outbox.Delivery, outcome: connector.Outcome, now: float
+    ) -> outbox.Attempt:
+        if outcome.kind == "delivered":
+            return outbox.Attempt(delivery.id, "delivered", None, None, outcome.status)
+        if outcome.kind == "retry":
+            delay = pacing.retry_delay(
+                delivery.attempts + 1,
+                self.config.retry_schedule_seconds,
+                self.config.jitter,
+                self.rng,
+                at_least_s=outcome.retry_after_s,
+            )
+            if delay is not None:
+                return outbox.Attempt(
+                    delivery.id, "pending", now + delay, outcome.error, outcome.status
+                )
+            error = f"retries exhausted after {delivery.attempts + 1} attempts: {outcome.error}"
+        else:
+            error = outcome.error or "permanent failure"
+        logger.warning(
+            "delivery dead: %s",
+            error,
+            extra={
+                "event": "delivery.dead",
+                "delivery_id": delivery.id,
+                "connector": delivery.connector,
+            },
+        )
+        return outbox.Attempt(delivery.id, "dead", None, error, outcome.status)
+
+
+def _event(delivery: outbox.Delivery) -> connector.Event:
+    return connector.Event(
+        delivery_id=delivery.id,
+        message_id=delivery.message_id,
+        event_type=delivery.event_type,
+        body=delivery.body,
+        target=delivery.target(),
+        attempt=delivery.attempts,
+    )
+
+
+def _report(attempts: Sequence[outbox.Attempt]) -> DeliveryReport:
+    report = DeliveryReport(attempted=len(attempts))
+    for attempt in attempts:
+        if attempt.state == "delivered":
+            report.delivered += 1
+        elif attempt.state == "dead":
+            report.dead += 1
+        else:
+            report.retrying += 1
+    return report

@@ -1,0 +1,221 @@
+"""A typed client of the Lance API: batch and single triggers, batch status, entity reads.
+
+Each method makes one request and raises a :class:`~bridge.errors.LanceError` subclass on
+failure; the jobs decide when to try again. This is the one seam where aiohttp errors from
+Lance are translated.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Required
+
+import aiohttp
+import pydantic
+from pydantic import SecretStr
+from typing_extensions import TypedDict
+
+from bridge import connector, errors
+
+API = "/api/v1"
+TRIGGER_BATCH_MAX = 100
+QUERY_BATCH_MAX = 200
+TERMINAL_STATUSES = frozenset({"finished", "failed", "timeout", "cancelled"})
+Key = tuple[str, str, str]  # (entityType, entityId, field)
+
+
+class Enrichment(TypedDict, total=False):
+    """Lance's Enrichment object; unknown keys are kept as they came."""
+
+    __pydantic_config__ = pydantic.ConfigDict(extra="allow")  # type: ignore[misc]
+
+    id: str
+    entityId: Required[str]
+    entityType: str
+    field: Required[str]
+    # Kept a plain string: an unknown status is treated as still pending, not as an error.
+    status: Required[str]
+    error: str | None
+    dataFound: bool | None
+    createdAt: str
+    updatedAt: str
+
+
+_RECORDS = pydantic.TypeAdapter(list[Enrichment])
+_WRAPPED = pydantic.TypeAdapter(dict[str, list[Enrichment]])
+
+
+def key_of(record: Mapping[str, Any]) -> Key:
+    """The (entityType, entityId, field) a record answers for; entityType defaults to person."""
+    return (record.get("entityType") or "person", record["entityId"], record["field"])
+
+
+class LanceClient:
+    """The Lance API over a borrowed :class:`aiohttp.ClientSession`.
+
+    Attributes:
+        requests: Requests made, by endpoint (``"POST enrichment/batch/query"`` ...).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: SecretStr,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/") + API
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.requests: collections.Counter[str] = collections.Counter()
+
+    def __repr__(self) -> str:
+        return f"<LanceClient {self._base}>"
+
+    async def trigger_batch(self, field: str, person_ids: Sequence[str]) -> list[Enrichment]:
+        """Trigger ``field`` for up to 100 persons; returns the new or reused records."""
+        if not 1 <= len(person_ids) <= TRIGGER_BATCH_MAX:
+            raise ValueError(f"a batch trigger takes 1-{TRIGGER_BATCH_MAX} ids")
+        body = {"personIds": list(person_ids), "field": field}
+        return _records(await self._call("POST", "/operations/enrichment/batch", json_body=body))
+
+    async def trigger_one(self, person_id: str, field: str) -> Enrichment:
+        """Trigger ``field`` for one person."""
+        data = await self._call(
+            "POST", f"/operations/enrichment/{person_id}", params={"field": field}
+        )
+        records = _records([data])
+        return records[0]
+
+    async def query(self, keys: Iterable[Key]) -> dict[Key, Enrichment]:
+        """Status of up to 200 enrichments, keyed by (entityType, entityId, field).
+
+        Lance omits tasks it has no record for, so a key missing from the result means "no
+        record". Results are matched by key, never by position.
+        """
+        tasks = [
+            {"entityId": eid, "field": field, "entityType": etype} for etype, eid, field in keys
+        ]
+        if not 1 <= len(tasks) <= QUERY_BATCH_MAX:
+            raise ValueError(f"a batch query takes 1-{QUERY_BATCH_MAX} tasks")
+        data = await self._call(
+            "POST", "/operations/enrichment/batch/query", json_body={"tasks": tasks}
+        )
+        return {key_of(record): record for record in _records(data)}
+
+    async def entity(self, entity_type: str, entity_id: str) -> dict[str, Any] | None:
+        """The person or company object, or ``None`` when Lance has no such entity."""
+        path = f"/entities/prospects/{entity_type}/{entity_id}"
+        try:
+            data = await self._call("GET", path)
+        except errors.LancePermanentError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if not isinstance(data, dict):
+            raise errors.LanceRetryableError(f"GET {path}: expected an object, got {_kind(data)}")
+        return data
+
+    async def balance(self) -> int:
+        """The organization's credit balance (also a cheap check that the token works)."""
+        data = await self._call("GET", "/operations/credits/balance")
+        if not isinstance(data, dict) or not isinstance(data.get("balance"), int):
+            raise errors.LanceRetryableError("credits/balance: unexpected answer")
+        return int(data["balance"])
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        endpoint = f"{method} {_template(path)}"
+        self.requests[endpoint] += 1
+        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        try:
+            async with self._session.request(
+                method,
+                self._base + path,
+                json=json_body,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+            ) as response:
+                raw = await response.read()
+                if response.status >= 400:
+                    raise _error(endpoint, response.status, raw, response.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            raise errors.LanceRetryableError(f"{endpoint}: {reason}") from exc
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise errors.LanceRetryableError(f"{endpoint}: answer is not JSON") from None
+
+
+def _records(data: Any) -> list[Enrichment]:
+    # The batch trigger's docs show a bare array but name an `enrichments` field: take both.
+    try:
+        if isinstance(data, dict):
+            return _WRAPPED.validate_python(data)["enrichments"]
+        return _RECORDS.validate_python(data)
+    except (pydantic.ValidationError, KeyError) as exc:
+        raise errors.LanceRetryableError(f"unexpected enrichment records: {exc}") from None
+
+
+def _error(endpoint: str, status: int, raw: bytes, headers: Mapping[str, str]) -> errors.LanceError:
+    code, message = _error_fields(raw)
+    text = (
+        f"{endpoint}: HTTP {status}"
+        + (f" {code}" if code else "")
+        + (f": {message}" if message else "")
+    )
+    retry_after = connector.parse_retry_after(headers.get("Retry-After"))
+    kwargs: dict[str, Any] = {"status": status, "code": code, "retry_after_s": retry_after}
+    if status == 401:
+        return errors.LanceAuthError(
+            f"Lance token rejected ({text}): set lance.token (LANCE_BRIDGE_LANCE__TOKEN)", **kwargs
+        )
+    if status == 402:
+        return errors.LanceCreditsError(f"Lance credits exhausted ({text})", **kwargs)
+    if status in (408, 425, 429) or status >= 500:
+        return errors.LanceRetryableError(text, **kwargs)
+    return errors.LancePermanentError(text, **kwargs)
+
+
+def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
+    # Lance's error envelope is undocumented: accept {"error": "CODE", "message": ...},
+    # {"error": {"code", "message"}}, {"code", "message"} or plain text.
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        text = raw.decode("utf-8", "replace").strip()[:200]
+        return None, text or None
+    if not isinstance(data, dict):
+        return None, None
+    inner = data.get("error")
+    if isinstance(inner, dict):
+        data = inner
+        inner = inner.get("code")
+    code = inner if isinstance(inner, str) else data.get("code")
+    message = data.get("message")
+    return (str(code) if code else None), (str(message) if message else None)
+
+
+def _template(path: str) -> str:
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["entities", "prospects"] and len(parts) == 4:
+        parts[3] = "{id}"
+    elif parts[:2] == ["operations", "enrichment"] and len(parts) == 3 and parts[2] != "batch":
+        parts[2] = "{personId}"
+    return "/".join(parts[1:] if parts[0] == "operations" else parts)
+
+
+def _kind(data: Any) -> str:
+    return type(data).__name__

@@ -1,0 +1,473 @@
+"""The ledger: a SQLite file (WAL) that records every enrichment, target and delivery.
+
+The ledger owns two connections: one writer, serialized by a lock so each transaction is one
+unit (a state change commits with the events it causes), and one reader for the HTTP API and
+the CLI, which WAL lets run beside the writer. It is the only module that speaks SQL; sqlite3
+errors are translated to :class:`~bridge.errors.LedgerError` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+import aiosqlite
+
+from bridge import errors, outbox
+
+IN_FLIGHT = ("queued", "pending")
+TERMINAL = ("finished", "failed", "timeout", "cancelled", "lost", "expired")
+BUSY_TIMEOUT_MS = 10_000
+# SQLite's bound-parameter limit is 32766; stay well under it.
+MAX_PARAMS = 30_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Target:
+    """A place a result goes: a connector, and for CRMs the record to update."""
+
+    connector: str
+    object_type: str = ""
+    object_id: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        """The API shape of the target."""
+        shape = {"connector": self.connector}
+        if self.object_type or self.object_id:
+            shape |= {"objectType": self.object_type, "objectId": self.object_id}
+        return shape
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Task:
+    """One accepted trigger task."""
+
+    entity_type: str
+    entity_id: str
+    field: str
+    mode: str = "trigger"
+    targets: tuple[Target, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(entityType, entityId, field): Lance's identity of an enrichment."""
+        return (self.entity_type, self.entity_id, self.field)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """A new state for an in-flight enrichment, written by the trigger and poll jobs.
+
+    ``state`` is the ledger state; ``record`` the Lance Enrichment object when one was seen;
+    ``next_poll_at`` reschedules a row that stays pending.
+    """
+
+    id: int
+    state: str
+    record: dict[str, Any] | None = None
+    next_poll_at: float | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PollRow:
+    """An in-flight row due for a status check."""
+
+    id: int
+    entity_type: str
+    entity_id: str
+    field: str
+    started_at: float
+    polls: int
+
+
+class Ledger:
+    """The SQLite ledger. Open it with :meth:`open`; close it with :meth:`close`."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        lock_file: IO[str] | None,
+        router: outbox.Router,
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._lock_file = lock_file
+        self._write_lock = asyncio.Lock()
+        self.router = router
+
+    def __repr__(self) -> str:
+        return f"<Ledger {self.path}>"
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        router: outbox.Router | None = None,
+        synchronous: str = "normal",
+        exclusive: bool = True,
+    ) -> Ledger:
+        """Open (creating and migrating) the ledger at ``path``.
+
+        Args:
+            path: The SQLite file.
+            router: Decides which deliveries a completion causes (default: none).
+            synchronous: SQLite's ``synchronous`` in WAL mode: ``normal`` survives a process
+                crash, ``full`` also a power loss.
+            exclusive: Take the per-file lock that keeps a second ``serve`` away.
+
+        Raises:
+            errors.LedgerLockedError: another process holds the lock.
+            errors.LedgerTooNewError: the file was written by a newer version.
+        """
+        lock_file = _lock(path) if exclusive else None
+        try:
+            writer = await _connect(path, synchronous)
+            await _migrate(writer, path)
+            reader = await _connect(path, synchronous)
+        except BaseException:
+            if lock_file is not None:
+                lock_file.close()
+            raise
+        return cls(path, writer, reader, lock_file, router or outbox.Router(()))
+
+    async def close(self) -> None:
+        """Close both connections and release the file lock."""
+        async with self._write_lock:
+            await self._reader.close()
+            await self._writer.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        async with self._write_lock:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                yield self._writer
+                await self._writer.commit()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.rollback()
+                raise
+
+    # -- accepting work -------------------------------------------------------------------
+
+    async def accept(self, tasks: Sequence[Task], now: float) -> list[tuple[int, bool]]:
+        """Record ``tasks``; a task already in flight attaches its targets to that row.
+
+        Returns:
+            For each task, in order, the row id and whether the row was created by this call.
+        """
+        async with self.transaction() as db:
+            before = await _max_id(db)
+            await db.executemany(
+                "INSERT OR IGNORE INTO enrichments (entity_type, entity_id, field, mode, state,"
+                " created_at, updated_at, started_at, next_poll_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                [_new_row(task, now) for task in tasks],
+            )
+            ids = await _in_flight_ids(db, {task.key for task in tasks})
+            await db.executemany(
+                "INSERT OR IGNORE INTO targets VALUES (?,?,?,?)",
+                [
+                    (ids[task.key], t.connector, t.object_type, t.object_id)
+                    for task in tasks
+                    for t in task.targets
+                ],
+            )
+        seen: set[int] = set()
+        result = []
+        for task in tasks:
+            row_id = ids[task.key]
+            result.append((row_id, row_id > before and row_id not in seen))
+            seen.add(row_id)
+        return result
+
+    # -- trigger job ----------------------------------------------------------------------
+
+    async def queued(self, limit: int) -> dict[str, list[tuple[int, str]]]:
+        """Queued rows to trigger, oldest first, as ``{field: [(id, entityId), ...]}``."""
+        rows = await self._fetch(
+            "SELECT id, field, entity_id FROM enrichments WHERE state = 'queued'"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+            writer=True,
+        )
+        grouped: dict[str, list[tuple[int, str]]] = {}
+        for row_id, field, entity_id in rows:
+            grouped.setdefault(field, []).append((row_id, entity_id))
+        return grouped
+
+    async def count_trigger_calls(self, ids: Sequence[int]) -> None:
+        """Note that a trigger request naming ``ids`` is about to be sent."""
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE enrichments SET trigger_calls = trigger_calls + 1 WHERE id = ?",
+                [(row_id,) for row_id in ids],
+            )
+
+    # -- poll job -------------------------------------------------------------------------
+
+    async def due_for_poll(self, now: float, limit: int) -> list[PollRow]:
+        """Pending rows whose ``next_poll_at`` has come, most overdue first."""
+        rows = await self._fetch(
+            "SELECT id, entity_type, entity_id, field, started_at, polls FROM enrichments"
+            " WHERE state = 'pending' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
+            (now, limit),
+            writer=True,
+        )
+        return [PollRow(*row) for row in rows]
+
+    async def apply(self, changes: Sequence[Change], now: float) -> None:
+        """Write new states in one transaction, with the events terminal states cause.
+
+        A row that finished with data waits for its values (``needs_fetch``) before its
+        events are written; every other terminal state writes its events now.
+        """
+        if not changes:
+            return
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE enrichments SET state = ?, record = coalesce(?, record),"
+                " lance_id = coalesce(?, lance_id), data_found = coalesce(?, data_found),"
+                " error = coalesce(?, error),"
+                " needs_fetch = ?, next_poll_at = ?, polls = polls + 1, updated_at = ?,"
+                " finished_at = ?, started_at = coalesce(started_at, ?)"
+                " WHERE id = ? AND state IN ('queued', 'pending')",
+                [_change_params(change, now) for change in changes],
+            )
+            ready = [c.id for c in changes if c.state in TERMINAL and not _needs_fetch(c)]
+            await outbox.emit(db, self.router, ready, now)
+
+    async def reschedule(self, ids: Sequence[int], next_poll_at: float) -> None:
+        """Push ``ids`` back without a result (e.g. after Lance was unavailable)."""
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE enrichments SET next_poll_at = ? WHERE id = ? AND state = 'pending'",
+                [(next_poll_at, row_id) for row_id in ids],
+            )
+
+    # -- fetch job ------------------------------------------------------------------------
+
+    async def awaiting_values(self, limit: int) -> dict[tuple[str, str], list[tuple[int, str]]]:
+        """Finished-with-data rows, grouped by entity so each entity is read once."""
+        rows = await self._fetch(
+            "SELECT id, entity_type, entity_id, field FROM enrichments WHERE needs_fetch = 1"
+            " ORDER BY entity_type, entity_id LIMIT ?",
+            (limit,),
+            writer=True,
+        )
+        grouped: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        for row_id, entity_type, entity_id, field in rows:
+            grouped.setdefault((entity_type, entity_id), []).append((row_id, field))
+        return grouped
+
+    async def store_values(self, values: Sequence[tuple[int, dict[str, Any]]], now: float) -> None:
+        """Store the values read for finished rows and write their events, in one transaction."""
+        if not values:
+            return
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE enrichments SET enriched = ?, needs_fetch = 0, updated_at = ?"
+                " WHERE id = ? AND needs_fetch = 1",
+                [(json.dumps(found), now, row_id) for row_id, found in values],
+            )
+            await outbox.emit(db, self.router, [row_id for row_id, _ in values], now)
+
+    # -- delivery job ---------------------------------------------------------------------
+
+    async def due_deliveries(self, now: float, limit: int) -> list[outbox.Delivery]:
+        """Pending deliveries whose next attempt has come, oldest due first."""
+        rows = await self._fetch(
+            f"SELECT {outbox.DELIVERY_COLUMNS} FROM deliveries"  # noqa: S608 - constant columns
+            " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (now, limit),
+            writer=True,
+        )
+        return [outbox.Delivery.from_row(row) for row in rows]
+
+    async def record_attempts(self, results: Sequence[outbox.Attempt], now: float) -> None:
+        """Write the outcome of one round of delivery attempts in one transaction."""
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = ?, response_status = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'pending'",
+                [
+                    (a.state, a.next_attempt_at, a.error, a.status, now, a.delivery_id)
+                    for a in results
+                ],
+            )
+
+    async def replay(self, ids: Iterable[int], now: float) -> list[int]:
+        """Make dead deliveries pending again, due now; returns the ids that were dead."""
+        async with self.transaction() as db:
+            rows = await db.execute_fetchall(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " last_error = NULL, updated_at = ?"
+                " WHERE state = 'dead' AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (now, now, json.dumps(list(ids))),
+            )
+        return sorted(int(row[0]) for row in rows)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run a read-only query on the reader connection."""
+        return await self._fetch(sql, params)
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value from the ``meta`` table."""
+        rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a value in the ``meta`` table."""
+        async with self.transaction() as db:
+            await db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    async def _fetch(
+        self, sql: str, params: Sequence[Any] = (), *, writer: bool = False
+    ) -> list[sqlite3.Row]:
+        # Job queries read through the writer (under its lock) so they see their own commits
+        # at once; API reads use the reader and never wait for a write transaction.
+        if writer:
+            async with self._write_lock:
+                return list(await self._writer.execute_fetchall(sql, params))
+        return list(await self._reader.execute_fetchall(sql, params))
+
+
+def _new_row(task: Task, now: float) -> tuple[Any, ...]:
+    if task.mode == "track":
+        return (
+            task.entity_type,
+            task.entity_id,
+            task.field,
+            "track",
+            "pending",
+            now,
+            now,
+            now,
+            now,
+        )
+    return (task.entity_type, task.entity_id, task.field, "trigger", "queued", now, now, None, None)
+
+
+def _needs_fetch(change: Change) -> bool:
+    return change.state == "finished" and bool((change.record or {}).get("dataFound"))
+
+
+def _change_params(change: Change, now: float) -> tuple[Any, ...]:
+    record = change.record
+    found = None if record is None else record.get("dataFound")
+    terminal = change.state in TERMINAL
+    return (
+        change.state,
+        None if record is None else json.dumps(record),
+        None if record is None else record.get("id"),
+        None if found is None else int(bool(found)),
+        change.error,
+        int(_needs_fetch(change)),
+        None if terminal else change.next_poll_at,
+        now,
+        now if terminal else None,
+        now,
+        change.id,
+    )
+
+
+async def _max_id(db: aiosqlite.Connection) -> int:
+    rows = list(await db.execute_fetchall("SELECT coalesce(max(id), 0) FROM enrichments"))
+    return int(rows[0][0])
+
+
+async def _in_flight_ids(
+    db: aiosqlite.Connection, keys: set[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], int]:
+    found: dict[tuple[str, str, str], int] = {}
+    ordered = sorted(keys)
+    step = MAX_PARAMS // 3
+    for start in range(0, len(ordered), step):
+        chunk = ordered[start : start + step]
+        marks = ",".join("(?,?,?)" for _ in chunk)
+        rows = await db.execute_fetchall(
+            "SELECT id, entity_type, entity_id, field FROM enrichments"  # noqa: S608 - marks only
+            f" WHERE state IN ('queued', 'pending') AND (entity_type, entity_id, field) IN"
+            f" (VALUES {marks})",
+            [value for key in chunk for value in key],
+        )
+        found.update({(r[1], r[2], r[3]): int(r[0]) for r in rows})
+    return found
+
+
+def _lock(path: Path) -> IO[str]:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_path.open("a+")
+    except OSError as exc:
+        raise errors.LedgerError(f"{path}: cannot create the ledger: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise errors.LedgerLockedError(
+            f"{path}: ledger in use by another lance-bridge process (pid {holder});"
+            " stop it or point ledger.path elsewhere"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
+    try:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        await db.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+    return db
+
+
+def _migrations() -> list[str]:
+    folder = resources.files("bridge") / "sql"
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    return [(folder / name).read_text(encoding="utf-8") for name in names]
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    scripts = _migrations()
+    rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    version = int(rows[0][0])
+    if version > len(scripts):
+        raise errors.LedgerTooNewError(
+            f"{path}: ledger schema version {version} is newer than this lance-bridge"
+            f" (knows {len(scripts)}); upgrade lance-bridge"
+        )
+    for number, script in enumerate(scripts[version:], start=version + 1):
+        try:
+            await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        except sqlite3.Error as exc:
+            raise errors.LedgerError(f"{path}: migration {number} failed: {exc}") from exc

@@ -1,0 +1,160 @@
+"""The poll job: due in-flight rows → Lance batch status (200 per request) → ledger.
+
+One tick selects the rows whose ``next_poll_at`` has come, packs them 200 per batch-query
+request, runs a bounded number of requests at once and writes each request's results in one
+transaction. Transient Lance failures shut a job-wide gate; the rows simply stay due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+from bridge import errors, lance, ledger, outbox, pacing
+from bridge import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True)
+class PollReport:
+    """What one tick did."""
+
+    due: int = 0
+    requests: int = 0
+    updated: int = 0
+    terminal: int = 0
+    failed_requests: int = 0
+    skipped: bool = False
+
+
+def interpret(
+    row_id: int,
+    record: lance.Enrichment,
+    age_s: float,
+    now: float,
+    *,
+    config: settings_mod.PollSettings,
+    rng: random.Random,
+) -> ledger.Change:
+    """The ledger change a Lance record calls for (shared by the trigger and poll jobs)."""
+    status = record.get("status")
+    if status in lance.TERMINAL_STATUSES:
+        return ledger.Change(row_id, str(status), dict(record), error=record.get("error"))
+    if age_s >= config.expire_after_seconds:
+        reason = f"still pending at Lance after {age_s:.0f} s"
+        return ledger.Change(row_id, "expired", dict(record), error=reason)
+    delay = pacing.poll_delay(age_s, config, rng)
+    return ledger.Change(row_id, "pending", dict(record), next_poll_at=now + delay)
+
+
+def missing(
+    row_id: int,
+    age_s: float,
+    now: float,
+    *,
+    config: settings_mod.PollSettings,
+    rng: random.Random,
+) -> ledger.Change:
+    """The change for a row Lance returned no record for: wait, then call it ``lost``."""
+    if age_s >= config.lost_after_seconds:
+        reason = f"Lance kept no record after {age_s:.0f} s"
+        return ledger.Change(row_id, "lost", error=reason)
+    return ledger.Change(
+        row_id, "pending", next_poll_at=now + pacing.poll_delay(age_s, config, rng)
+    )
+
+
+class Poller:
+    """The poll job. :meth:`run_once` is one tick; the scheduler only calls it."""
+
+    def __init__(
+        self,
+        store: ledger.Ledger,
+        client: lance.LanceClient,
+        config: settings_mod.PollSettings,
+        *,
+        batch_size: int = lance.QUERY_BATCH_MAX,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.config = config
+        self.batch_size = batch_size
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.gate = pacing.Gate(self.rng)
+        self.last_tick_at: float | None = None
+        self._busy = asyncio.Lock()
+
+    async def run_once(self) -> PollReport:
+        """Poll every due row once (up to the per-tick request limit)."""
+        if self._busy.locked():
+            return PollReport(skipped=True)
+        async with self._busy:
+            now = self.clock()
+            if not self.gate.is_open(now):
+                return PollReport(skipped=True)
+            limit = self.config.max_requests_per_tick * self.batch_size
+            rows = await self.store.due_for_poll(now, limit)
+            batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+            slots = asyncio.Semaphore(self.config.concurrency)
+            reports = await asyncio.gather(*(self._poll(batch, slots) for batch in batches))
+            self.last_tick_at = now
+            if rows:
+                await self.store.set_meta("last_poll_at", outbox.iso(now))
+            return _total(len(rows), reports)
+
+    async def _poll(self, rows: Sequence[ledger.PollRow], slots: asyncio.Semaphore) -> PollReport:
+        async with slots:
+            if not self.gate.is_open(self.clock()):
+                return PollReport()
+            try:
+                found = await self.client.query((r.entity_type, r.entity_id, r.field) for r in rows)
+            except errors.LanceError as exc:
+                self._failed(exc)
+                return PollReport(requests=1, failed_requests=1)
+            self.gate.succeed()
+            now = self.clock()
+            changes = [self._change(row, found.get(_key(row)), now) for row in rows]
+            await self.store.apply(changes, now)
+            terminal = sum(change.state in ledger.TERMINAL for change in changes)
+            return PollReport(requests=1, updated=len(changes), terminal=terminal)
+
+    def _change(
+        self, row: ledger.PollRow, record: lance.Enrichment | None, now: float
+    ) -> ledger.Change:
+        age_s = now - row.started_at
+        if record is None:
+            return missing(row.id, age_s, now, config=self.config, rng=self.rng)
+        return interpret(row.id, record, age_s, now, config=self.config, rng=self.rng)
+
+    def _failed(self, exc: errors.LanceError) -> None:
+        now = self.clock()
+        if isinstance(exc, errors.LanceAuthError):
+            self.gate.hold(now, pacing.GATE_MAX_DELAY_S)
+        else:
+            self.gate.fail(now, exc.retry_after_s)
+        logger.warning(
+            "poll request failed: %s",
+            exc.message,
+            extra={"event": "poll.failed", "status": exc.status},
+        )
+
+
+def _key(row: ledger.PollRow) -> lance.Key:
+    return (row.entity_type, row.entity_id, row.field)
+
+
+def _total(due: int, reports: Sequence[PollReport]) -> PollReport:
+    total = PollReport(due=due)
+    for report in reports:
+        total.requests += report.requests
+        total.updated += report.updated
+        total.terminal += report.terminal
+        total.failed_requests += report.failed_requests
+    return total

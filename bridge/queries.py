@@ -1,0 +1,222 @@
+"""Read-only views of the ledger in the shapes the HTTP API and the CLI show."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bridge import ledger, outbox
+
+ENRICHMENT_COLUMNS = (
+    "id, entity_type, entity_id, field, mode, state, lance_id, record, data_found, needs_fetch,"
+    " enriched, error, polls, created_at, updated_at, finished_at"
+)
+DELIVERY_LIST_COLUMNS = (
+    "id, enrichment_id, connector, object_type, object_id, event_type, message_id, state,"
+    " attempts, next_attempt_at, last_error, response_status, created_at, updated_at"
+)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else outbox.iso(ts)
+
+
+def enrichment_json(row: Sequence[Any], targets: Iterable[ledger.Target] = ()) -> dict[str, Any]:
+    """A row of :data:`ENRICHMENT_COLUMNS` in the API shape."""
+    (
+        row_id,
+        etype,
+        eid,
+        field,
+        mode,
+        state,
+        lance_id,
+        record,
+        found,
+        needs_fetch,
+        enriched,
+        error,
+        polls,
+        created,
+        updated,
+        finished,
+    ) = row
+    return {
+        "id": row_id,
+        "entityType": etype,
+        "entityId": eid,
+        "field": field,
+        "mode": mode,
+        "state": state,
+        "lanceId": lance_id,
+        "dataFound": None if found is None else bool(found),
+        "awaitingValues": bool(needs_fetch),
+        "values": json.loads(enriched) if enriched else None,
+        "error": error,
+        "polls": polls,
+        "record": json.loads(record) if record else None,
+        "targets": [t.as_json() for t in targets],
+        "createdAt": _iso(created),
+        "updatedAt": _iso(updated),
+        "finishedAt": _iso(finished),
+    }
+
+
+def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of :data:`DELIVERY_LIST_COLUMNS` in the API shape."""
+    (
+        row_id,
+        enrichment_id,
+        name,
+        otype,
+        oid,
+        event_type,
+        message_id,
+        state,
+        attempts,
+        next_at,
+        error,
+        status,
+        created,
+        updated,
+    ) = row
+    target: dict[str, str] = {"connector": name}
+    if otype or oid:
+        target |= {"objectType": otype, "objectId": oid}
+    return {
+        "id": row_id,
+        "enrichmentId": enrichment_id,
+        "connector": name,
+        "target": target,
+        "eventType": event_type,
+        "messageId": message_id,
+        "state": state,
+        "attempts": attempts,
+        "nextAttemptAt": _iso(next_at),
+        "lastError": error,
+        "responseStatus": status,
+        "createdAt": _iso(created),
+        "updatedAt": _iso(updated),
+    }
+
+
+async def enrichments(store: ledger.Ledger, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """Enrichments by id, with their targets."""
+    if not ids:
+        return {}
+    id_list = json.dumps(sorted(set(ids)))
+    rows = await store.fetch(
+        f"SELECT {ENRICHMENT_COLUMNS} FROM enrichments"  # noqa: S608 - constant columns
+        " WHERE id IN (SELECT value FROM json_each(?))",
+        (id_list,),
+    )
+    targets = await _targets(store, id_list)
+    return {int(row[0]): enrichment_json(row, targets.get(int(row[0]), ())) for row in rows}
+
+
+async def _targets(store: ledger.Ledger, id_list: str) -> dict[int, list[ledger.Target]]:
+    found: dict[int, list[ledger.Target]] = {}
+    for row in await store.fetch(
+        "SELECT enrichment_id, connector, object_type, object_id FROM targets"
+        " WHERE enrichment_id IN (SELECT value FROM json_each(?))",
+        (id_list,),
+    ):
+        found.setdefault(int(row[0]), []).append(ledger.Target(row[1], row[2], row[3]))
+    return found
+
+
+async def list_enrichments(
+    store: ledger.Ledger, *, state: str | None, after: int, limit: int, entity_id: str | None = None
+) -> list[dict[str, Any]]:
+    """A page of enrichments in id order, starting after ``after``."""
+    clauses: list[str] = ["id > ?"]
+    params: list[str | int] = [after]
+    if state:
+        clauses.append("state = ?")
+        params.append(state)
+    if entity_id:
+        clauses.append("entity_id = ?")
+        params.append(entity_id)
+    rows = await store.fetch(
+        f"SELECT id FROM enrichments WHERE {' AND '.join(clauses)}"  # noqa: S608 - fixed clauses
+        " ORDER BY id LIMIT ?",
+        (*params, limit),
+    )
+    found = await enrichments(store, [int(row[0]) for row in rows])
+    return [found[int(row[0])] for row in rows]
+
+
+async def latest_for_keys(
+    store: ledger.Ledger, keys: Sequence[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The newest ledger row of each (entityType, entityId, field) that has one."""
+    if not keys:
+        return {}
+    rows = await store.fetch(
+        "SELECT max(e.id) FROM enrichments e JOIN json_each(?) k"
+        " ON e.entity_type = json_extract(k.value, '$[0]')"
+        " AND e.entity_id = json_extract(k.value, '$[1]')"
+        " AND e.field = json_extract(k.value, '$[2]')"
+        " GROUP BY e.entity_type, e.entity_id, e.field",
+        (json.dumps([list(key) for key in keys]),),
+    )
+    found = await enrichments(store, [int(row[0]) for row in rows])
+    return {(e["entityType"], e["entityId"], e["field"]): e for e in found.values()}
+
+
+async def list_deliveries(
+    store: ledger.Ledger,
+    *,
+    state: str | None = None,
+    connector: str | None = None,
+    enrichment_id: int | None = None,
+    after: int = 0,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """A page of deliveries in id order, starting after ``after``."""
+    clauses: list[str] = ["id > ?"]
+    params: list[str | int] = [after]
+    for column, value in (
+        ("state", state),
+        ("connector", connector),
+        ("enrichment_id", enrichment_id),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    rows = await store.fetch(
+        f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries"  # noqa: S608 - fixed clauses
+        f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?",
+        (*params, limit),
+    )
+    return [delivery_json(row) for row in rows]
+
+
+async def delivery(store: ledger.Ledger, delivery_id: int) -> dict[str, Any] | None:
+    """One delivery, or ``None``."""
+    rows = await store.fetch(
+        f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries WHERE id = ?",  # noqa: S608
+        (delivery_id,),
+    )
+    return delivery_json(rows[0]) if rows else None
+
+
+async def counts(store: ledger.Ledger) -> dict[str, Any]:
+    """Counts by state, the oldest in-flight age and the last poll, for ``status``."""
+    rows = await store.fetch("SELECT state, count(*) FROM enrichments GROUP BY 1")
+    by_state = {str(state): int(n) for state, n in rows}
+    deliveries: dict[str, dict[str, int]] = {}
+    for name, state, n in await store.fetch(
+        "SELECT connector, state, count(*) FROM deliveries GROUP BY 1, 2"
+    ):
+        deliveries.setdefault(str(name), {})[str(state)] = int(n)
+    oldest = await store.fetch(
+        "SELECT min(created_at) FROM enrichments WHERE state IN ('queued', 'pending')"
+    )
+    return {
+        "enrichments": by_state,
+        "deliveries": deliveries,
+        "oldestInFlightCreatedAt": oldest[0][0] if oldest else None,
+        "lastPollAt": await store.get_meta("last_poll_at"),
+    }

@@ -1,0 +1,70 @@
+-- The ledger: every accepted enrichment, its CRM targets and the deliveries it caused.
+-- Times are Unix seconds (REAL). JSON columns hold Lance's own objects verbatim.
+
+CREATE TABLE enrichments (
+    id            INTEGER PRIMARY KEY,
+    entity_type   TEXT    NOT NULL,
+    entity_id     TEXT    NOT NULL,
+    field         TEXT    NOT NULL,
+    mode          TEXT    NOT NULL,             -- trigger | track
+    state         TEXT    NOT NULL,             -- queued | pending | finished | failed | timeout
+                                                -- | cancelled | lost | expired
+    lance_id      TEXT,
+    record        TEXT,                         -- the latest Lance Enrichment object (JSON)
+    data_found    INTEGER,
+    needs_fetch   INTEGER NOT NULL DEFAULT 0,   -- finished with data, values not read yet
+    enriched      TEXT,                         -- the values read from the entity (JSON)
+    error         TEXT,
+    trigger_calls INTEGER NOT NULL DEFAULT 0,   -- trigger requests that named this row
+    polls         INTEGER NOT NULL DEFAULT 0,
+    created_at    REAL    NOT NULL,
+    updated_at    REAL    NOT NULL,
+    started_at    REAL,                         -- when Lance first had it (or tracking began)
+    next_poll_at  REAL,
+    finished_at   REAL
+);
+
+-- The store, not the code, keeps one in-flight row per (entityType, entityId, field).
+CREATE UNIQUE INDEX enrichments_in_flight
+    ON enrichments (entity_type, entity_id, field) WHERE state IN ('queued', 'pending');
+CREATE INDEX enrichments_queued ON enrichments (field, id) WHERE state = 'queued';
+CREATE INDEX enrichments_due ON enrichments (next_poll_at) WHERE state = 'pending';
+CREATE INDEX enrichments_fetch ON enrichments (entity_type, entity_id) WHERE needs_fetch = 1;
+CREATE INDEX enrichments_by_state ON enrichments (state, id);
+CREATE INDEX enrichments_by_entity ON enrichments (entity_id);
+
+CREATE TABLE targets (
+    enrichment_id INTEGER NOT NULL REFERENCES enrichments (id),
+    connector     TEXT    NOT NULL,
+    object_type   TEXT    NOT NULL DEFAULT '',
+    object_id     TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (enrichment_id, connector, object_type, object_id)
+) WITHOUT ROWID;
+
+CREATE TABLE deliveries (
+    id              INTEGER PRIMARY KEY,
+    enrichment_id   INTEGER NOT NULL REFERENCES enrichments (id),
+    connector       TEXT    NOT NULL,
+    object_type     TEXT    NOT NULL DEFAULT '',
+    object_id       TEXT    NOT NULL DEFAULT '',
+    event_type      TEXT    NOT NULL,
+    message_id      TEXT    NOT NULL UNIQUE,     -- stable across retries (webhook-id)
+    body            BLOB    NOT NULL,            -- the exact event bytes, re-sent on every retry
+    state           TEXT    NOT NULL,            -- pending | delivered | dead
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error      TEXT,
+    response_status INTEGER,
+    created_at      REAL    NOT NULL,
+    updated_at      REAL    NOT NULL,
+    UNIQUE (enrichment_id, connector, object_type, object_id)
+);
+
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deliveries_by_state ON deliveries (state, connector, id);
+
+-- Small facts the jobs keep: last poll time, credit holds.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;

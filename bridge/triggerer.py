@@ -1,0 +1,126 @@
+"""The trigger job: queued rows → Lance batch triggers (100 person ids per field per request).
+
+Lance returns an existing pending or finished enrichment instead of charging again, so a
+trigger repeated after a crash costs nothing; rows only leave ``queued`` once Lance answered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+from bridge import errors, lance, ledger, pacing, poller
+from bridge import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True)
+class TriggerReport:
+    """What one run did."""
+
+    requests: int = 0
+    triggered: int = 0
+    failed: int = 0
+    held: str | None = None
+
+
+class Triggerer:
+    """The trigger job. :meth:`run_once` sends every queued row once (up to a limit)."""
+
+    def __init__(
+        self,
+        store: ledger.Ledger,
+        client: lance.LanceClient,
+        config: settings_mod.TriggerSettings,
+        poll_config: settings_mod.PollSettings,
+        *,
+        batch_size: int = lance.TRIGGER_BATCH_MAX,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.config = config
+        self.poll_config = poll_config
+        self.batch_size = batch_size
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.gate = pacing.Gate(self.rng)
+        self.hold_reason: str | None = None
+
+    async def run_once(self) -> TriggerReport:
+        """Trigger queued rows, oldest first, one request per 100 ids of a field."""
+        report = TriggerReport()
+        if not self.gate.is_open(self.clock()):
+            report.held = self.hold_reason
+            return report
+        self.hold_reason = None
+        queued = await self.store.queued(self.config.max_requests_per_run * self.batch_size)
+        for field, rows in queued.items():
+            for start in range(0, len(rows), self.batch_size):
+                if not await self._trigger(field, rows[start : start + self.batch_size], report):
+                    report.held = self.hold_reason
+                    return report
+        return report
+
+    async def _trigger(
+        self, field: str, rows: Sequence[tuple[int, str]], report: TriggerReport
+    ) -> bool:
+        report.requests += 1
+        try:
+            records = await self.client.trigger_batch(field, [entity_id for _, entity_id in rows])
+        except errors.LancePermanentError as exc:
+            await self._reject(rows, exc)
+            report.failed += len(rows)
+            return True
+        except errors.LanceError as exc:
+            self._hold(exc)
+            return False
+        self.gate.succeed()
+        now = self.clock()
+        by_person = {
+            record.get("entityId"): record
+            for record in records
+            if record.get("field", field) == field
+        }
+        changes = [
+            self._change(row_id, by_person.get(entity_id), now) for row_id, entity_id in rows
+        ]
+        await self.store.apply(changes, now)
+        report.triggered += len(rows)
+        return True
+
+    def _change(self, row_id: int, record: lance.Enrichment | None, now: float) -> ledger.Change:
+        if record is None:
+            # Not in the answer: poll for it; if Lance never shows a record it becomes `lost`.
+            return ledger.Change(row_id, "pending", next_poll_at=now)
+        return poller.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
+
+    async def _reject(self, rows: Sequence[tuple[int, str]], exc: errors.LanceError) -> None:
+        logger.error(
+            "Lance rejected a trigger: %s", exc.message, extra={"event": "trigger.rejected"}
+        )
+        reason = f"Lance rejected the trigger: {exc.message}"
+        changes = [ledger.Change(row_id, "failed", error=reason) for row_id, _ in rows]
+        await self.store.apply(changes, self.clock())
+
+    def _hold(self, exc: errors.LanceError) -> None:
+        now = self.clock()
+        if isinstance(exc, errors.LanceCreditsError):
+            self.gate.hold(now, self.config.credits_backoff_seconds)
+            self.hold_reason = "insufficient Lance credits"
+        elif isinstance(exc, errors.LanceAuthError):
+            self.gate.hold(now, pacing.GATE_MAX_DELAY_S)
+            self.hold_reason = "Lance token rejected"
+        else:
+            self.gate.fail(now, exc.retry_after_s)
+            self.hold_reason = "Lance unavailable"
+        logger.warning(
+            "trigger held (%s): %s",
+            self.hold_reason,
+            exc.message,
+            extra={"event": "trigger.held", "status": exc.status},
+        )

@@ -1,0 +1,264 @@
+"""HTTP routes: the ``/v1`` API, health checks, and JSON errors for every failure.
+
+A rejected request stores nothing: bodies are fully validated before the ledger is touched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import pydantic
+from aiohttp import web
+
+from bridge import app as app_mod
+from bridge import ledger, openapi, queries, schemas
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ENRICHMENT_STATES = frozenset((*ledger.IN_FLIGHT, *ledger.TERMINAL))
+DELIVERY_STATES = frozenset(("pending", "delivered", "dead"))
+MAX_PAGE = 1000
+
+
+class ApiError(web.HTTPException):
+    """An HTTP error with the ``{"error": {"code", "message", "details"}}`` body."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        self.status_code = status
+        body = {"error": {"code": code, "message": message, "details": details}}
+        super().__init__(text=json.dumps(body), content_type="application/json")
+
+
+def fail(status: int, code: str, message: str, details: Any = None) -> NoReturn:
+    """Raise an :class:`ApiError`."""
+    raise ApiError(status, code, message, details)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every HTTP error, including aiohttp's own (404, 405, 413), into the JSON shape."""
+    try:
+        return await handler(request)
+    except ApiError:
+        raise
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[app_mod.SETTINGS].server.max_body_bytes
+        fail(413, "body_too_large", f"request body exceeds {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        fail(exc.status, code, exc.reason)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``/v1/*`` needs ``Authorization: Bearer <one of server.api_tokens>``."""
+    if request.path.startswith("/v1/"):
+        tokens = request.app[app_mod.SETTINGS].server.api_tokens
+        if not tokens:
+            fail(401, "unauthorized", "no API tokens configured: set server.api_tokens")
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not _token_ok(presented.strip(), tokens):
+            fail(401, "unauthorized", "missing or invalid bearer token")
+    return await handler(request)
+
+
+def _token_ok(presented: str, tokens: tuple[pydantic.SecretStr, ...]) -> bool:
+    given = presented.encode()
+    # Compare against every token, in constant time each, so timing reveals nothing.
+    matches = [hmac.compare_digest(given, t.get_secret_value().encode()) for t in tokens]
+    return any(matches)
+
+
+async def _body(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        problems = exc.errors(include_url=False, include_context=False, include_input=False)
+        if any(p["type"] == "json_invalid" for p in problems):
+            fail(400, "invalid_json", "request body is not valid JSON")
+        details = [{"loc": [str(x) for x in p["loc"]], "msg": p["msg"]} for p in problems]
+        first = details[0]
+        fail(
+            422, "validation_error", f"{'.'.join(first['loc']) or 'body'}: {first['msg']}", details
+        )
+
+
+async def post_triggers(request: web.Request) -> web.Response:
+    """Accept tasks; an (entityType, entityId, field) already in flight gets the targets."""
+    body: schemas.TriggerRequest = await _body(request, schemas.TriggerRequest)
+    tasks = [_task(request, index, task) for index, task in enumerate(body.tasks)]
+    bridge = request.app[app_mod.BRIDGE]
+    accepted = await bridge.ledger.accept(tasks, bridge.clock())
+    rows = await queries.enrichments(bridge.ledger, [row_id for row_id, _ in accepted])
+    shaped = [rows[row_id] | {"created": created} for row_id, created in accepted]
+    return web.json_response({"enrichments": shaped}, status=202)
+
+
+def _task(request: web.Request, index: int, task: schemas.TriggerTask) -> ledger.Task:
+    where = f"tasks.{index}"
+    if task.mode == "trigger" and (task.entityType != "person" or task.field == "summary"):
+        fail(
+            422,
+            "validation_error",
+            f'{where}: Lance can only trigger person phones/emails; use mode "track" to follow'
+            " a company summary started elsewhere",
+        )
+    settings = request.app[app_mod.SETTINGS]
+    known = request.app[app_mod.BRIDGE].needs_record
+    for target in task.targets:
+        if settings.connector_named(target.connector) is None:
+            fail(
+                422,
+                "unknown_connector",
+                f"{where}.targets: no connector named {target.connector!r} is configured",
+            )
+        if known.get(target.connector) and not (target.objectType and target.objectId):
+            fail(
+                422,
+                "validation_error",
+                f"{where}.targets: connector {target.connector!r} needs objectType and objectId",
+            )
+    targets = tuple(ledger.Target(t.connector, t.objectType, t.objectId) for t in task.targets)
+    return ledger.Task(task.entityType, task.entityId, task.field, task.mode, targets)
+
+
+async def post_query(request: web.Request) -> web.Response:
+    """Lance's batch-query shape answered from the ledger; tasks with no row are omitted."""
+    body: schemas.QueryRequest = await _body(request, schemas.QueryRequest)
+    keys = [(t.entityType, t.entityId, t.field) for t in body.tasks]
+    found = await queries.latest_for_keys(request.app[app_mod.BRIDGE].ledger, keys)
+    seen: set[tuple[str, str, str]] = set()
+    answer = []
+    for key in keys:
+        if key in found and key not in seen:
+            seen.add(key)
+            answer.append(_lance_shape(found[key]))
+    return web.json_response(answer)
+
+
+def _lance_shape(row: dict[str, Any]) -> dict[str, Any]:
+    record = row["record"] or {
+        "entityId": row["entityId"],
+        "entityType": row["entityType"],
+        "field": row["field"],
+        "status": "pending",
+        "error": None,
+        "dataFound": None,
+    }
+    bridge_view = {k: row[k] for k in ("id", "state", "values", "error", "awaitingValues")}
+    return record | {"bridge": bridge_view}
+
+
+async def get_enrichment(request: web.Request) -> web.Response:
+    """One enrichment with its targets and deliveries."""
+    row_id = _int_path(request, "id")
+    store = request.app[app_mod.BRIDGE].ledger
+    found = await queries.enrichments(store, [row_id])
+    if row_id not in found:
+        fail(404, "not_found", f"no enrichment {row_id}")
+    deliveries = await queries.list_deliveries(store, enrichment_id=row_id, limit=MAX_PAGE)
+    return web.json_response(found[row_id] | {"deliveries": deliveries})
+
+
+async def list_enrichments(request: web.Request) -> web.Response:
+    """A page of enrichments, filtered by state; follow ``nextCursor`` for more."""
+    state = _choice(request, "state", ENRICHMENT_STATES)
+    limit, after = _page(request)
+    rows = await queries.list_enrichments(
+        request.app[app_mod.BRIDGE].ledger, state=state, after=after, limit=limit
+    )
+    cursor = str(rows[-1]["id"]) if len(rows) == limit else None
+    return web.json_response({"enrichments": rows, "nextCursor": cursor})
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    """A page of deliveries, filtered by state and connector."""
+    state = _choice(request, "state", DELIVERY_STATES)
+    limit, after = _page(request)
+    rows = await queries.list_deliveries(
+        request.app[app_mod.BRIDGE].ledger,
+        state=state,
+        connector=request.query.get("connector") or None,
+        after=after,
+        limit=limit,
+    )
+    cursor = str(rows[-1]["id"]) if len(rows) == limit else None
+    return web.json_response({"deliveries": rows, "nextCursor": cursor})
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    """Replay a dead delivery (never re-triggers Lance)."""
+    delivery_id = _int_path(request, "id")
+    bridge = request.app[app_mod.BRIDGE]
+    current = await queries.delivery(bridge.ledger, delivery_id)
+    if current is None:
+        fail(404, "not_found", f"no delivery {delivery_id}")
+    if current["state"] != "dead":
+        fail(
+            409, "not_dead", f"delivery {delivery_id} is {current['state']}; only dead ones replay"
+        )
+    await bridge.ledger.replay([delivery_id], bridge.clock())
+    return web.json_response(await queries.delivery(bridge.ledger, delivery_id))
+
+
+async def healthz(_: web.Request) -> web.Response:
+    """The process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The ledger is open and the jobs are running."""
+    bridge = request.app.get(app_mod.BRIDGE)
+    ready = bridge is not None and bridge.ready()
+    return web.json_response(
+        {"status": "ready" if ready else "starting"}, status=200 if ready else 503
+    )
+
+
+async def openapi_document(_: web.Request) -> web.Response:
+    """The OpenAPI document of this API."""
+    return web.json_response(openapi.document())
+
+
+def _int_path(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit() or len(raw) > 18:
+        fail(404, "not_found", f"no such id {raw!r}")
+    return int(raw)
+
+
+def _choice(request: web.Request, name: str, allowed: frozenset[str]) -> str | None:
+    value = request.query.get(name) or None
+    if value is not None and value not in allowed:
+        fail(400, "invalid_parameter", f"{name} must be one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    limit_raw, cursor_raw = request.query.get("limit", "100"), request.query.get("cursor", "0")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_PAGE:
+        fail(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_PAGE}")
+    if not cursor_raw.isdigit() or len(cursor_raw) > 18:
+        fail(400, "invalid_parameter", "cursor must be a value from nextCursor")
+    return int(limit_raw), int(cursor_raw)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every route on ``app``."""
+    app.router.add_post("/v1/triggers", post_triggers)
+    app.router.add_post("/v1/enrichments/query", post_query)
+    app.router.add_get("/v1/enrichments", list_enrichments)
+    app.router.add_get("/v1/enrichments/{id}", get_enrichment)
+    app.router.add_get("/v1/deliveries", list_deliveries)
+    app.router.add_post("/v1/deliveries/{id}/retry", retry_delivery)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi_document)

@@ -1,0 +1,1 @@
+"""Built-in lance-bridge connectors, one module each."""
