@@ -1,0 +1,139 @@
+"""The ``lance-bridge`` command line.
+
+User mistakes (bad config, a locked ledger, an unknown id) print one line saying what is
+wrong and how to fix it, and exit non-zero; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge import errors, logs
+from bridge import settings as settings_mod
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lance-bridge",
+        description="Keeps CRMs in sync with Lance enrichments.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return _command(commands, name, text)
+
+    command("serve", "run the daemon until SIGTERM/SIGINT, then drain and exit 0")
+    demo = command("demo", "the whole pipeline on this machine with the bundled simulator")
+    demo.add_argument("--count", type=int, default=200, help="enrichments to run (default 200)")
+    demo.add_argument("--timeout", type=float, default=300.0, help="give up after seconds")
+    demo.add_argument("--quiet", action="store_true", help="no live progress, summary only")
+    check = command("check-config", "validate the config")
+    check.add_argument("--online", action="store_true", help="also check Lance and connectors")
+    command("status", "counts by state, oldest in-flight age, dead deliveries, last poll")
+    sim = command("simulate", "run the Lance simulator alone")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8900)
+    sim.add_argument("--token", default="sim-token", help="bearer token it accepts")
+    sim.add_argument(
+        "--completion",
+        type=float,
+        nargs=2,
+        default=(1.0, 5.0),
+        metavar=("MIN_S", "MAX_S"),
+        help="completion time range",
+    )
+    _inspection_commands(commands)
+    return parser
+
+
+Commands = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+def _command(
+    commands: Commands[argparse.ArgumentParser], name: str, text: str
+) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=text, description=text)
+    sub.add_argument("-c", "--config", type=Path, help="config file (lance-bridge.toml)")
+    return sub
+
+
+def _inspection_commands(commands: Commands[argparse.ArgumentParser]) -> None:
+    enrichments = _command(commands, "enrichments", "inspect enrichments in the ledger")
+    sub = enrichments.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = sub.add_parser("list", help="list enrichments")
+    listing.add_argument("--state", help="only this state")
+    listing.add_argument("--entity", help="only this entity id")
+    listing.add_argument("--limit", type=int, default=50)
+    show = sub.add_parser("show", help="one enrichment with its deliveries")
+    show.add_argument("id", type=int)
+    deliveries = _command(commands, "deliveries", "inspect and replay deliveries")
+    sub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = sub.add_parser("list", help="list deliveries")
+    listing.add_argument("--state", choices=("pending", "delivered", "dead"))
+    listing.add_argument("--connector")
+    listing.add_argument("--limit", type=int, default=50)
+    retry = sub.add_parser("retry", help="replay dead deliveries (never re-triggers Lance)")
+    retry.add_argument("ids", type=int, nargs="*", help="delivery ids")
+    retry.add_argument("--all-dead", action="store_true", help="every dead delivery")
+    retry.add_argument("--connector", help="with --all-dead: only this connector's")
+
+
+def _version() -> str:
+    import bridge  # noqa: PLC0415 - avoids a cycle at import time
+
+    return f"lance-bridge {bridge.__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except errors.BridgeError as exc:
+        print(f"lance-bridge {args.command}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, errors.ConfigError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from bridge import commands  # noqa: PLC0415 - keeps `--help` fast
+
+    if args.command == "simulate":
+        logs.configure("info", "console")
+        return asyncio.run(commands.simulate(args))
+    settings = _settings(args)
+    logs.configure(settings.log.level, settings.log.format)
+    if args.command == "demo":
+        from bridge import demo  # noqa: PLC0415 - pulls in the simulator
+
+        return asyncio.run(demo.run(args.count, timeout_s=args.timeout, quiet=args.quiet))
+    runner = {
+        "serve": commands.serve,
+        "check-config": commands.check_config,
+        "status": commands.status,
+        "enrichments": commands.enrichments,
+        "deliveries": commands.deliveries,
+    }[args.command]
+    return asyncio.run(runner(settings, args))
+
+
+def _settings(args: argparse.Namespace) -> settings_mod.Settings:
+    if args.command == "demo":
+        return settings_mod.Settings()
+    return settings_mod.load(args.config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.captureWarnings(True)
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""The CLI commands other than ``demo``: serve, check-config, status, inspection, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from rich.console import Console
+from rich.table import Table
+
+from bridge import app as app_mod
+from bridge import connector, errors, lance, ledger, queries
+from bridge import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+async def serve(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
+    """Run the HTTP API and the jobs until SIGTERM/SIGINT, then drain; 1 if a job died."""
+    app = app_mod.create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            where = f"{settings.server.host}:{settings.server.port}"
+            raise errors.ConfigError(f"server: cannot listen on {where}: {exc.strerror}") from exc
+        supervisor = app[app_mod.BRIDGE].supervisor
+        assert supervisor is not None
+        logger.info(
+            "serving on http://%s:%s",
+            settings.server.host,
+            settings.server.port,
+            extra={"event": "serve.started", "ledger": str(settings.ledger.path)},
+        )
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopped.set)
+        await _first(stopped.wait(), supervisor.failed.wait())
+        failed = supervisor.failed.is_set()
+        logger.info("draining", extra={"event": "serve.draining"})
+    finally:
+        await runner.cleanup()
+    logger.info("stopped", extra={"event": "serve.stopped"})
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _first(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
+async def check_config(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """Print what the config says; with ``--online`` also check Lance and each connector."""
+    console = Console()
+    console.print(f"config ok: Lance at {settings.lance.base_url}, ledger {settings.ledger.path}")
+    for item in settings.connectors:
+        console.print(f"  connector {item.name} ({item.type}): events {', '.join(item.events)}")
+    if not settings.server.api_tokens:
+        console.print("  warning: server.api_tokens is empty, so /v1/* will refuse every call")
+    if not args.online:
+        return EXIT_OK
+    async with aiohttp.ClientSession() as session:
+        client = lance.LanceClient(session, settings.lance.base_url, settings.lance.token)
+        try:
+            balance = await client.balance()
+        except errors.LanceError as exc:
+            console.print(f"  Lance: FAILED: {exc.message}")
+            return EXIT_FAILED
+        console.print(f"  Lance: token accepted, {balance} credits")
+        ok = True
+        for built in connector.build(settings.connectors, session):
+            ok = await _check_connector(console, built) and ok
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _check_connector(console: Console, item: connector.Connector) -> bool:
+    try:
+        await item.open()
+        await item.check()
+    except (errors.BridgeError, aiohttp.ClientError, TimeoutError) as exc:
+        console.print(f"  connector {item.name}: FAILED: {exc}")
+        return False
+    finally:
+        await item.close()
+    console.print(f"  connector {item.name}: ok")
+    return True
+
+
+async def _open_existing(settings: settings_mod.Settings) -> ledger.Ledger:
+    path = settings.ledger.path
+    if not path.exists():
+        raise errors.LedgerError(f"{path}: no ledger here (set ledger.path or use -c)")
+    return await ledger.Ledger.open(path, exclusive=False, router=app_mod.router_for(settings))
+
+
+async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
+    """Counts by state, oldest in-flight age, dead deliveries, last poll."""
+    store = await _open_existing(settings)
+    try:
+        facts = await queries.counts(store)
+    finally:
+        await store.close()
+    console = Console()
+    table = Table(title=f"enrichments in {settings.ledger.path}")
+    table.add_column("state")
+    table.add_column("count", justify="right")
+    for state in (*ledger.IN_FLIGHT, *ledger.TERMINAL):
+        table.add_row(state, str(facts["enrichments"].get(state, 0)))
+    console.print(table)
+    deliveries = Table(title="deliveries")
+    for column in ("connector", "pending", "delivered", "dead"):
+        deliveries.add_column(column, justify="left" if column == "connector" else "right")
+    for name, by_state in sorted(facts["deliveries"].items()):
+        deliveries.add_row(
+            name, *(str(by_state.get(s, 0)) for s in ("pending", "delivered", "dead"))
+        )
+    console.print(deliveries)
+    oldest = facts["oldestInFlightCreatedAt"]
+    age = "none in flight" if oldest is None else f"{time.time() - oldest:.0f} s"
+    console.print(f"oldest in flight: {age}; last poll: {facts['lastPollAt'] or 'never'}")
+    return EXIT_OK
+
+
+async def enrichments(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """``enrichments list`` and ``enrichments show ID``."""
+    store = await _open_existing(settings)
+    try:
+        if args.action == "show":
+            found = await queries.enrichments(store, [args.id])
+            if args.id not in found:
+                raise errors.BridgeError(f"no enrichment {args.id}")
+            deliveries = await queries.list_deliveries(store, enrichment_id=args.id, limit=1000)
+            print(json.dumps(found[args.id] | {"deliveries": deliveries}, indent=2))
+            return EXIT_OK
+        rows = await queries.list_enrichments(
+            store, state=args.state, after=0, limit=args.limit, entity_id=args.entity
+        )
+    finally:
+        await store.close()
+    table = Table()
+    for column in ("id", "entity", "field", "mode", "state", "error", "updated"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            f"{row['entityType']} {row['entityId']}",
+            row["field"],
+            row["mode"],
+            row["state"],
+            row["error"] or "",
+            row["updatedAt"],
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+async def deliveries(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """``deliveries list`` and ``deliveries retry`` (replays never re-trigger Lance)."""
+    store = await _open_existing(settings)
+    try:
+        if args.action == "retry":
+            return await _retry(store, args)
+        rows = await queries.list_deliveries(
+            store, state=args.state, connector=args.connector, limit=args.limit
+        )
+    finally:
+        await store.close()
+    table = Table()
+    for column in ("id", "enrichment", "connector", "event", "state", "attempts", "last error"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            str(row["enrichmentId"]),
+            row["connector"],
+            row["eventType"],
+            row["state"],
+            str(row["attempts"]),
+            row["lastError"] or "",
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
+    ids = list(args.ids)
+    if args.all_dead:
+        rows = await queries.list_deliveries(
+            store, state="dead", connector=args.connector, limit=1_000_000
+        )
+        ids += [row["id"] for row in rows]
+    if not ids:
+        raise errors.BridgeError("name delivery ids, or pass --all-dead")
+    replayed = await store.replay(ids, time.time())
+    missing = sorted(set(ids) - set(replayed))
+    print(f"replaying {len(replayed)} dead deliveries; the running daemon sends them")
+    if missing:
+        print(f"not dead or unknown, left alone: {', '.join(map(str, missing))}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def simulate(args: argparse.Namespace) -> int:
+    """Run the Lance simulator until interrupted."""
+    from bridge.sim import lance as sim  # noqa: PLC0415 - only this command needs it
+
+    simulator = sim.LanceSimulator(
+        sim.SimConfig(token=args.token, completion_s=tuple(args.completion))
+    )
+    runner = await sim.serve(simulator, args.host, args.port)
+    print(
+        f"Lance simulator on http://{args.host}:{args.port} (token {args.token!r});"
+        " admin: GET /_sim/stats, POST /_sim/complete; Ctrl-C stops"
+    )
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        await runner.cleanup()
+    return EXIT_OK

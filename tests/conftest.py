@@ -1,0 +1,130 @@
+"""Fixtures shared by every test: a clean environment, the Lance simulator, a webhook sink."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from bridge import app as app_mod
+from bridge import scheduler
+from bridge import settings as settings_mod
+from bridge.sim import _http
+from bridge.sim import lance as sim
+from bridge.sim import sink as sink_mod
+
+API_TOKEN = "test-api-token"
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No LANCE_BRIDGE_* variable of the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("LANCE_BRIDGE_"):
+            monkeypatch.delenv(name)
+    return
+
+
+class Clock:
+    """A settable clock shared by the bridge and the simulator."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sim_config(clock: Clock) -> sim.SimConfig:
+    """Records are terminal on the first read after their trigger; override per test."""
+    return sim.SimConfig(completion_s=(0.0, 0.0), seed=7, clock=clock, outcomes={"found": 1.0})
+
+
+@pytest.fixture
+async def simulator(sim_config: sim.SimConfig) -> AsyncIterator[tuple[sim.LanceSimulator, str]]:
+    lance_sim = sim.LanceSimulator(sim_config)
+    runner = await sim.serve(lance_sim)
+    yield lance_sim, _http.base_url(runner)
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[sink_mod.WebhookSink, str]]:
+    receiver = sink_mod.WebhookSink(SECRET)
+    runner = await sink_mod.serve(receiver)
+    yield receiver, _http.base_url(runner)
+    await runner.cleanup()
+
+
+def make_settings(
+    tmp_path: Path, lance_url: str, sink_url: str | None = None, **sections: Any
+) -> settings_mod.Settings:
+    """Test settings: ledger in ``tmp_path``, Lance at ``lance_url``, a webhook to the sink."""
+    data: dict[str, Any] = {
+        "lance": {"base_url": lance_url, "token": "sim-token"},
+        "ledger": {"path": tmp_path / "ledger.db"},
+        "server": {"api_tokens": [API_TOKEN], "max_body_bytes": 1_048_576},
+        "delivery": {"jitter": 0.0},
+        "poll": {"jitter": 0.0},
+    }
+    if sink_url is not None:
+        data["connectors"] = [
+            {"name": "hook", "type": "webhook", "url": f"{sink_url}/hook", "secret": SECRET}
+        ]
+    for key, value in sections.items():
+        data[key] = data.get(key, {}) | value if isinstance(value, dict) else value
+    return settings_mod.Settings(**data)
+
+
+BridgeFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def make_bridge(aiohttp_client: Any, tmp_path: Path, clock: Clock) -> BridgeFactory:
+    """Start the real app (jobs not scheduled: tests call ``run_once()``) on loopback."""
+
+    async def factory(settings: settings_mod.Settings) -> TestClient[web.Request, web.Application]:
+        app = app_mod.create_app(settings, clock=clock, run_jobs=False)
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+        return client
+
+    return factory
+
+
+def jobs_of(client: TestClient[web.Request, web.Application]) -> scheduler.Jobs:
+    jobs = client.app[app_mod.BRIDGE].jobs
+    assert jobs is not None
+    return jobs
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_TOKEN}"}
