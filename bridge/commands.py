@@ -216,15 +216,18 @@ async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
 
 async def simulate(args: argparse.Namespace) -> int:
     """Run the Lance simulator until interrupted."""
-    from bridge.sim import lance as sim  # noqa: PLC0415 - only this command needs it
+    from bridge.sim import _http  # noqa: PLC0415 - only this command needs the simulator
+    from bridge.sim import lance as sim  # noqa: PLC0415
 
     simulator = sim.LanceSimulator(
         sim.SimConfig(token=args.token, completion_s=tuple(args.completion))
     )
     runner = await sim.serve(simulator, args.host, args.port)
+    url = _http.base_url(runner)
     print(
-        f"Lance simulator on http://{args.host}:{args.port} (token {args.token!r});"
-        " admin: GET /_sim/stats, POST /_sim/complete; Ctrl-C stops"
+        f"Lance simulator on {url} (token {args.token!r}); admin: GET /_sim/stats,"
+        " POST /_sim/complete, POST /_sim/faults; Ctrl-C stops",
+        flush=True,
     )
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -56,6 +56,7 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # APScheduler reports every run at INFO; its warnings (skipped runs) still show.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler reports every run at INFO and every skipped run (a slow job still busy,
+    # which is by design) at WARNING; the supervisor counts skips instead.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -8,11 +8,14 @@ leave work that nobody processes; shutdown waits a grace period, then cancels an
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import datetime
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from apscheduler import events  # type: ignore[import-untyped]
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
@@ -47,6 +50,8 @@ class Supervisor:
         self._schedule = schedule
         self._scheduler = AsyncIOScheduler()
         self._running: set[asyncio.Task[Any]] = set()
+        self.skipped: collections.Counter[str] = collections.Counter()
+        self._scheduler.add_listener(self._on_skip, events.EVENT_JOB_MAX_INSTANCES)
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
 
@@ -66,9 +71,13 @@ class Supervisor:
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
-                next_run_time=_now(),
+                next_run_time=datetime.datetime.now(tz=datetime.UTC),
             )
         self._scheduler.start()
+
+    def _on_skip(self, event: Any) -> None:
+        # A run still busy when the next is due is skipped, never stacked (DESIGN §7).
+        self.skipped[event.job_id] += 1
 
     def _runner(self, name: str, run_once: Callable[[], Awaitable[Any]]) -> Callable[[], Any]:
         async def run() -> None:
@@ -106,9 +115,3 @@ class Supervisor:
                 await asyncio.wait(late)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-
-
-def _now() -> Any:
-    import datetime  # noqa: PLC0415 - only the scheduler's first run needs an aware datetime
-
-    return datetime.datetime.now(tz=datetime.UTC)

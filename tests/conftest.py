@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,19 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def sim_config(clock: Clock) -> sim.SimConfig:
-    """Records are terminal on the first read after their trigger; override per test."""
-    return sim.SimConfig(completion_s=(0.0, 0.0), seed=7, clock=clock, outcomes={"found": 1.0})
+def sim_config(clock: Clock, request: pytest.FixtureRequest) -> sim.SimConfig:
+    """Records are terminal on the first read after their trigger.
+
+    Override fields per test with ``@pytest.mark.parametrize("sim_config", [{...}],
+    indirect=True)``.
+    """
+    base: dict[str, Any] = {
+        "completion_s": (0.0, 0.0),
+        "seed": 7,
+        "clock": clock,
+        "outcomes": {"found": 1.0},
+    }
+    return sim.SimConfig(**(base | getattr(request, "param", {})))
 
 
 @pytest.fixture
@@ -128,3 +139,33 @@ def jobs_of(client: TestClient[web.Request, web.Application]) -> scheduler.Jobs:
 
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def tasks_for(n: int, field: str, **extra: Any) -> list[dict[str, Any]]:
+    return [{"entityId": str(uuid.uuid4()), "field": field, **extra} for _ in range(n)]
+
+
+async def unsettled(client: Any) -> int:
+    """Rows still in flight or awaiting values, plus deliveries not yet settled."""
+    store = client.app[app_mod.BRIDGE].ledger
+    [(rows,)] = await store.fetch(
+        "SELECT count(*) FROM enrichments WHERE state IN ('queued', 'pending') OR needs_fetch = 1"
+    )
+    [(deliveries,)] = await store.fetch("SELECT count(*) FROM deliveries WHERE state = 'pending'")
+    return int(rows) + int(deliveries)
+
+
+async def drain(client: Any, rounds: int = 20, step_s: float = 2.0) -> int:
+    """Run every job once per round, ``step_s`` apart on the test clock, until all is settled.
+
+    Returns:
+        The rounds it took.
+    """
+    jobs = jobs_of(client)
+    clock = client.app[app_mod.BRIDGE].clock
+    for done in range(1, rounds + 1):
+        await jobs.run_all_once()
+        clock.advance(step_s)
+        if not await unsettled(client):
+            return done
+    raise AssertionError(f"pipeline did not settle in {rounds} rounds")

@@ -13,33 +13,10 @@ from standardwebhooks.webhooks import Webhook
 from bridge import app as app_mod
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
-from tests.conftest import SECRET, BridgeFactory, Clock, auth, jobs_of, make_settings
+from tests.conftest import SECRET, BridgeFactory, Clock, auth, drain, make_settings, tasks_for
 
 TRIGGER = "POST /api/v1/operations/enrichment/batch"
 QUERY = "POST /api/v1/operations/enrichment/batch/query"
-
-
-def _tasks(n: int, field: str, **extra: Any) -> list[dict[str, Any]]:
-    return [{"entityId": str(uuid.uuid4()), "field": field, **extra} for _ in range(n)]
-
-
-async def _drain(client: Any, rounds: int = 20) -> None:
-    """Run every job once per round, a poll interval apart, until a round does nothing."""
-    jobs = jobs_of(client)
-    clock = client.app[app_mod.BRIDGE].clock
-    for _ in range(rounds):
-        report = await jobs.run_all_once()
-        clock.advance(2.0)
-        if not any(
-            (
-                report["trigger"].requests,
-                report["poll"].requests,
-                report["fetch"].entities,
-                report["deliver"].attempted,
-            )
-        ):
-            return
-    raise AssertionError("pipeline did not settle")
 
 
 async def test_every_enrichment_is_delivered_signed_with_its_values(
@@ -52,12 +29,12 @@ async def test_every_enrichment_is_delivered_signed_with_its_values(
     lance_sim, lance_url = simulator
     receiver, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
-    tasks = _tasks(250, "emails") + _tasks(150, "phones")
+    tasks = tasks_for(250, "emails") + tasks_for(150, "phones")
 
     response = await client.post("/v1/triggers", json={"tasks": tasks}, headers=auth())
     assert response.status == 202
     assert all(row["state"] == "queued" for row in (await response.json())["enrichments"])
-    await _drain(client)
+    await drain(client)
 
     # The floor the API allows: ⌈n/100⌉ trigger calls per field.
     assert lance_sim.requests[TRIGGER] == math.ceil(250 / 100) + math.ceil(150 / 100)
@@ -94,8 +71,8 @@ async def test_signatures_verify_with_the_reference_library(
     server = await aiohttp_server(app)
     _, lance_url = simulator
     client = await make_bridge(make_settings(tmp_path, lance_url, str(server.make_url(""))))
-    await client.post("/v1/triggers", json={"tasks": _tasks(3, "emails")}, headers=auth())
-    await _drain(client)
+    await client.post("/v1/triggers", json={"tasks": tasks_for(3, "emails")}, headers=auth())
+    await drain(client)
 
     assert len(seen) == 3
     for body, headers in seen:
@@ -114,7 +91,7 @@ async def test_a_task_already_in_flight_attaches_targets_and_is_triggered_once(
     lance_sim, lance_url = simulator
     _, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
-    task = _tasks(1, "emails")[0]
+    task = tasks_for(1, "emails")[0]
     first = await client.post("/v1/triggers", json={"tasks": [task]}, headers=auth())
     again = await client.post("/v1/triggers", json={"tasks": [task, task]}, headers=auth())
     first_rows = (await first.json())["enrichments"]
@@ -122,7 +99,7 @@ async def test_a_task_already_in_flight_attaches_targets_and_is_triggered_once(
     assert first_rows[0]["created"] is True
     assert [row["id"] for row in again_rows] == [first_rows[0]["id"]] * 2
     assert not any(row["created"] for row in again_rows)
-    await _drain(client)
+    await drain(client)
     assert lance_sim.requests[TRIGGER] == 1
     assert sum(lance_sim.charges.values()) == 1
 
@@ -141,7 +118,7 @@ async def test_track_mode_follows_a_company_summary_without_triggering(
     task = {"entityId": company, "field": "summary", "entityType": "company", "mode": "track"}
     response = await client.post("/v1/triggers", json={"tasks": [task]}, headers=auth())
     assert (await response.json())["enrichments"][0]["state"] == "pending"
-    await _drain(client)
+    await drain(client)
     assert lance_sim.requests[TRIGGER] == 0
     [payload] = receiver.received.values()
     assert payload["data"]["values"]["summary"]
@@ -156,9 +133,9 @@ async def test_query_endpoint_answers_from_the_ledger_in_lance_shape(
     _, lance_url = simulator
     _, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
-    tasks = _tasks(2, "phones")
+    tasks = tasks_for(2, "phones")
     await client.post("/v1/triggers", json={"tasks": tasks}, headers=auth())
-    await _drain(client)
+    await drain(client)
     unknown = {"entityId": str(uuid.uuid4()), "field": "emails"}
     response = await client.post(
         "/v1/enrichments/query", json={"tasks": [*tasks, unknown]}, headers=auth()
@@ -178,8 +155,8 @@ async def test_ledger_invariant_holds_after_a_run(
     _, lance_url = simulator
     _, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
-    await client.post("/v1/triggers", json={"tasks": _tasks(30, "emails")}, headers=auth())
-    await _drain(client)
+    await client.post("/v1/triggers", json={"tasks": tasks_for(30, "emails")}, headers=auth())
+    await drain(client)
     store = client.app[app_mod.BRIDGE].ledger
     [(accepted, terminal)] = await store.fetch(
         "SELECT count(*), count(*) FILTER (WHERE state NOT IN ('queued','pending'))"
