@@ -52,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("MIN_S", "MAX_S"),
         help="completion time range",
     )
+    bench = command("bench", "measure throughput and API economy against the design's bars")
+    bench.add_argument(
+        "scenarios",
+        nargs="*",
+        choices=("poll", "ingest"),
+        default=[],
+        metavar="SCENARIO",
+        help="poll, ingest (default: all)",
+    )
+    bench.add_argument("--count", type=int, default=100_000, help="poll: enrichments in flight")
+    bench.add_argument("--seconds", type=float, default=10.0, help="ingest: load duration")
+    bench.add_argument("--concurrency", type=int, default=32, help="ingest: clients at once")
+    bench.add_argument("--json", type=Path, help="also write the figures to this file")
     _inspection_commands(commands)
     return parser
 
@@ -112,6 +125,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         logs.configure("info", "console")
         return asyncio.run(commands.simulate(args))
+    if args.command == "bench":
+        from bridge import bench  # noqa: PLC0415 - pulls in the simulator
+
+        logs.configure("warning", "console")
+        return asyncio.run(
+            bench.run(
+                args.scenarios or ["poll", "ingest"],
+                count=args.count,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+                json_path=args.json,
+            )
+        )
     settings = _settings(args)
     logs.configure(settings.log.level, settings.log.format)
     if args.command == "demo":

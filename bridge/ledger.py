@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -22,11 +23,14 @@ from typing import IO, Any
 
 import aiosqlite
 
-from bridge import errors, outbox
+from bridge import batching, errors, outbox
 
 IN_FLIGHT = ("queued", "pending")
 TERMINAL = ("finished", "failed", "timeout", "cancelled", "lost", "expired")
 BUSY_TIMEOUT_MS = 10_000
+# Page caches: the writer's holds the hot index pages of a large ledger; RSS stays bounded.
+WRITER_CACHE_KIB = 32_768
+READER_CACHE_KIB = 8_192
 # SQLite's bound-parameter limit is 32766; stay well under it.
 MAX_PARAMS = 30_000
 
@@ -62,6 +66,20 @@ class Task:
         """(entityType, entityId, field): Lance's identity of an enrichment."""
         return (self.entity_type, self.entity_id, self.field)
 
+    def key_bytes(self) -> bytes:
+        """The compact form of :attr:`key` the ledger indexes."""
+        return key_bytes(*self.key)
+
+
+_ENTITY_CODES = {"person": 1, "company": 2}
+_FIELD_CODES = {"emails": 1, "phones": 2, "summary": 3}
+
+
+def key_bytes(entity_type: str, entity_id: str, field: str) -> bytes:
+    """18 bytes: the entity UUID, then one byte each for the entity type and the field."""
+    codes = bytes((_ENTITY_CODES[entity_type], _FIELD_CODES[field]))
+    return uuid.UUID(entity_id).bytes + codes
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Change:
@@ -88,6 +106,7 @@ class PollRow:
     field: str
     started_at: float
     polls: int
+    has_record: bool
 
 
 class Ledger:
@@ -107,6 +126,8 @@ class Ledger:
         self._lock_file = lock_file
         self._write_lock = asyncio.Lock()
         self.router = router
+        self._accepts = batching.GroupCommit(self._accept_groups)
+        self._applies = batching.GroupCommit(self._apply_groups)
 
     def __repr__(self) -> str:
         return f"<Ledger {self.path}>"
@@ -135,9 +156,9 @@ class Ledger:
         """
         lock_file = _lock(path) if exclusive else None
         try:
-            writer = await _connect(path, synchronous)
+            writer = await _connect(path, synchronous, WRITER_CACHE_KIB)
             await _migrate(writer, path)
-            reader = await _connect(path, synchronous)
+            reader = await _connect(path, synchronous, READER_CACHE_KIB)
         except BaseException:
             if lock_file is not None:
                 lock_file.close()
@@ -146,6 +167,8 @@ class Ledger:
 
     async def close(self) -> None:
         """Close both connections and release the file lock."""
+        await self._accepts.close()
+        await self._applies.close()
         async with self._write_lock:
             await self._reader.close()
             await self._writer.close()
@@ -169,34 +192,47 @@ class Ledger:
     # -- accepting work -------------------------------------------------------------------
 
     async def accept(self, tasks: Sequence[Task], now: float) -> list[tuple[int, bool]]:
-        """Record ``tasks``; a task already in flight attaches its targets to that row.
+        """Record ``tasks`` durably; a task already in flight attaches its targets to that row.
+
+        Concurrent calls share one transaction (group commit); each returns once its tasks are
+        committed.
 
         Returns:
             For each task, in order, the row id and whether the row was created by this call.
         """
+        return await self._accepts.submit((tasks, now))
+
+    async def _accept_groups(
+        self, groups: Sequence[tuple[Sequence[Task], float]]
+    ) -> list[list[tuple[int, bool]]]:
         async with self.transaction() as db:
             before = await _max_id(db)
             await db.executemany(
-                "INSERT OR IGNORE INTO enrichments (entity_type, entity_id, field, mode, state,"
-                " created_at, updated_at, started_at, next_poll_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                [_new_row(task, now) for task in tasks],
+                "INSERT OR IGNORE INTO enrichments (entity_type, entity_id, field, key, mode,"
+                " state, created_at, updated_at, started_at, next_poll_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [_new_row(task, now) for tasks, now in groups for task in tasks],
             )
-            ids = await _in_flight_ids(db, {task.key for task in tasks})
+            ids = await _in_flight_ids(db, {task.key for tasks, _ in groups for task in tasks})
             await db.executemany(
                 "INSERT OR IGNORE INTO targets VALUES (?,?,?,?)",
                 [
                     (ids[task.key], t.connector, t.object_type, t.object_id)
+                    for tasks, _ in groups
                     for task in tasks
                     for t in task.targets
                 ],
             )
         seen: set[int] = set()
-        result = []
-        for task in tasks:
-            row_id = ids[task.key]
-            result.append((row_id, row_id > before and row_id not in seen))
-            seen.add(row_id)
-        return result
+        results = []
+        for tasks, _ in groups:
+            result = []
+            for task in tasks:
+                row_id = ids[task.key]
+                result.append((row_id, row_id > before and row_id not in seen))
+                seen.add(row_id)
+            results.append(result)
+        return results
 
     # -- trigger job ----------------------------------------------------------------------
 
@@ -226,33 +262,37 @@ class Ledger:
     async def due_for_poll(self, now: float, limit: int) -> list[PollRow]:
         """Pending rows whose ``next_poll_at`` has come, most overdue first."""
         rows = await self._fetch(
-            "SELECT id, entity_type, entity_id, field, started_at, polls FROM enrichments"
+            "SELECT id, entity_type, entity_id, field, started_at, polls, lance_id IS NOT NULL"
+            " FROM enrichments"
             " WHERE state = 'pending' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?",
             (now, limit),
             writer=True,
         )
-        return [PollRow(*row) for row in rows]
+        return [PollRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     async def apply(self, changes: Sequence[Change], now: float) -> None:
-        """Write new states in one transaction, with the events terminal states cause.
+        """Write new states durably, with the events terminal states cause.
 
-        A row that finished with data waits for its values (``needs_fetch``) before its
-        events are written; every other terminal state writes its events now.
+        A row that finished with data waits for its values (``needs_fetch``) before its events
+        are written; every other terminal state writes its events now. Concurrent calls share
+        one transaction (group commit), so a caller's changes commit together or not at all.
         """
-        if not changes:
-            return
+        if changes:
+            await self._applies.submit((changes, now))
+
+    async def _apply_groups(self, groups: Sequence[tuple[Sequence[Change], float]]) -> list[None]:
+        moving = [(c, now) for changes, now in groups for c in changes if c.state in TERMINAL]
+        staying = [(c, now) for changes, now in groups for c in changes if c.state == "pending"]
         async with self.transaction() as db:
-            await db.executemany(
-                "UPDATE enrichments SET state = ?, record = coalesce(?, record),"
-                " lance_id = coalesce(?, lance_id), data_found = coalesce(?, data_found),"
-                " error = coalesce(?, error),"
-                " needs_fetch = ?, next_poll_at = ?, polls = polls + 1, updated_at = ?,"
-                " finished_at = ?, started_at = coalesce(started_at, ?)"
-                " WHERE id = ? AND state IN ('queued', 'pending')",
-                [_change_params(change, now) for change in changes],
-            )
-            ready = [c.id for c in changes if c.state in TERMINAL and not _needs_fetch(c)]
-            await outbox.emit(db, self.router, ready, now)
+            # `state` is only written when it changes: each write of it costs index updates.
+            # Still-pending first: a row the second statement moves from queued must not match.
+            await db.executemany(_STILL_PENDING, [_pending_params(c, now) for c, now in staying])
+            await db.executemany(_TO_PENDING, [_pending_params(c, now) for c, now in staying])
+            await db.executemany(_TO_TERMINAL, [_terminal_params(c, now) for c, now in moving])
+            for now in sorted({now for _, now in moving}):
+                ready = [c.id for c, t in moving if t == now and not _needs_fetch(c)]
+                await outbox.emit(db, self.router, ready, now)
+        return [None] * len(groups)
 
     async def reschedule(self, ids: Sequence[int], next_poll_at: float) -> None:
         """Push ``ids`` back without a result (e.g. after Lance was unavailable)."""
@@ -268,7 +308,7 @@ class Ledger:
         """Finished-with-data rows, grouped by entity so each entity is read once."""
         rows = await self._fetch(
             "SELECT id, entity_type, entity_id, field FROM enrichments WHERE needs_fetch = 1"
-            " ORDER BY entity_type, entity_id LIMIT ?",
+            " ORDER BY id LIMIT ?",
             (limit,),
             writer=True,
         )
@@ -353,29 +393,50 @@ class Ledger:
 
 
 def _new_row(task: Task, now: float) -> tuple[Any, ...]:
+    key = task.key_bytes()
     if task.mode == "track":
-        return (
-            task.entity_type,
-            task.entity_id,
-            task.field,
-            "track",
-            "pending",
-            now,
-            now,
-            now,
-            now,
-        )
-    return (task.entity_type, task.entity_id, task.field, "trigger", "queued", now, now, None, None)
+        return (*task.key, key, "track", "pending", now, now, now, now)
+    return (*task.key, key, "trigger", "queued", now, now, None, None)
 
 
 def _needs_fetch(change: Change) -> bool:
     return change.state == "finished" and bool((change.record or {}).get("dataFound"))
 
 
-def _change_params(change: Change, now: float) -> tuple[Any, ...]:
+_TO_PENDING = (
+    "UPDATE enrichments SET state = 'pending', record = coalesce(?, record),"
+    " lance_id = coalesce(?, lance_id), next_poll_at = ?, polls = polls + 1, updated_at = ?,"
+    " started_at = coalesce(started_at, ?) WHERE id = ? AND state = 'queued'"
+)
+_STILL_PENDING = (
+    "UPDATE enrichments SET record = coalesce(?, record), lance_id = coalesce(?, lance_id),"
+    " next_poll_at = ?, polls = polls + 1, updated_at = ?, started_at = coalesce(started_at, ?)"
+    " WHERE id = ? AND state = 'pending'"
+)
+_TO_TERMINAL = (
+    "UPDATE enrichments SET state = ?, record = coalesce(?, record),"
+    " lance_id = coalesce(?, lance_id), data_found = coalesce(?, data_found),"
+    " error = coalesce(?, error), needs_fetch = ?, next_poll_at = NULL, polls = polls + 1,"
+    " updated_at = ?, finished_at = ?, started_at = coalesce(started_at, ?)"
+    " WHERE id = ? AND state IN ('queued', 'pending')"
+)
+
+
+def _pending_params(change: Change, now: float) -> tuple[Any, ...]:
+    record = change.record
+    return (
+        None if record is None else json.dumps(record),
+        None if record is None else record.get("id"),
+        change.next_poll_at,
+        now,
+        now,
+        change.id,
+    )
+
+
+def _terminal_params(change: Change, now: float) -> tuple[Any, ...]:
     record = change.record
     found = None if record is None else record.get("dataFound")
-    terminal = change.state in TERMINAL
     return (
         change.state,
         None if record is None else json.dumps(record),
@@ -383,9 +444,8 @@ def _change_params(change: Change, now: float) -> tuple[Any, ...]:
         None if found is None else int(bool(found)),
         change.error,
         int(_needs_fetch(change)),
-        None if terminal else change.next_poll_at,
         now,
-        now if terminal else None,
+        now,
         now,
         change.id,
     )
@@ -399,19 +459,17 @@ async def _max_id(db: aiosqlite.Connection) -> int:
 async def _in_flight_ids(
     db: aiosqlite.Connection, keys: set[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], int]:
+    wanted = {key_bytes(*key): key for key in keys}
+    ordered = sorted(wanted)
     found: dict[tuple[str, str, str], int] = {}
-    ordered = sorted(keys)
-    step = MAX_PARAMS // 3
-    for start in range(0, len(ordered), step):
-        chunk = ordered[start : start + step]
-        marks = ",".join("(?,?,?)" for _ in chunk)
+    for start in range(0, len(ordered), MAX_PARAMS):
+        chunk = ordered[start : start + MAX_PARAMS]
         rows = await db.execute_fetchall(
-            "SELECT id, entity_type, entity_id, field FROM enrichments"  # noqa: S608 - marks only
-            f" WHERE state IN ('queued', 'pending') AND (entity_type, entity_id, field) IN"
-            f" (VALUES {marks})",
-            [value for key in chunk for value in key],
+            "SELECT id, key FROM enrichments WHERE state IN ('queued', 'pending')"  # noqa: S608
+            f" AND key IN ({','.join('?' * len(chunk))})",
+            chunk,
         )
-        found.update({(r[1], r[2], r[3]): int(r[0]) for r in rows})
+        found.update({wanted[bytes(row[1])]: int(row[0]) for row in rows})
     return found
 
 
@@ -439,13 +497,14 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-async def _connect(path: Path, synchronous: str) -> aiosqlite.Connection:
+async def _connect(path: Path, synchronous: str, cache_kib: int) -> aiosqlite.Connection:
     try:
         db = await aiosqlite.connect(path, isolation_level=None)
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
         await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute(f"PRAGMA cache_size = -{cache_kib}")
     except sqlite3.Error as exc:
         raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
     return db

@@ -6,6 +6,7 @@ CREATE TABLE enrichments (
     entity_type   TEXT    NOT NULL,
     entity_id     TEXT    NOT NULL,
     field         TEXT    NOT NULL,
+    key           BLOB    NOT NULL,             -- compact (entityType, entityId, field)
     mode          TEXT    NOT NULL,             -- trigger | track
     state         TEXT    NOT NULL,             -- queued | pending | finished | failed | timeout
                                                 -- | cancelled | lost | expired
@@ -24,12 +25,14 @@ CREATE TABLE enrichments (
     finished_at   REAL
 );
 
--- The store, not the code, keeps one in-flight row per (entityType, entityId, field).
+-- The store, not the code, keeps one in-flight row per (entityType, entityId, field). The key
+-- is 18 bytes (UUID + two codes) rather than ~50 of text: entity ids are random, so every
+-- insert and removal lands on its own index page, and smaller entries mean fewer pages.
 CREATE UNIQUE INDEX enrichments_in_flight
-    ON enrichments (entity_type, entity_id, field) WHERE state IN ('queued', 'pending');
+    ON enrichments (key) WHERE state IN ('queued', 'pending');
 CREATE INDEX enrichments_queued ON enrichments (field, id) WHERE state = 'queued';
 CREATE INDEX enrichments_due ON enrichments (next_poll_at) WHERE state = 'pending';
-CREATE INDEX enrichments_fetch ON enrichments (entity_type, entity_id) WHERE needs_fetch = 1;
+CREATE INDEX enrichments_fetch ON enrichments (id) WHERE needs_fetch = 1;
 CREATE INDEX enrichments_by_state ON enrichments (state, id);
 CREATE INDEX enrichments_by_entity ON enrichments (entity_id);
 

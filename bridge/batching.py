@@ -1,0 +1,59 @@
+"""Group commit: concurrent writers share one transaction instead of queueing for their own.
+
+While a transaction is being written, new submissions gather; the next flush takes them all.
+Nobody waits longer than one transaction for their turn, and under load each commit carries
+many callers' work, which is what SQLite's per-commit cost rewards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Coalesces :meth:`submit` calls into batched calls of ``flush``.
+
+    ``flush`` receives every item waiting at that moment and returns one result per item, in
+    order. If it raises, every submitter of that batch gets the exception: either all of a
+    batch committed or none of it did.
+    """
+
+    def __init__(self, flush: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]]) -> None:
+        self._flush = flush
+        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        """Queue ``item`` for the next flush and wait until it is committed."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._drain())
+        # Shielded: a caller that gives up must not cancel the others' shared transaction.
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await self._flush([item for item, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        """Wait for the flush in progress, if any."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Test doubles of the remote side: the Lance simulator and CRM sandboxes."""
