@@ -46,12 +46,6 @@ class Bridge:
     jobs: scheduler.Jobs | None = None
     supervisor: scheduler.Supervisor | None = None
 
-    @property
-    def needs_record(self) -> dict[str, bool]:
-        """Which configured connectors update CRM records."""
-        types = connector.connector_types()
-        return {c.name: types[c.type].needs_record for c in self.settings.connectors}
-
     def ready(self) -> bool:
         """Ledger open and jobs running (or driven by hand when no scheduler is used)."""
         if self.jobs is None:

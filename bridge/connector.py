@@ -11,6 +11,7 @@ import abc
 import asyncio
 import dataclasses
 import email.utils
+import functools
 import json
 import logging
 import time
@@ -38,6 +39,8 @@ EventType = Literal[
 EVENT_TYPES: tuple[EventType, ...] = typing.get_args(EventType)
 # Throttling answers and timeouts are never retried sooner than this (DESIGN §8).
 THROTTLE_MIN_DELAY_S = 60.0
+# A remote asking for more than a day is capped: work must not be parked forever.
+MAX_RETRY_AFTER_S = 86_400.0
 ERROR_EXCERPT_CHARS = 300
 
 
@@ -103,15 +106,14 @@ def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if value.isascii() and value.isdigit():  # delay-seconds is 1*DIGIT (RFC 9110)
+        return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
+    wait_s = when.timestamp() - (time.time() if now_s is None else now_s)
+    return min(max(0.0, wait_s), MAX_RETRY_AFTER_S)
 
 
 def classify(
@@ -230,8 +232,12 @@ class Connector(abc.ABC):
         """Send one chunk (at most :attr:`max_batch` events); one outcome per event."""
 
 
+@functools.cache
 def connector_types() -> dict[str, type[Connector]]:
-    """Connector classes by type name, from the ``lance_bridge.connectors`` entry points."""
+    """Connector classes by type name, from the ``lance_bridge.connectors`` entry points.
+
+    Read once per process: scanning every installed distribution's entry points is slow.
+    """
     found: dict[str, type[Connector]] = {}
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         cls = entry.load()

@@ -44,7 +44,6 @@ class Enrichment(TypedDict, total=False):
 
 
 _RECORDS = pydantic.TypeAdapter(list[Enrichment])
-_WRAPPED = pydantic.TypeAdapter(dict[str, list[Enrichment]])
 
 
 def key_of(record: Mapping[str, Any]) -> Key:
@@ -122,7 +121,18 @@ class LanceClient:
 
     async def balance(self) -> int:
         """The organization's credit balance (also a cheap check that the token works)."""
-        data = await self._call("GET", "/operations/credits/balance")
+        try:
+            data = await self._call("GET", "/operations/credits/balance")
+        except errors.LancePermanentError as exc:
+            # Documented: this endpoint answers 400 when the caller is not authenticated.
+            if exc.status == 400:
+                raise errors.LanceAuthError(
+                    f"Lance token rejected ({exc.message}): set lance.token"
+                    " (LANCE_BRIDGE_LANCE__TOKEN)",
+                    status=400,
+                    code=exc.code,
+                ) from exc
+            raise
         if not isinstance(data, dict) or not isinstance(data.get("balance"), int):
             raise errors.LanceRetryableError("credits/balance: unexpected answer")
         return int(data["balance"])
@@ -161,11 +171,11 @@ class LanceClient:
 
 def _records(data: Any) -> list[Enrichment]:
     # The batch trigger's docs show a bare array but name an `enrichments` field: take both.
+    if isinstance(data, dict):
+        data = data.get("enrichments")
     try:
-        if isinstance(data, dict):
-            return _WRAPPED.validate_python(data)["enrichments"]
         return _RECORDS.validate_python(data)
-    except (pydantic.ValidationError, KeyError) as exc:
+    except pydantic.ValidationError as exc:
         raise errors.LanceRetryableError(f"unexpected enrichment records: {exc}") from None
 
 

@@ -129,6 +129,9 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json(obj, "the delivery"), **_errors(401, 404, 409)},
             }
         },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _json(obj, "OpenAPI 3.1")}}
+        },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(obj, "alive")}}},
         "/readyz": {
             "get": {

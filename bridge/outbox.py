@@ -39,7 +39,11 @@ class Router:
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
-        self._names = {route.name for route in routes}
+        self._by_name = {route.name: route for route in routes}
+
+    def route(self, name: str) -> Route | None:
+        """The route of the connector named ``name``, if it is configured."""
+        return self._by_name.get(name)
 
     def targets(
         self, event_type: str, named: Sequence[tuple[str, str, str]]
@@ -57,7 +61,7 @@ class Router:
                 chosen += [t for t in named if t[0] == route.name]
             else:
                 chosen.append((route.name, "", ""))
-        chosen += [t for t in named if t[0] not in self._names]
+        chosen += [t for t in named if t[0] not in self._by_name]
         return chosen
 
 

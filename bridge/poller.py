@@ -115,6 +115,11 @@ class Poller:
                 return PollReport()
             try:
                 found = await self.client.query((r.entity_type, r.entity_id, r.field) for r in rows)
+            except errors.LancePermanentError as exc:
+                if _is_row_problem(exc):
+                    return await self._isolate(rows, exc)
+                self._failed(exc)
+                return PollReport(requests=1, failed_requests=1)
             except errors.LanceError as exc:
                 self._failed(exc)
                 return PollReport(requests=1, failed_requests=1)
@@ -126,6 +131,23 @@ class Poller:
         await self.store.apply(changes, now)
         terminal = sum(change.state in ledger.TERMINAL for change in changes)
         return PollReport(requests=1, updated=len(changes), terminal=terminal)
+
+    async def _isolate(self, rows: Sequence[ledger.PollRow], exc: errors.LanceError) -> PollReport:
+        """Lance refused a batch over its content: halve it until the refused rows are found.
+
+        Each half is retried at once (a few extra requests, ~2·log2(200) per bad row), so one
+        row Lance will never accept cannot hold its 199 neighbours back forever.
+        """
+        if len(rows) == 1:
+            reason = f"Lance refused to report on it: {exc.message}"
+            await self.store.apply(
+                [ledger.Change(rows[0].id, "failed", error=reason)], self.clock()
+            )
+            return PollReport(requests=1, updated=1, terminal=1, failed_requests=1)
+        middle = len(rows) // 2
+        unlimited = asyncio.Semaphore(2)
+        halves = [await self._poll(half, unlimited) for half in (rows[:middle], rows[middle:])]
+        return _total(0, [PollReport(requests=1, failed_requests=1), *halves])
 
     def _change(
         self, row: ledger.PollRow, record: lance.Enrichment | None, now: float
@@ -150,6 +172,11 @@ class Poller:
             exc.message,
             extra={"event": "poll.failed", "status": exc.status},
         )
+
+
+def _is_row_problem(exc: errors.LanceError) -> bool:
+    # A 400 about the organization is a setup problem of the whole account, not of a row.
+    return exc.status == 400 and "organization" not in exc.message.lower()
 
 
 def _key(row: ledger.PollRow) -> lance.Key:

@@ -10,11 +10,12 @@ from pydantic import Field
 
 MAX_TRIGGER_TASKS = 1000
 MAX_QUERY_TASKS = 200
+# Lance takes UUID v4 ids only; one other id in a batch makes Lance reject the whole batch.
 Uuid = Annotated[
     str,
     Field(
-        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-        r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-"
+        r"[0-9a-fA-F]{12}$"
     ),
 ]
 

@@ -73,6 +73,13 @@ class ServerSettings(_Section):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @pydantic.field_validator("api_tokens")
+    @classmethod
+    def _no_blank_tokens(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(not token.get_secret_value().strip() for token in value):
+            raise ValueError("tokens must not be blank (a blank token would open the API)")
+        return value
+
 
 class PollSettings(_Section):
     """``[poll]``: how in-flight enrichments are polled."""
@@ -86,6 +93,12 @@ class PollSettings(_Section):
     concurrency: int = Field(default=4, ge=1, le=64)
     lost_after_seconds: float = Field(default=120.0, gt=0)
     expire_after_seconds: float = Field(default=900.0, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _cap_above_interval(self) -> PollSettings:
+        if self.max_delay_seconds < self.interval_seconds:
+            raise ValueError("max_delay_seconds must be at least interval_seconds")
+        return self
 
 
 class TriggerSettings(_Section):

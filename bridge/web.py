@@ -8,14 +8,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
 import pydantic
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import ledger, openapi, queries, schemas
+from bridge import ledger, openapi, outbox, queries, schemas
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +28,28 @@ MAX_PAGE = 1000
 class ApiError(web.HTTPException):
     """An HTTP error with the ``{"error": {"code", "message", "details"}}`` body."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.status_code = status
         body = {"error": {"code": code, "message": message, "details": details}}
-        super().__init__(text=json.dumps(body), content_type="application/json")
+        super().__init__(text=json.dumps(body), content_type="application/json", headers=headers)
 
 
-def fail(status: int, code: str, message: str, details: Any = None) -> NoReturn:
+def fail(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> NoReturn:
     """Raise an :class:`ApiError`."""
-    raise ApiError(status, code, message, details)
+    raise ApiError(status, code, message, details, headers)
 
 
 @web.middleware
@@ -53,7 +66,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_")
-        fail(exc.status, code, exc.reason)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
+        fail(exc.status, code, exc.reason, headers=kept)
+    except Exception:
+        logger.exception("request failed", extra={"event": "http.error", "path": request.path})
+        fail(500, "internal_error", "the bridge failed to handle this request; see its log")
+
+
+# aiohttp's own errors carry headers clients rely on (405 must say what is allowed).
+_KEPT_HEADERS = frozenset(("allow", "retry-after"))
 
 
 @web.middleware
@@ -94,15 +115,15 @@ async def _body(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
 async def post_triggers(request: web.Request) -> web.Response:
     """Accept tasks; an (entityType, entityId, field) already in flight gets the targets."""
     body: schemas.TriggerRequest = await _body(request, schemas.TriggerRequest)
-    tasks = [_task(request, index, task) for index, task in enumerate(body.tasks)]
     bridge = request.app[app_mod.BRIDGE]
+    tasks = [_task(bridge.ledger.router, index, task) for index, task in enumerate(body.tasks)]
     accepted = await bridge.ledger.accept(tasks, bridge.clock())
     rows = await queries.enrichments(bridge.ledger, [row_id for row_id, _ in accepted])
     shaped = [rows[row_id] | {"created": created} for row_id, created in accepted]
     return web.json_response({"enrichments": shaped}, status=202)
 
 
-def _task(request: web.Request, index: int, task: schemas.TriggerTask) -> ledger.Task:
+def _task(router: outbox.Router, index: int, task: schemas.TriggerTask) -> ledger.Task:
     where = f"tasks.{index}"
     if task.mode == "trigger" and (task.entityType != "person" or task.field == "summary"):
         fail(
@@ -111,16 +132,15 @@ def _task(request: web.Request, index: int, task: schemas.TriggerTask) -> ledger
             f'{where}: Lance can only trigger person phones/emails; use mode "track" to follow'
             " a company summary started elsewhere",
         )
-    settings = request.app[app_mod.SETTINGS]
-    known = request.app[app_mod.BRIDGE].needs_record
     for target in task.targets:
-        if settings.connector_named(target.connector) is None:
+        route = router.route(target.connector)
+        if route is None:
             fail(
                 422,
                 "unknown_connector",
                 f"{where}.targets: no connector named {target.connector!r} is configured",
             )
-        if known.get(target.connector) and not (target.objectType and target.objectId):
+        if route.needs_record and not (target.objectType and target.objectId):
             fail(
                 422,
                 "validation_error",
@@ -230,9 +250,14 @@ async def openapi_document(_: web.Request) -> web.Response:
 
 def _int_path(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 18:
+    if not _is_number(raw):
         fail(404, "not_found", f"no such id {raw!r}")
     return int(raw)
+
+
+def _is_number(raw: str) -> bool:
+    # ASCII only: str.isdigit() also accepts "²" and other scripts' digits.
+    return raw.isascii() and raw.isdigit() and len(raw) <= 18
 
 
 def _choice(request: web.Request, name: str, allowed: frozenset[str]) -> str | None:
@@ -244,9 +269,9 @@ def _choice(request: web.Request, name: str, allowed: frozenset[str]) -> str | N
 
 def _page(request: web.Request) -> tuple[int, int]:
     limit_raw, cursor_raw = request.query.get("limit", "100"), request.query.get("cursor", "0")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_PAGE:
+    if not _is_number(limit_raw) or not 1 <= int(limit_raw) <= MAX_PAGE:
         fail(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_PAGE}")
-    if not cursor_raw.isdigit() or len(cursor_raw) > 18:
+    if not _is_number(cursor_raw):
         fail(400, "invalid_parameter", "cursor must be a value from nextCursor")
     return int(limit_raw), int(cursor_raw)
 

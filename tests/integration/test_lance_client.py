@@ -247,11 +247,13 @@ async def test_a_wrong_token_is_an_auth_error(
 
 
 async def test_balance_with_a_wrong_token_is_the_documented_400(make_client: ClientFactory) -> None:
-    # reference/lance-api.md §6: the balance endpoint answers 400 VALIDATION_ERROR, not 401.
-    with pytest.raises(errors.LancePermanentError) as caught:
+    # reference/lance-api.md §6: the balance endpoint answers 400 VALIDATION_ERROR, not 401;
+    # the client still reports it as a rejected token, which is what the user must fix.
+    with pytest.raises(errors.LanceAuthError) as caught:
         await make_client("wrong-token").balance()
     assert (caught.value.status, caught.value.code) == (400, "VALIDATION_ERROR")
     assert "not authenticated" in caught.value.message
+    assert "lance.token" in caught.value.message
 
 
 @pytest.mark.parametrize("sim_config", [sim.SimConfig(credits=3, seed=7)])
