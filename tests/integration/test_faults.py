@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from bridge import app as app_mod
+from bridge import ledger
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings, tasks_for
 
 TRIGGER = "POST /api/v1/operations/enrichment/batch"
+QUERY = "POST /api/v1/operations/enrichment/batch/query"
 Sim = tuple[sim.LanceSimulator, str]
 Sink = tuple[sink_mod.WebhookSink, str]
 
@@ -191,3 +193,34 @@ async def test_an_enrichment_pending_past_the_deadline_expires(
     [payload] = receiver.received.values()
     assert payload["type"] == "enrichment.expired"
     assert payload["data"]["enrichment"]["status"] == "pending"
+
+
+async def test_a_row_lance_refuses_to_report_on_fails_alone(
+    make_bridge: BridgeFactory, simulator: Sim, sink: Sink, tmp_path: Path, clock: Clock
+) -> None:
+    lance_sim, lance_url = simulator
+    receiver, sink_url = sink
+    client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
+    good = [str(uuid.uuid4()) for _ in range(9)]
+    for entity_id in good:
+        lance_sim.start_enrichment(entity_id, "summary", "company", outcome="found", completion_s=0)
+    # A ledger written before ids were checked may hold one Lance refuses (not a v4 UUID).
+    refused = str(uuid.uuid1())
+    store = client.app[app_mod.BRIDGE].ledger
+    await store.accept(
+        [ledger.Task("company", e, "summary", "track") for e in [*good[:4], refused, *good[4:]]],
+        clock(),
+    )
+
+    report = await jobs_of(client).poller.run_once()
+
+    assert report.terminal == 10
+    rows = dict(await store.fetch("SELECT entity_id, state FROM enrichments"))
+    assert rows.pop(refused) == "failed"
+    assert set(rows.values()) == {"finished"}
+    [(error,)] = await store.fetch("SELECT error FROM enrichments WHERE entity_id = ?", (refused,))
+    assert error.startswith("Lance refused to report on it")
+    assert lance_sim.requests[QUERY] <= 1 + 2 * 4, "bisection, not one request per row"
+    await drain(client)
+    types = sorted(p["type"] for p in receiver.received.values())
+    assert types == ["enrichment.failed"] + ["enrichment.finished"] * 9
