@@ -82,6 +82,16 @@ def key_bytes(entity_type: str, entity_id: str, field: str) -> bytes:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Accepted:
+    """The in-flight row a task landed on."""
+
+    id: int
+    created: bool
+    state: str
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Change:
     """A new state for an in-flight enrichment, written by the trigger and poll jobs.
 
@@ -94,6 +104,7 @@ class Change:
     record: dict[str, Any] | None = None
     next_poll_at: float | None = None
     error: str | None = None
+    from_queue: bool = False  # the trigger job's rows: still `queued` in the ledger
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,45 +202,47 @@ class Ledger:
 
     # -- accepting work -------------------------------------------------------------------
 
-    async def accept(self, tasks: Sequence[Task], now: float) -> list[tuple[int, bool]]:
+    async def accept(self, tasks: Sequence[Task], now: float) -> list[Accepted]:
         """Record ``tasks`` durably; a task already in flight attaches its targets to that row.
 
         Concurrent calls share one transaction (group commit); each returns once its tasks are
         committed.
 
         Returns:
-            For each task, in order, the row id and whether the row was created by this call.
+            For each task, in order, its row and whether this call created it.
         """
         return await self._accepts.submit((tasks, now))
 
     async def _accept_groups(
         self, groups: Sequence[tuple[Sequence[Task], float]]
-    ) -> list[list[tuple[int, bool]]]:
+    ) -> list[list[Accepted]]:
+        new_rows: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        for tasks, now in groups:
+            for task in tasks:
+                new_rows.setdefault(task.key, _new_row(task, now))
         async with self.transaction() as db:
-            before = await _max_id(db)
-            await db.executemany(
-                "INSERT OR IGNORE INTO enrichments (entity_type, entity_id, field, key, mode,"
-                " state, created_at, updated_at, started_at, next_poll_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [_new_row(task, now) for tasks, now in groups for task in tasks],
-            )
-            ids = await _in_flight_ids(db, {task.key for tasks, _ in groups for task in tasks})
-            await db.executemany(
-                "INSERT OR IGNORE INTO targets VALUES (?,?,?,?)",
-                [
-                    (ids[task.key], t.connector, t.object_type, t.object_id)
-                    for tasks, _ in groups
-                    for task in tasks
-                    for t in task.targets
-                ],
-            )
+            ids = await _insert_new(db, list(new_rows.values()))
+            created = {row_id for row_id, _, _ in ids.values()}
+            attached = new_rows.keys() - ids.keys()
+            if attached:
+                ids.update(await _in_flight_ids(db, attached))
+            targets = [
+                (ids[task.key][0], t.connector, t.object_type, t.object_id)
+                for tasks, _ in groups
+                for task in tasks
+                for t in task.targets
+            ]
+            if targets:
+                await db.executemany("INSERT OR IGNORE INTO targets VALUES (?,?,?,?)", targets)
         seen: set[int] = set()
         results = []
         for tasks, _ in groups:
             result = []
             for task in tasks:
-                row_id = ids[task.key]
-                result.append((row_id, row_id > before and row_id not in seen))
+                row_id, state, mode = ids[task.key]
+                result.append(
+                    Accepted(row_id, row_id in created and row_id not in seen, state, mode)
+                )
                 seen.add(row_id)
             results.append(result)
         return results
@@ -286,9 +299,11 @@ class Ledger:
         async with self.transaction() as db:
             # `state` is only written when it changes: each write of it costs index updates.
             # Still-pending first: a row the second statement moves from queued must not match.
-            await db.executemany(_STILL_PENDING, [_pending_params(c, now) for c, now in staying])
-            await db.executemany(_TO_PENDING, [_pending_params(c, now) for c, now in staying])
-            await db.executemany(_TO_TERMINAL, [_terminal_params(c, now) for c, now in moving])
+            await _many(db, _STILL_PENDING, [_pending_params(c, n) for c, n in staying])
+            await _many(
+                db, _TO_PENDING, [_pending_params(c, n) for c, n in staying if c.from_queue]
+            )
+            await _many(db, _TO_TERMINAL, [_terminal_params(c, now) for c, now in moving])
             for now in sorted({now for _, now in moving}):
                 ready = [c.id for c, t in moving if t == now and not _needs_fetch(c)]
                 await outbox.emit(db, self.router, ready, now)
@@ -451,25 +466,56 @@ def _terminal_params(change: Change, now: float) -> tuple[Any, ...]:
     )
 
 
-async def _max_id(db: aiosqlite.Connection) -> int:
-    rows = list(await db.execute_fetchall("SELECT coalesce(max(id), 0) FROM enrichments"))
-    return int(rows[0][0])
+async def _many(db: aiosqlite.Connection, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
+    # Each statement is a round trip to the ledger's thread: skip the ones with nothing to do.
+    if params:
+        await db.executemany(sql, params)
+
+
+_NEW_ROW_COLUMNS = (
+    "entity_type, entity_id, field, key, mode, state, created_at, updated_at, started_at,"
+    " next_poll_at"
+)
+_NEW_ROW_PARAMS = 10
+
+
+async def _insert_new(
+    db: aiosqlite.Connection, rows: Sequence[tuple[Any, ...]]
+) -> dict[tuple[str, str, str], tuple[int, str, str]]:
+    """Insert rows whose key is not in flight; returns the created ones by key.
+
+    One multi-row statement with RETURNING per chunk: the usual single-task request costs
+    one round trip to the ledger's thread, not one per statement of a longer dance.
+    """
+    created: dict[tuple[str, str, str], tuple[int, str, str]] = {}
+    step = MAX_PARAMS // _NEW_ROW_PARAMS
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        marks = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+        returned = await db.execute_fetchall(
+            f"INSERT OR IGNORE INTO enrichments ({_NEW_ROW_COLUMNS}) VALUES {marks}"  # noqa: S608
+            " RETURNING id, entity_type, entity_id, field, state, mode",
+            [value for row in chunk for value in row],
+        )
+        created.update({(r[1], r[2], r[3]): (int(r[0]), r[4], r[5]) for r in returned})
+    return created
 
 
 async def _in_flight_ids(
     db: aiosqlite.Connection, keys: set[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], int]:
+) -> dict[tuple[str, str, str], tuple[int, str, str]]:
     wanted = {key_bytes(*key): key for key in keys}
     ordered = sorted(wanted)
-    found: dict[tuple[str, str, str], int] = {}
+    found: dict[tuple[str, str, str], tuple[int, str, str]] = {}
     for start in range(0, len(ordered), MAX_PARAMS):
         chunk = ordered[start : start + MAX_PARAMS]
         rows = await db.execute_fetchall(
-            "SELECT id, key FROM enrichments WHERE state IN ('queued', 'pending')"  # noqa: S608
+            "SELECT id, key, state, mode FROM enrichments"  # noqa: S608 - placeholders only
+            " WHERE state IN ('queued', 'pending')"
             f" AND key IN ({','.join('?' * len(chunk))})",
             chunk,
         )
-        found.update({wanted[bytes(row[1])]: int(row[0]) for row in rows})
+        found.update({wanted[bytes(r[1])]: (int(r[0]), str(r[2]), str(r[3])) for r in rows})
     return found
 
 

@@ -96,8 +96,9 @@ class Triggerer:
     def _change(self, row_id: int, record: lance.Enrichment | None, now: float) -> ledger.Change:
         if record is None:
             # Not in the answer: poll for it; if Lance never shows a record it becomes `lost`.
-            return ledger.Change(row_id, "pending", next_poll_at=now)
-        return poller.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
+            return ledger.Change(row_id, "pending", next_poll_at=now, from_queue=True)
+        change = poller.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
+        return dataclasses.replace(change, from_queue=True)
 
     async def _reject(self, rows: Sequence[tuple[int, str]], exc: errors.LanceError) -> None:
         logger.error(

@@ -118,8 +118,18 @@ async def post_triggers(request: web.Request) -> web.Response:
     bridge = request.app[app_mod.BRIDGE]
     tasks = [_task(bridge.ledger.router, index, task) for index, task in enumerate(body.tasks)]
     accepted = await bridge.ledger.accept(tasks, bridge.clock())
-    rows = await queries.enrichments(bridge.ledger, [row_id for row_id, _ in accepted])
-    shaped = [rows[row_id] | {"created": created} for row_id, created in accepted]
+    shaped = [
+        {
+            "id": row.id,
+            "entityType": task.entity_type,
+            "entityId": task.entity_id,
+            "field": task.field,
+            "mode": row.mode,
+            "state": row.state,
+            "created": row.created,
+        }
+        for task, row in zip(tasks, accepted, strict=True)
+    ]
     return web.json_response({"enrichments": shaped}, status=202)
 
 
