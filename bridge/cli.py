@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bridge import errors, logs
+from bridge import errors, ledger, logs
 from bridge import settings as settings_mod
 
 EXIT_OK = 0
@@ -76,26 +76,41 @@ def _command(
     commands: Commands[argparse.ArgumentParser], name: str, text: str
 ) -> argparse.ArgumentParser:
     sub = commands.add_parser(name, help=text, description=text)
-    sub.add_argument("-c", "--config", type=Path, help="config file (lance-bridge.toml)")
+    _config_option(sub, default=None)
     return sub
+
+
+def _config_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, default=default, help="config file (lance-bridge.toml)"
+    )
+
+
+def _action(
+    actions: Commands[argparse.ArgumentParser], name: str, text: str
+) -> argparse.ArgumentParser:
+    # `-c` is accepted after the action too; SUPPRESS keeps a value given before it.
+    parser = actions.add_parser(name, help=text, description=text)
+    _config_option(parser, default=argparse.SUPPRESS)
+    return parser
 
 
 def _inspection_commands(commands: Commands[argparse.ArgumentParser]) -> None:
     enrichments = _command(commands, "enrichments", "inspect enrichments in the ledger")
     sub = enrichments.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = sub.add_parser("list", help="list enrichments")
-    listing.add_argument("--state", help="only this state")
+    listing = _action(sub, "list", "list enrichments")
+    listing.add_argument("--state", choices=sorted((*ledger.IN_FLIGHT, *ledger.TERMINAL)))
     listing.add_argument("--entity", help="only this entity id")
     listing.add_argument("--limit", type=int, default=50)
-    show = sub.add_parser("show", help="one enrichment with its deliveries")
+    show = _action(sub, "show", "one enrichment with its deliveries")
     show.add_argument("id", type=int)
     deliveries = _command(commands, "deliveries", "inspect and replay deliveries")
     sub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = sub.add_parser("list", help="list deliveries")
+    listing = _action(sub, "list", "list deliveries")
     listing.add_argument("--state", choices=("pending", "delivered", "dead"))
     listing.add_argument("--connector")
     listing.add_argument("--limit", type=int, default=50)
-    retry = sub.add_parser("retry", help="replay dead deliveries (never re-triggers Lance)")
+    retry = _action(sub, "retry", "replay dead deliveries (never re-triggers Lance)")
     retry.add_argument("ids", type=int, nargs="*", help="delivery ids")
     retry.add_argument("--all-dead", action="store_true", help="every dead delivery")
     retry.add_argument("--connector", help="with --all-dead: only this connector's")
