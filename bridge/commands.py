@@ -132,6 +132,8 @@ async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
     oldest = facts["oldestInFlightCreatedAt"]
     age = "none in flight" if oldest is None else f"{time.time() - oldest:.0f} s"
     console.print(f"oldest in flight: {age}; last poll: {facts['lastPollAt'] or 'never'}")
+    if facts["triggersHeld"]:
+        console.print(f"[bold red]triggers held since {facts['triggersHeld']}[/]")
     return EXIT_OK
 
 

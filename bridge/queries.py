@@ -219,4 +219,5 @@ async def counts(store: ledger.Ledger) -> dict[str, Any]:
         "deliveries": deliveries,
         "oldestInFlightCreatedAt": oldest[0][0] if oldest else None,
         "lastPollAt": await store.get_meta("last_poll_at"),
+        "triggersHeld": await store.get_meta("trigger_held") or None,
     }

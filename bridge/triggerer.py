@@ -11,10 +11,11 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from bridge import errors, lance, ledger, pacing, poller
+from bridge import errors, lance, ledger, outbox, pacing, poller
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
+HOLD_META_KEY = "trigger_held"
 
 
 @dataclasses.dataclass(slots=True)
@@ -50,21 +51,28 @@ class Triggerer:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.gate = pacing.Gate(self.rng)
         self.hold_reason: str | None = None
+        self._published: str | None = None
 
     async def run_once(self) -> TriggerReport:
         """Trigger queued rows, oldest first, one request per 100 ids of a field."""
         report = TriggerReport()
-        if not self.gate.is_open(self.clock()):
-            report.held = self.hold_reason
-            return report
-        self.hold_reason = None
+        if self.gate.is_open(self.clock()):
+            self.hold_reason = None
+            await self._run(report)
+        report.held = self.hold_reason
+        if report.held != self._published:
+            # Operators see a hold in `lance-bridge status`; written only when it changes.
+            stamp = f"{outbox.iso(self.clock())}: {report.held}" if report.held else ""
+            await self.store.set_meta(HOLD_META_KEY, stamp)
+            self._published = report.held
+        return report
+
+    async def _run(self, report: TriggerReport) -> None:
         queued = await self.store.queued(self.config.max_requests_per_run * self.batch_size)
         for field, rows in queued.items():
             for start in range(0, len(rows), self.batch_size):
                 if not await self._trigger(field, rows[start : start + self.batch_size], report):
-                    report.held = self.hold_reason
-                    return report
-        return report
+                    return
 
     async def _trigger(
         self, field: str, rows: Sequence[tuple[int, str]], report: TriggerReport

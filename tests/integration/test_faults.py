@@ -156,6 +156,9 @@ async def test_insufficient_credits_holds_the_work_without_a_hot_loop(
     rows = await client.app[app_mod.BRIDGE].ledger.fetch("SELECT state FROM enrichments")
     assert {row[0] for row in rows} == {"queued"}
     assert lance_sim.credits_charged == 0
+    held = await client.app[app_mod.BRIDGE].ledger.get_meta("trigger_held")
+    assert held is not None
+    assert held.endswith("insufficient Lance credits"), "surfaced for `lance-bridge status`"
 
 
 async def test_lance_without_a_record_ends_lost_and_says_so(
