@@ -20,6 +20,7 @@ from bridge import (
     fetcher,
     lance,
     ledger,
+    metrics,
     outbox,
     poller,
     scheduler,
@@ -52,9 +53,18 @@ class Bridge:
             return False
         return self.supervisor is None or self.supervisor.running
 
+    def live_metrics(self) -> metrics.Live:
+        """The in-process counters of the parts that are open."""
+        return metrics.Live(
+            lance=self.client.statuses if self.client else {},
+            attempts=self.jobs.dispatcher.attempts if self.jobs else {},
+            skipped=self.supervisor.skipped if self.supervisor else {},
+        )
+
 
 SETTINGS = web.AppKey("settings", settings_mod.Settings)
 BRIDGE = web.AppKey("bridge", Bridge)
+METRICS = web.AppKey("metrics", metrics.Metrics)
 
 
 def router_for(settings: settings_mod.Settings) -> outbox.Router:
@@ -88,6 +98,7 @@ def create_app(
         middlewares=[routes.errors_middleware, routes.auth_middleware],
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics.Metrics()
     app.cleanup_ctx.append(_ledger_ctx(clock))
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
@@ -106,9 +117,12 @@ def _ledger_ctx(
             router=router_for(settings),
             synchronous=settings.ledger.synchronous,
         )
-        app[BRIDGE] = Bridge(settings, clock, store)
-        yield
-        await store.close()
+        try:
+            app[BRIDGE] = Bridge(settings, clock, store)
+            await app[METRICS].open(store)
+            yield
+        finally:
+            await store.close()
 
     return ctx
 
@@ -163,7 +177,8 @@ def _jobs_ctx(
                 "poll": (s.poll.interval_seconds, bridge.jobs.poller.run_once),
                 "fetch": (s.fetch.interval_seconds, bridge.jobs.fetcher.run_once),
                 "deliver": (s.delivery.interval_seconds, bridge.jobs.dispatcher.run_once),
-            }
+            },
+            observe=app[METRICS].job_ran,
         )
         bridge.supervisor = supervisor
         supervisor.start()

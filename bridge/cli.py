@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
+import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from bridge import errors, ledger, logs
 from bridge import settings as settings_mod
@@ -19,17 +23,71 @@ from bridge import settings as settings_mod
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_HELP = "seconds, or a number with s, m, h or d: 90, 30m, 2h, 1d"
+MOMENT_HELP = (
+    "ISO 8601 (2026-01-15T10:00:00Z; UTC when no offset is given) or a duration ago (30m, 2h)"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line naming the command and the problem, then exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``.
+
+    Raises:
+        argparse.ArgumentTypeError: Anything else, with the accepted forms.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: use {DURATION_HELP}")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def moment(text: str) -> float:
+    """Unix seconds from an ISO 8601 time, or from a duration meaning that long ago.
+
+    Raises:
+        argparse.ArgumentTypeError: Neither form, with the accepted forms.
+    """
+    try:
+        return time.time() - duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        parsed = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad time {text!r}: use {MOMENT_HELP}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lance-bridge",
         description="Keeps CRMs in sync with Lance enrichments.",
     )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
+    def command(name: str, text: str) -> _Parser:
         return _command(commands, name, text)
 
     command("serve", "run the daemon until SIGTERM/SIGINT, then drain and exit 0")
@@ -56,12 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "scenarios",
         nargs="*",
-        choices=("poll", "ingest"),
-        default=[],
         metavar="SCENARIO",
-        help="poll, ingest (default: all)",
+        help="poll, ingest, e2e, scale (default: poll ingest e2e)",
     )
-    bench.add_argument("--count", type=int, default=100_000, help="poll: enrichments in flight")
+    bench.add_argument(
+        "--count",
+        type=int,
+        help="poll/e2e: enrichments (100,000); scale: rows in flight (1,000,000)",
+    )
     bench.add_argument("--seconds", type=float, default=10.0, help="ingest: load duration")
     bench.add_argument("--concurrency", type=int, default=32, help="ingest: clients at once")
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -72,9 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 Commands = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
-def _command(
-    commands: Commands[argparse.ArgumentParser], name: str, text: str
-) -> argparse.ArgumentParser:
+def _command(commands: Commands[_Parser], name: str, text: str) -> _Parser:
     sub = commands.add_parser(name, help=text, description=text)
     _config_option(sub, default=None)
     return sub
@@ -86,22 +144,32 @@ def _config_option(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
-def _action(
-    actions: Commands[argparse.ArgumentParser], name: str, text: str
-) -> argparse.ArgumentParser:
+def _action(actions: Commands[_Parser], name: str, text: str) -> _Parser:
     # `-c` is accepted after the action too; SUPPRESS keeps a value given before it.
     parser = actions.add_parser(name, help=text, description=text)
     _config_option(parser, default=argparse.SUPPRESS)
     return parser
 
 
-def _inspection_commands(commands: Commands[argparse.ArgumentParser]) -> None:
+def _inspection_commands(commands: Commands[_Parser]) -> None:
     enrichments = _command(commands, "enrichments", "inspect enrichments in the ledger")
     sub = enrichments.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = _action(sub, "list", "list enrichments")
     listing.add_argument("--state", choices=sorted((*ledger.IN_FLIGHT, *ledger.TERMINAL)))
     listing.add_argument("--entity", help="only this entity id")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--older-than",
+        type=duration,
+        metavar="DURATION",
+        help=f"only those created at least this long ago ({DURATION_HELP})",
+    )
+    listing.add_argument(
+        "--newer-than",
+        type=duration,
+        metavar="DURATION",
+        help="only those created at most this long ago",
+    )
+    _list_options(listing)
     show = _action(sub, "show", "one enrichment with its deliveries")
     show.add_argument("id", type=int)
     deliveries = _command(commands, "deliveries", "inspect and replay deliveries")
@@ -109,11 +177,54 @@ def _inspection_commands(commands: Commands[argparse.ArgumentParser]) -> None:
     listing = _action(sub, "list", "list deliveries")
     listing.add_argument("--state", choices=("pending", "delivered", "dead"))
     listing.add_argument("--connector")
-    listing.add_argument("--limit", type=int, default=50)
+    _time_range(listing)
+    _list_options(listing)
     retry = _action(sub, "retry", "replay dead deliveries (never re-triggers Lance)")
     retry.add_argument("ids", type=int, nargs="*", help="delivery ids")
     retry.add_argument("--all-dead", action="store_true", help="every dead delivery")
     retry.add_argument("--connector", help="with --all-dead: only this connector's")
+    _time_range(retry, "that died (with --all-dead)")
+
+
+def _list_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=_positive, default=50, help="at most this many (50)")
+    parser.add_argument("--json", action="store_true", help="print a JSON array, not a table")
+
+
+def _time_range(parser: argparse.ArgumentParser, what: str = "last changed") -> None:
+    # Deliveries are placed in time by their last change: for a dead one, when it died.
+    parser.add_argument(
+        "--since", type=moment, metavar="TIME", help=f"only those {what} at or after TIME"
+    )
+    parser.add_argument(
+        "--until",
+        type=moment,
+        metavar="TIME",
+        help=f"only those {what} at or before TIME; TIME is {MOMENT_HELP}",
+    )
+
+
+def _conflict(args: argparse.Namespace) -> str | None:
+    """A combination of options that cannot be meant, or ``None``."""
+    since, until = getattr(args, "since", None), getattr(args, "until", None)
+    if since is not None and until is not None and since > until:
+        return "--since is later than --until: nothing can match"
+    older, newer = getattr(args, "older_than", None), getattr(args, "newer_than", None)
+    if older is not None and newer is not None and newer < older:
+        return "--newer-than is shorter than --older-than: nothing can match"
+    if args.command == "deliveries" and args.action == "retry" and not args.all_dead:
+        used = [
+            flag
+            for flag, value in (
+                ("--connector", args.connector),
+                ("--since", args.since),
+                ("--until", args.until),
+            )
+            if value is not None
+        ]
+        if used:
+            return f"{', '.join(used)} only select with --all-dead"
+    return None
 
 
 def _version() -> str:
@@ -124,7 +235,12 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    conflict = _conflict(args)
+    if conflict is not None:
+        where = " ".join(filter(None, ("lance-bridge", args.command, getattr(args, "action", ""))))
+        parser.exit(EXIT_USAGE, f"{where}: {conflict}\n")
     try:
         return _dispatch(args)
     except errors.BridgeError as exc:
@@ -144,9 +260,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bridge import bench  # noqa: PLC0415 - pulls in the simulator
 
         logs.configure("warning", "console")
+        unknown = sorted(set(args.scenarios) - set(bench.SCENARIOS))
+        if unknown:
+            known = ", ".join(bench.SCENARIOS)
+            raise errors.ConfigError(f"unknown scenario {unknown[0]!r} (choose from {known})")
         return asyncio.run(
             bench.run(
-                args.scenarios or ["poll", "ingest"],
+                args.scenarios or ["poll", "ingest", "e2e"],
                 count=args.count,
                 seconds=args.seconds,
                 concurrency=args.concurrency,

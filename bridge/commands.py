@@ -21,14 +21,17 @@ from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED = 0, 1
+MAX_REPLAY = 1_000_000  # dead deliveries one `retry --all-dead` replays
 
 
 async def serve(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
     """Run the HTTP API and the jobs until SIGTERM/SIGINT, then drain; 1 if a job died."""
     app = app_mod.create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
     try:
+        # Inside the try: if a later startup step fails, cleanup closes what the earlier ones
+        # opened (the ledger's threads would otherwise keep the process from ever exiting).
+        await runner.setup()
         site = web.TCPSite(runner, settings.server.host, settings.server.port)
         try:
             await site.start()
@@ -148,11 +151,21 @@ async def enrichments(settings: settings_mod.Settings, args: argparse.Namespace)
             deliveries = await queries.list_deliveries(store, enrichment_id=args.id, limit=1000)
             print(json.dumps(found[args.id] | {"deliveries": deliveries}, indent=2))
             return EXIT_OK
+        now = time.time()
         rows = await queries.list_enrichments(
-            store, state=args.state, after=0, limit=args.limit, entity_id=args.entity
+            store,
+            state=args.state,
+            after=0,
+            limit=args.limit,
+            entity_id=args.entity,
+            created_after=None if args.newer_than is None else now - args.newer_than,
+            created_before=None if args.older_than is None else now - args.older_than,
         )
     finally:
         await store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
     table = Table()
     for column in ("id", "entity", "field", "mode", "state", "error", "updated"):
         table.add_column(column)
@@ -177,10 +190,18 @@ async def deliveries(settings: settings_mod.Settings, args: argparse.Namespace) 
         if args.action == "retry":
             return await _retry(store, args)
         rows = await queries.list_deliveries(
-            store, state=args.state, connector=args.connector, limit=args.limit
+            store,
+            state=args.state,
+            connector=args.connector,
+            limit=args.limit,
+            updated_after=args.since,
+            updated_before=args.until,
         )
     finally:
         await store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
     table = Table()
     for column in ("id", "enrichment", "connector", "event", "state", "attempts", "last error"):
         table.add_column(column)
@@ -200,13 +221,21 @@ async def deliveries(settings: settings_mod.Settings, args: argparse.Namespace) 
 
 async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
     ids = list(args.ids)
+    if not ids and not args.all_dead:
+        raise errors.BridgeError("name delivery ids, or pass --all-dead")
     if args.all_dead:
         rows = await queries.list_deliveries(
-            store, state="dead", connector=args.connector, limit=1_000_000
+            store,
+            state="dead",
+            connector=args.connector,
+            limit=MAX_REPLAY,
+            updated_after=args.since,
+            updated_before=args.until,
         )
         ids += [row["id"] for row in rows]
     if not ids:
-        raise errors.BridgeError("name delivery ids, or pass --all-dead")
+        print("no dead deliveries match; nothing to replay")
+        return EXIT_OK
     replayed = await store.replay(ids, time.time())
     missing = sorted(set(ids) - set(replayed))
     print(f"replaying {len(replayed)} dead deliveries; the running daemon sends them")

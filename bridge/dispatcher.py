@@ -7,6 +7,7 @@ a minute; permanent failures and exhausted retries end ``dead`` with the reason,
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import random
@@ -16,6 +17,8 @@ from bridge import connector, ledger, outbox, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
+# The outcome an attempt's new delivery state records (metrics label).
+OUTCOMES = {"delivered": "delivered", "pending": "retry", "dead": "dead"}
 
 
 @dataclasses.dataclass(slots=True)
@@ -29,7 +32,12 @@ class DeliveryReport:
 
 
 class Dispatcher:
-    """The delivery job. :meth:`run_once` attempts every due delivery once."""
+    """The delivery job. :meth:`run_once` attempts every due delivery once.
+
+    Attributes:
+        attempts: Recorded attempts by (connector, outcome, HTTP status): outcome ``delivered``,
+            ``retry`` (scheduled again) or ``dead``; status ``"none"`` when no answer came.
+    """
 
     def __init__(
         self,
@@ -45,6 +53,7 @@ class Dispatcher:
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.attempts: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
     async def run_once(self) -> DeliveryReport:
         """Send due deliveries, grouped by connector, and record every outcome."""
@@ -57,6 +66,11 @@ class Dispatcher:
         )
         attempts = [attempt for group in groups for attempt in group]
         await self.store.record_attempts(attempts, self.clock())
+        for name, group in zip(by_connector, groups, strict=True):
+            self.attempts.update(
+                (name, OUTCOMES[a.state], "none" if a.status is None else str(a.status))
+                for a in group
+            )
         return _report(attempts)
 
     async def _send(self, name: str, items: Sequence[outbox.Delivery]) -> list[outbox.Attempt]:

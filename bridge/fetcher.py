@@ -75,7 +75,14 @@ class Fetcher:
             except errors.LanceError as exc:
                 self.gate.fail(self.clock(), exc.retry_after_s)
                 logger.warning(
-                    "entity read failed: %s", exc.message, extra={"event": "fetch.failed"}
+                    "entity read failed: %s",
+                    exc.message,
+                    extra={
+                        "event": "fetch.failed",
+                        "entity_type": entity[0],
+                        "entity_id": entity[1],
+                        "status": exc.status,
+                    },
                 )
                 return None
         self.gate.succeed()
@@ -83,6 +90,6 @@ class Fetcher:
             logger.warning(
                 "Lance has no %s %s; delivering without values",
                 *entity,
-                extra={"event": "fetch.missing"},
+                extra={"event": "fetch.missing", "entity_type": entity[0], "entity_id": entity[1]},
             )
         return [(row_id, outbox.values_of(field, found or {})) for row_id, field in rows]

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Required
 
 import aiohttp
+import orjson
 import pydantic
 from pydantic import SecretStr
 from typing_extensions import TypedDict
@@ -56,6 +57,8 @@ class LanceClient:
 
     Attributes:
         requests: Requests made, by endpoint (``"POST enrichment/batch/query"`` ...).
+        statuses: Requests made, by (endpoint, HTTP status); status ``"none"`` when no answer
+            came (connection failure, timeout).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class LanceClient:
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.requests: collections.Counter[str] = collections.Counter()
+        self.statuses: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"<LanceClient {self._base}>"
@@ -148,6 +152,7 @@ class LanceClient:
         endpoint = f"{method} {_template(path)}"
         self.requests[endpoint] += 1
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        status = "none"
         try:
             async with self._session.request(
                 method,
@@ -157,15 +162,18 @@ class LanceClient:
                 headers=headers,
                 timeout=self._timeout,
             ) as response:
+                status = str(response.status)
                 raw = await response.read()
                 if response.status >= 400:
                     raise _error(endpoint, response.status, raw, response.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
             raise errors.LanceRetryableError(f"{endpoint}: {reason}") from exc
+        finally:
+            self.statuses[endpoint, status] += 1
         try:
-            return json.loads(raw)
-        except ValueError:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
             raise errors.LanceRetryableError(f"{endpoint}: answer is not JSON") from None
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiosqlite
+import orjson
 
 from bridge import batching, errors, outbox
 
@@ -166,14 +167,19 @@ class Ledger:
             errors.LedgerTooNewError: the file was written by a newer version.
         """
         lock_file = _lock(path) if exclusive else None
+        opened: list[aiosqlite.Connection] = []
         try:
-            writer = await _connect(path, synchronous, WRITER_CACHE_KIB)
-            await _migrate(writer, path)
-            reader = await _connect(path, synchronous, READER_CACHE_KIB)
+            opened.append(await _connect(path, synchronous, WRITER_CACHE_KIB))
+            await _migrate(opened[0], path)
+            opened.append(await _connect(path, synchronous, READER_CACHE_KIB))
         except BaseException:
+            # Close what was opened: a connection left open keeps its thread alive.
+            for db in opened:
+                await db.close()
             if lock_file is not None:
                 lock_file.close()
             raise
+        writer, reader = opened
         return cls(path, writer, reader, lock_file, router or outbox.Router(()))
 
     async def close(self) -> None:
@@ -298,12 +304,12 @@ class Ledger:
         staying = [(c, now) for changes, now in groups for c in changes if c.state == "pending"]
         async with self.transaction() as db:
             # `state` is only written when it changes: each write of it costs index updates.
-            # Still-pending first: a row the second statement moves from queued must not match.
-            await _many(db, _STILL_PENDING, [_pending_params(c, n) for c, n in staying])
-            await _many(
-                db, _TO_PENDING, [_pending_params(c, n) for c, n in staying if c.from_queue]
-            )
-            await _many(db, _TO_TERMINAL, [_terminal_params(c, now) for c, now in moving])
+            still = [_pending_params(c, n) for c, n in staying if not c.from_queue]
+            await _update_rows(db, _STILL_PENDING, _PENDING_COLUMNS, still)
+            queued = [_pending_params(c, n) for c, n in staying if c.from_queue]
+            await _update_rows(db, _TO_PENDING, _PENDING_COLUMNS, queued)
+            terminal = [_terminal_params(c, n) for c, n in moving]
+            await _update_rows(db, _TO_TERMINAL, _TERMINAL_COLUMNS, terminal)
             for now in sorted({now for _, now in moving}):
                 ready = [c.id for c, t in moving if t == now and not _needs_fetch(c)]
                 await outbox.emit(db, self.router, ready, now)
@@ -418,34 +424,42 @@ def _needs_fetch(change: Change) -> bool:
     return change.state == "finished" and bool((change.record or {}).get("dataFound"))
 
 
-_TO_PENDING = (
-    "UPDATE enrichments SET state = 'pending', record = coalesce(?, record),"
-    " lance_id = coalesce(?, lance_id), next_poll_at = ?, polls = polls + 1, updated_at = ?,"
-    " started_at = coalesce(started_at, ?) WHERE id = ? AND state = 'queued'"
-)
+# State updates take their rows as one VALUES list per statement (c.column1 = the row id):
+# the driver binds a whole chunk at once and SQLite then runs without the GIL, instead of
+# taking it back for every row as executemany does, which stalls against a busy event loop.
+_PENDING_COLUMNS = 5  # id, record, lance_id, next_poll_at, now
 _STILL_PENDING = (
-    "UPDATE enrichments SET record = coalesce(?, record), lance_id = coalesce(?, lance_id),"
-    " next_poll_at = ?, polls = polls + 1, updated_at = ?, started_at = coalesce(started_at, ?)"
-    " WHERE id = ? AND state = 'pending'"
+    "UPDATE enrichments SET record = coalesce(c.column2, record),"
+    " lance_id = coalesce(c.column3, lance_id), next_poll_at = c.column4, polls = polls + 1,"
+    " updated_at = c.column5, started_at = coalesce(started_at, c.column5)"
+    " FROM (VALUES {rows}) AS c WHERE enrichments.id = c.column1 AND state = 'pending'"
 )
+_TO_PENDING = (
+    "UPDATE enrichments SET state = 'pending', record = coalesce(c.column2, record),"
+    " lance_id = coalesce(c.column3, lance_id), next_poll_at = c.column4, polls = polls + 1,"
+    " updated_at = c.column5, started_at = coalesce(started_at, c.column5)"
+    " FROM (VALUES {rows}) AS c WHERE enrichments.id = c.column1 AND state = 'queued'"
+)
+_TERMINAL_COLUMNS = 8  # id, state, record, lance_id, data_found, error, needs_fetch, now
 _TO_TERMINAL = (
-    "UPDATE enrichments SET state = ?, record = coalesce(?, record),"
-    " lance_id = coalesce(?, lance_id), data_found = coalesce(?, data_found),"
-    " error = coalesce(?, error), needs_fetch = ?, next_poll_at = NULL, polls = polls + 1,"
-    " updated_at = ?, finished_at = ?, started_at = coalesce(started_at, ?)"
-    " WHERE id = ? AND state IN ('queued', 'pending')"
+    "UPDATE enrichments SET state = c.column2, record = coalesce(c.column3, record),"
+    " lance_id = coalesce(c.column4, lance_id), data_found = coalesce(c.column5, data_found),"
+    " error = coalesce(c.column6, error), needs_fetch = c.column7, next_poll_at = NULL,"
+    " polls = polls + 1, updated_at = c.column8, finished_at = c.column8,"
+    " started_at = coalesce(started_at, c.column8)"
+    " FROM (VALUES {rows}) AS c WHERE enrichments.id = c.column1"
+    " AND state IN ('queued', 'pending')"
 )
 
 
 def _pending_params(change: Change, now: float) -> tuple[Any, ...]:
     record = change.record
     return (
-        None if record is None else json.dumps(record),
+        change.id,
+        None if record is None else orjson.dumps(record).decode(),
         None if record is None else record.get("id"),
         change.next_poll_at,
         now,
-        now,
-        change.id,
     )
 
 
@@ -453,23 +467,27 @@ def _terminal_params(change: Change, now: float) -> tuple[Any, ...]:
     record = change.record
     found = None if record is None else record.get("dataFound")
     return (
+        change.id,
         change.state,
-        None if record is None else json.dumps(record),
+        None if record is None else orjson.dumps(record).decode(),
         None if record is None else record.get("id"),
         None if found is None else int(bool(found)),
         change.error,
         int(_needs_fetch(change)),
         now,
-        now,
-        now,
-        change.id,
     )
 
 
-async def _many(db: aiosqlite.Connection, sql: str, params: Sequence[tuple[Any, ...]]) -> None:
-    # Each statement is a round trip to the ledger's thread: skip the ones with nothing to do.
-    if params:
-        await db.executemany(sql, params)
+async def _update_rows(
+    db: aiosqlite.Connection, template: str, width: int, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Run ``template`` over ``rows`` (each ``width`` values), a parameter-limit chunk at a time."""
+    step = MAX_PARAMS // width
+    row_marks = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        sql = template.format(rows=",".join([row_marks] * len(chunk)))
+        await db.execute(sql, [value for row in chunk for value in row])
 
 
 _NEW_ROW_COLUMNS = (

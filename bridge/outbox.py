@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
+import orjson
 
 DELIVERY_COLUMNS = (
     "id, enrichment_id, connector, object_type, object_id, event_type, message_id, body, attempts"
@@ -169,7 +170,7 @@ def _event_body(
 ) -> bytes:
     row_id, entity_type, entity_id, field, state, record, enriched, error = row
     lance_record = (
-        json.loads(record)
+        orjson.loads(record)
         if record
         else {
             "entityId": entity_id,
@@ -194,4 +195,4 @@ def _event_body(
             "target": target_shape,
         },
     }
-    return json.dumps(event, separators=(",", ":")).encode()
+    return orjson.dumps(event)

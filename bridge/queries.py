@@ -127,17 +127,30 @@ async def _targets(store: ledger.Ledger, id_list: str) -> dict[int, list[ledger.
 
 
 async def list_enrichments(
-    store: ledger.Ledger, *, state: str | None, after: int, limit: int, entity_id: str | None = None
+    store: ledger.Ledger,
+    *,
+    state: str | None,
+    after: int,
+    limit: int,
+    entity_id: str | None = None,
+    created_after: float | None = None,
+    created_before: float | None = None,
 ) -> list[dict[str, Any]]:
-    """A page of enrichments in id order, starting after ``after``."""
+    """A page of enrichments in id order, starting after ``after``.
+
+    ``created_after`` / ``created_before`` bound ``created_at`` (Unix seconds, inclusive).
+    """
     clauses: list[str] = ["id > ?"]
-    params: list[str | int] = [after]
-    if state:
-        clauses.append("state = ?")
-        params.append(state)
-    if entity_id:
-        clauses.append("entity_id = ?")
-        params.append(entity_id)
+    params: list[str | float] = [after]
+    for clause, value in (
+        ("state = ?", state),
+        ("entity_id = ?", entity_id),
+        ("created_at >= ?", created_after),
+        ("created_at <= ?", created_before),
+    ):
+        if value is not None and value != "":
+            clauses.append(clause)
+            params.append(value)
     rows = await store.fetch(
         f"SELECT id FROM enrichments WHERE {' AND '.join(clauses)}"  # noqa: S608 - fixed clauses
         " ORDER BY id LIMIT ?",
@@ -173,17 +186,25 @@ async def list_deliveries(
     enrichment_id: int | None = None,
     after: int = 0,
     limit: int = 100,
+    updated_after: float | None = None,
+    updated_before: float | None = None,
 ) -> list[dict[str, Any]]:
-    """A page of deliveries in id order, starting after ``after``."""
+    """A page of deliveries in id order, starting after ``after``.
+
+    ``updated_after`` / ``updated_before`` bound ``updated_at`` (Unix seconds, inclusive): the
+    last attempt or change, so for a dead delivery the time it died.
+    """
     clauses: list[str] = ["id > ?"]
-    params: list[str | int] = [after]
-    for column, value in (
-        ("state", state),
-        ("connector", connector),
-        ("enrichment_id", enrichment_id),
+    params: list[str | float] = [after]
+    for clause, value in (
+        ("state = ?", state),
+        ("connector = ?", connector),
+        ("enrichment_id = ?", enrichment_id),
+        ("updated_at >= ?", updated_after),
+        ("updated_at <= ?", updated_before),
     ):
         if value is not None:
-            clauses.append(f"{column} = ?")
+            clauses.append(clause)
             params.append(value)
     rows = await store.fetch(
         f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries"  # noqa: S608 - fixed clauses

@@ -2,7 +2,8 @@
 
 Each job runs at most one instance at a time (a slow run makes the next one be skipped, not
 stacked). A job that raises unexpectedly stops the process with a non-zero exit rather than
-leave work that nobody processes; shutdown waits a grace period, then cancels and logs.
+leave work that nobody processes; shutdown waits a grace period, then cancels and logs. Each run
+is timed for the metrics and summarized in one debug log line (never one per row).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import collections
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +24,8 @@ from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import
 from bridge import dispatcher, fetcher, poller, triggerer
 
 logger = logging.getLogger(__name__)
+# Keys a LogRecord already has: a report field of that name must not be passed as ``extra``.
+_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,10 +48,21 @@ class Jobs:
 
 
 class Supervisor:
-    """Runs the jobs on an interval; :attr:`failed` is set when one dies unexpectedly."""
+    """Runs the jobs on an interval; :attr:`failed` is set when one dies unexpectedly.
 
-    def __init__(self, schedule: dict[str, tuple[float, Callable[[], Awaitable[Any]]]]) -> None:
+    Args:
+        schedule: Per job name, its interval in seconds and its ``run_once``.
+        observe: Called with the job name and duration in seconds after each completed run.
+    """
+
+    def __init__(
+        self,
+        schedule: dict[str, tuple[float, Callable[[], Awaitable[Any]]]],
+        *,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
         self._schedule = schedule
+        self._observe = observe
         self._scheduler = AsyncIOScheduler()
         self._running: set[asyncio.Task[Any]] = set()
         self.skipped: collections.Counter[str] = collections.Counter()
@@ -84,18 +99,31 @@ class Supervisor:
             task = asyncio.current_task()
             assert task is not None
             self._running.add(task)
+            started = time.perf_counter()
             try:
-                await run_once()
+                report = await run_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.exception("job %s died", name, extra={"event": "job.died", "job": name})
                 self.failure = exc
                 self.failed.set()
+            else:
+                self._ran(name, report, time.perf_counter() - started)
             finally:
                 self._running.discard(task)
 
         return run
+
+    def _ran(self, name: str, report: Any, elapsed_s: float) -> None:
+        if self._observe is not None:
+            self._observe(name, elapsed_s)
+        if logger.isEnabledFor(logging.DEBUG):
+            duration_ms = round(elapsed_s * 1000, 1)
+            fields = {"event": "job.ran", "job": name, "duration_ms": duration_ms}
+            logger.debug(
+                "%s ran in %.1f ms", name, duration_ms, extra=fields | _report_fields(report)
+            )
 
     async def stop(self, grace_s: float) -> None:
         """Stop scheduling, wait up to ``grace_s`` for running jobs, then cancel the rest."""
@@ -115,3 +143,10 @@ class Supervisor:
                 await asyncio.wait(late)
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+
+def _report_fields(report: Any) -> dict[str, Any]:
+    """A job report's counts, as log ``extra`` (``due``, ``requests``, ``terminal`` ...)."""
+    if not dataclasses.is_dataclass(report) or isinstance(report, type):
+        return {}
+    return {k: v for k, v in dataclasses.asdict(report).items() if k not in _RESERVED}

@@ -110,7 +110,14 @@ class Triggerer:
 
     async def _reject(self, rows: Sequence[tuple[int, str]], exc: errors.LanceError) -> None:
         logger.error(
-            "Lance rejected a trigger: %s", exc.message, extra={"event": "trigger.rejected"}
+            "Lance rejected a trigger of %d rows: %s",
+            len(rows),
+            exc.message,
+            extra={
+                "event": "trigger.rejected",
+                "status": exc.status,
+                "enrichment_ids": [row_id for row_id, _ in rows],
+            },
         )
         reason = f"Lance rejected the trigger: {exc.message}"
         changes = [ledger.Change(row_id, "failed", error=reason) for row_id, _ in rows]

@@ -15,7 +15,7 @@ import pydantic
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import ledger, openapi, outbox, queries, schemas
+from bridge import ledger, metrics, openapi, outbox, queries, schemas
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,11 @@ def _token_ok(presented: str, tokens: tuple[pydantic.SecretStr, ...]) -> bool:
 
 
 async def _body(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError:
+        # A body that is not what its Content-Encoding says (bad gzip/deflate) is the client's.
+        fail(400, "invalid_body", "request body could not be decoded as its Content-Encoding says")
     try:
         return model.model_validate_json(raw)
     except pydantic.ValidationError as exc:
@@ -236,6 +240,11 @@ async def retry_delivery(request: web.Request) -> web.Response:
             409, "not_dead", f"delivery {delivery_id} is {current['state']}; only dead ones replay"
         )
     await bridge.ledger.replay([delivery_id], bridge.clock())
+    logger.info(
+        "delivery %s replayed",
+        delivery_id,
+        extra={"event": "delivery.replayed", "delivery_id": delivery_id},
+    )
     return web.json_response(await queries.delivery(bridge.ledger, delivery_id))
 
 
@@ -251,6 +260,17 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ready" if ready else "starting"}, status=200 if ready else 503
     )
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus metrics (no auth, like the health checks)."""
+    bridge = request.app.get(app_mod.BRIDGE)
+    if bridge is None:
+        fail(503, "starting", "the ledger is not open yet")
+    body = await request.app[app_mod.METRICS].render(
+        bridge.ledger, bridge.live_metrics(), bridge.clock()
+    )
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def openapi_document(_: web.Request) -> web.Response:
@@ -296,4 +316,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/deliveries/{id}/retry", retry_delivery)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi_document)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -137,6 +140,107 @@ def test_status_and_inspection_read_the_ledger(tmp_path: Path) -> None:
     again = _run("deliveries", "retry", str(delivery_id), "-c", str(config))
     assert again.returncode == 1
     assert "not dead or unknown" in again.stdout
+
+
+def _seed_aged_ledger(path: Path, now: float) -> dict[str, int]:
+    """Enrichments and dead deliveries of different ages (relative to the real clock)."""
+
+    async def seed() -> dict[str, int]:
+        router = outbox.Router([outbox.Route("hook", False, frozenset({"enrichment.failed"}))])
+        store = await ledger.Ledger.open(path, router=router)
+        try:
+            tasks = [ledger.Task("person", str(uuid.uuid4()), "emails") for _ in range(3)]
+            [old] = await store.accept(tasks[:1], now - 3 * 3600)
+            young = await store.accept(tasks[1:], now - 600)
+            await store.apply([ledger.Change(old.id, "failed", error="old")], now - 3 * 3600)
+            await store.apply([ledger.Change(young[0].id, "failed", error="young")], now - 600)
+            due = {d.enrichment_id: d.id for d in await store.due_deliveries(now, 10)}
+            ids = {"HTTP 410: gone": due[old.id], "HTTP 500": due[young[0].id]}
+            for when, reason in ((now - 3 * 3600, "HTTP 410: gone"), (now - 300, "HTTP 500")):
+                await store.record_attempts(
+                    [outbox.Attempt(ids[reason], "dead", None, reason, 410)], when
+                )
+            return {
+                "old": old.id,
+                "young": young[0].id,
+                "queued": young[1].id,
+                "old_dead": ids["HTTP 410: gone"],
+                "young_dead": ids["HTTP 500"],
+            }
+        finally:
+            await store.close()
+
+    return asyncio.run(seed())
+
+
+def _ids(done: subprocess.CompletedProcess[str]) -> list[int]:
+    assert done.returncode == 0, done.stderr
+    return [row["id"] for row in json.loads(done.stdout)]
+
+
+def test_inspection_filters_by_age_and_time_and_prints_json(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    seeded = _seed_aged_ledger(tmp_path / "ledger.db", time.time())
+
+    listing = ("enrichments", "list", "--json", "-c", config)
+    assert _ids(_run(*listing, "--older-than", "1h")) == [seeded["old"]]
+    assert _ids(_run(*listing, "--newer-than", "30m")) == [seeded["young"], seeded["queued"]]
+    assert _ids(_run(*listing, "--older-than", "60", "--newer-than", "2h")) == [
+        seeded["young"],
+        seeded["queued"],
+    ]
+    [row] = json.loads(_run(*listing, "--older-than", "1h").stdout)
+    assert row["state"] == "failed"
+    assert row["error"] == "old"
+    assert _ids(_run(*listing, "--older-than", "4h")) == []
+
+    dead = ("deliveries", "list", "--state", "dead", "--json", "-c", config)
+    assert _ids(_run(*dead, "--since", "1h")) == [seeded["young_dead"]]
+    assert _ids(_run(*dead, "--until", "1h")) == [seeded["old_dead"]]
+    four_h_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=4)
+    iso = four_h_ago.isoformat(timespec="seconds").replace("+00:00", "Z")
+    assert _ids(_run(*dead, "--since", iso, "--until", "2h")) == [seeded["old_dead"]]
+    table = _run("deliveries", "list", "--since", "1h", "-c", config)
+    assert "HTTP 500" in table.stdout
+    assert "HTTP 410" not in table.stdout
+
+    nothing = _run("deliveries", "retry", "--all-dead", "--connector", "other", "-c", config)
+    assert nothing.returncode == 0, nothing.stderr
+    assert "nothing to replay" in nothing.stdout
+    replay = _run("deliveries", "retry", "--all-dead", "--since", "30m", "-c", config)
+    assert replay.returncode == 0, replay.stderr
+    assert "replaying 1 dead deliveries" in replay.stdout
+    assert _ids(_run(*dead)) == [seeded["old_dead"]]
+    pending = _run("deliveries", "list", "--state", "pending", "--json", "-c", config)
+    assert _ids(pending) == [seeded["young_dead"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("enrichments", "list", "--older-than", "2x"), "argument --older-than: bad duration '2x'"),
+        (("enrichments", "list", "--newer-than", "-5"), "argument --newer-than: bad duration"),
+        (("enrichments", "list", "--limit", "0"), "argument --limit: must be a whole number"),
+        (
+            ("enrichments", "list", "--older-than", "2h", "--newer-than", "1h"),
+            "--newer-than is shorter than --older-than",
+        ),
+        (("deliveries", "list", "--since", "yesterday"), "argument --since: bad time 'yesterday'"),
+        (("deliveries", "list", "--until", "2026-13-01"), "argument --until: bad time"),
+        (("deliveries", "list", "--since", "1h", "--until", "2h"), "--since is later than --until"),
+        (("deliveries", "retry", "--since", "1h"), "--since only select with --all-dead"),
+        (("deliveries", "retry", "--connector", "hook"), "--connector only select with --all-dead"),
+    ],
+)
+def test_bad_inspection_options_are_one_line_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    _seed_ledger(tmp_path / "ledger.db")
+    done = _run(*args, "-c", str(_config(tmp_path)))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
 
 
 def test_status_without_a_ledger_says_where_it_looked(tmp_path: Path) -> None:

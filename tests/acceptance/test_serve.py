@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.sim import _http
 from bridge.sim import sink as sink_mod
@@ -183,6 +184,17 @@ async def _sim_stats(lance_url: str) -> dict[str, Any]:
         return stats
 
 
+async def _metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 async def test_sigkill_mid_run_then_restart_loses_nothing_and_repeats_no_paid_trigger(
     tmp_path: Path, lance_url: str, receiver: tuple[sink_mod.WebhookSink, str]
 ) -> None:
@@ -207,6 +219,10 @@ async def test_sigkill_mid_run_then_restart_loses_nothing_and_repeats_no_paid_tr
         return len(sink.received) >= COUNT
 
     await _eventually(all_delivered, "every delivery after the restart")
+    samples = await _metrics(serve.url)
+    assert samples["lance_bridge_invariant_ok", frozenset()] == 1
+    for job in ("trigger", "poll", "fetch", "deliver"):
+        assert samples["lance_bridge_job_duration_seconds_count", frozenset({("job", job)})] >= 1
     assert await serve.stop(signal.SIGTERM) == 0
 
     entities = {p["data"]["enrichment"]["entityId"] for p in sink.received.values()}

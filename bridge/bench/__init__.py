@@ -1,0 +1,88 @@
+"""``lance-bridge bench``: measured throughput and API economy against DESIGN §9's bars.
+
+Each scenario runs the real parts on loopback; the remote side (the Lance simulator, the
+webhook receiver, the load generator) runs in a child process so it does not share the
+measured event loop. Each scenario also runs a deliberately naive baseline in the same run —
+one request and one commit per enrichment — and reports our/baseline ratios, which stay
+comparable on a noisy machine where absolute figures do not.
+
+- ``poll``: N enrichments in flight, all finished at Lance: status updates/s through
+  poll → ledger, and batch queries issued against the floor ⌈N/200⌉.
+- ``ingest``: concurrent single-task triggers for a fixed time: requests/s, p50/p99 latency,
+  and the rows durable in the ledger afterwards (must equal the 202s).
+- ``e2e``: N enrichments trigger → simulator → fetch → signed webhook, with the daemon's own
+  scheduler: time from Lance having them all to the last delivery, requests per enrichment.
+- ``scale``: RSS and poll tick time with 1,000,000 rows in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import resource
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+SCENARIOS = ("poll", "ingest", "e2e", "scale")
+
+
+@dataclasses.dataclass(slots=True)
+class Result:
+    """One scenario's figures and the bars they are held against."""
+
+    scenario: str
+    figures: dict[str, float | int | str]
+    bars: dict[str, bool]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+async def run(
+    scenarios: list[str],
+    *,
+    count: int | None,
+    seconds: float,
+    concurrency: int,
+    json_path: Path | None,
+) -> int:
+    """Run ``scenarios``, print a table per scenario, optionally write JSON; 0 if bars met."""
+    from bridge.bench import e2e, ingest, poll  # noqa: PLC0415 - each pulls in the simulator
+
+    console = Console()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lance-bridge-bench-") as folder:
+        for name in scenarios:
+            console.print(f"bench {name} …")
+            where = Path(folder) / name
+            where.mkdir()
+            if name == "poll":
+                results.append(await poll.bench_poll(count or 100_000, where))
+            elif name == "ingest":
+                results.append(await ingest.bench_ingest(seconds, concurrency, where))
+            elif name == "e2e":
+                results.append(await e2e.bench_e2e(count or 100_000, where))
+            else:
+                results.append(await poll.bench_scale(count or 1_000_000, where))
+            _print(console, results[-1])
+    if json_path is not None:
+        text = json.dumps([dataclasses.asdict(r) for r in results], indent=2)
+        await asyncio.to_thread(json_path.write_text, text)
+    return 0 if all(all(r.bars.values()) for r in results) else 1
+
+
+def _print(console: Console, result: Result) -> None:
+    table = Table(title=f"bench {result.scenario}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.figures.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    for bar, met in result.bars.items():
+        table.add_row(f"bar: {bar}", "[green]met[/]" if met else "[red]not met[/]")
+    console.print(table)

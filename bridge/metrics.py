@@ -1,0 +1,452 @@
+"""Prometheus metrics for ``GET /metrics``.
+
+Two kinds of figures:
+
+- read from the ledger when scraped (enrichments by state, deliveries by connector and state, the
+  oldest in-flight age, charged enrichments and the DESIGN §6 invariant), on the ledger's reader
+  connection and cached for :data:`CACHE_S`, so a scrape storm costs one set of queries;
+- counted live in the process (Lance requests by endpoint and status, delivery attempts by
+  connector and outcome, retries, dead letters, job durations and skipped runs). The jobs keep
+  plain counters; only this module knows Prometheus.
+
+Each app has its own :class:`~prometheus_client.CollectorRegistry`, never the global default
+one, so several apps in one process (tests, ``bench``) do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from bridge import ledger, outbox
+
+logger = logging.getLogger(__name__)
+PREFIX = "lance_bridge_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Ledger figures are re-read at most this often: counting a 1M-row ledger takes ~0.6 s.
+CACHE_S = 5.0
+# Charged records are counted in id ranges this long, so API reads on the same connection
+# get their turn between two chunks of a long count.
+CHARGE_CHUNK_IDS = 100_000
+# Counting charged records parses each in-flight row's record (~2 s for 1M rows in flight), and
+# a cost figure need not be fresher: they are recounted at most this often.
+CHARGES_CACHE_S = 60.0
+JOB_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+DELIVERY_STATES = ("pending", "delivered", "dead")
+
+# One statement, so every figure comes from the same snapshot of the ledger: counted in two
+# statements, a commit in between (a state change with its deliveries) could show up in one
+# count and not in the other and fake a broken invariant. Columns: kind, a, b, n.
+_SNAPSHOT = """
+SELECT 'state', state, '', count(*) FROM enrichments GROUP BY state
+UNION ALL
+SELECT 'awaiting', '', '', count(*) FROM enrichments WHERE needs_fetch = 1
+UNION ALL
+SELECT 'delivery', state, connector, count(*) FROM deliveries GROUP BY state, connector
+UNION ALL
+SELECT 'target', e.state, t.connector, count(*)
+  FROM targets t CROSS JOIN enrichments e ON e.id = t.enrichment_id
+  WHERE e.state NOT IN ('queued', 'pending') AND e.needs_fetch = 0
+  GROUP BY e.state, t.connector
+UNION ALL
+SELECT 'first_in_flight', created_at, '', id FROM enrichments
+  WHERE id = (SELECT min(id) FROM enrichments WHERE state IN ('queued', 'pending'))
+UNION ALL
+SELECT 'last_id', '', '', coalesce(max(id), 0) FROM enrichments
+"""
+_CHARGED = (
+    "SELECT field, count(*) FROM enrichments WHERE id > ? AND id <= ?"
+    " AND json_extract(record, '$.creditTransactionId') IS NOT NULL GROUP BY field"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Live:
+    """The in-process counters, read when scraped.
+
+    Attributes:
+        lance: Lance requests by (endpoint, status); status ``none`` for no HTTP answer.
+        attempts: Delivery attempts by (connector, outcome, status).
+        skipped: Scheduler runs skipped because the previous one was still busy, by job.
+    """
+
+    lance: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    attempts: Mapping[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
+    skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LedgerFigures:
+    """What the ledger says, as of ``read_at``.
+
+    Attributes:
+        read_at: The bridge clock when read.
+        enrichments: Rows by state (their sum is every accepted enrichment).
+        awaiting: Rows that finished with data and whose values are not read yet.
+        deliveries: Delivery rows by (connector, state).
+        oldest_in_flight_s: Age of the oldest queued or pending row; 0 when none is.
+        charged: Rows whose Lance record carries a ``creditTransactionId``, by field.
+        events: Delivery rows the terminal rows call for under the current routes, by connector.
+        undelivered: Of those, how many have no delivery row (must be 0), by connector; a
+            deficit the ledger already had when the process started is not counted.
+        unknown_states: Enrichment and delivery rows in a state the bridge does not know.
+    """
+
+    read_at: float
+    enrichments: dict[str, int]
+    awaiting: int
+    deliveries: dict[tuple[str, str], int]
+    oldest_in_flight_s: float
+    charged: dict[str, int]
+    events: dict[str, int]
+    undelivered: dict[str, int]
+    unknown_states: int
+
+    @property
+    def invariant_ok(self) -> bool:
+        """DESIGN §6: accepted = queued + pending + terminal, and every event has its row."""
+        return self.unknown_states == 0 and not any(self.undelivered.values())
+
+
+def expected_events(
+    router: outbox.Router,
+    terminal: Mapping[str, int],
+    targets: Mapping[tuple[str, str], int],
+) -> collections.Counter[str]:
+    """Delivery rows per connector that terminal enrichments call for, as :func:`outbox.emit`.
+
+    Args:
+        router: The configured routes.
+        terminal: Terminal rows whose events are due (values read, if any), by state.
+        targets: Target rows of those enrichments, by (state, connector).
+    """
+    expected: collections.Counter[str] = collections.Counter()
+    for route in router.routes:
+        if not route.needs_record:
+            expected[route.name] += sum(
+                n for state, n in terminal.items() if f"enrichment.{state}" in route.events
+            )
+    for (state, name), n in targets.items():
+        named = router.route(name)
+        # A target naming a connector no longer configured still gets a row (marked dead).
+        if named is None or (named.needs_record and f"enrichment.{state}" in named.events):
+            expected[name] += n
+    return expected
+
+
+class _Charges:
+    """Rows whose Lance record carries a ``creditTransactionId``, by field, kept incrementally.
+
+    Counting them parses every record (~2 s for 1M rows). But every row below the oldest
+    in-flight one is terminal, a terminal row's record never changes, and rows are never
+    deleted: those are counted once and remembered, and each read re-counts only the rows from
+    the oldest in-flight one up. (Should the ledger ever prune rows, this must recount.)
+    """
+
+    def __init__(self) -> None:
+        self.settled_upto = 0
+        self.settled: collections.Counter[str] = collections.Counter()
+        self.last: tuple[float, collections.Counter[str]] | None = None
+
+    async def count(
+        self, store: ledger.Ledger, first_in_flight: int | None, last_id: int, now: float
+    ) -> collections.Counter[str]:
+        if self.last is not None and 0 <= now - self.last[0] < CHARGES_CACHE_S:
+            return self.last[1]
+        boundary = last_id if first_in_flight is None else first_in_flight - 1
+        if boundary > self.settled_upto:
+            self.settled += await _charged(store, self.settled_upto, boundary)
+            self.settled_upto = boundary
+        counted = self.settled + await _charged(store, self.settled_upto, last_id)
+        self.last = (now, counted)
+        return counted
+
+
+async def _charged(store: ledger.Ledger, after: int, upto: int) -> collections.Counter[str]:
+    found: collections.Counter[str] = collections.Counter()
+    for start in range(after, upto, CHARGE_CHUNK_IDS):
+        rows = await store.fetch(_CHARGED, (start, min(start + CHARGE_CHUNK_IDS, upto)))
+        found.update({str(field): int(n) for field, n in rows})
+    return found
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The counts of one consistent read of the ledger (see :data:`_SNAPSHOT`)."""
+
+    states: dict[str, int]
+    awaiting: int
+    deliveries: dict[tuple[str, str], int]  # (connector, state)
+    targets: dict[tuple[str, str], int]  # (state, connector), of rows whose events are out
+    first_in_flight: tuple[float, int] | None  # (created_at, id)
+    last_id: int
+
+    def events(self, router: outbox.Router) -> collections.Counter[str]:
+        """Delivery rows per connector that the terminal rows call for."""
+        due = {s: self.states.get(s, 0) for s in ledger.TERMINAL}
+        # Only `finished` rows wait for values; their events are written with the values.
+        due["finished"] -= self.awaiting
+        return expected_events(router, due, self.targets)
+
+    def deficits(self, router: outbox.Router) -> dict[str, int]:
+        """Per connector: events called for minus delivery rows (negative: extra rows)."""
+        rows: collections.Counter[str] = collections.Counter()
+        for (name, _), n in self.deliveries.items():
+            rows[name] += n
+        events = self.events(router)
+        return {name: events[name] - rows[name] for name in events.keys() | rows.keys()}
+
+    def unknown_states(self) -> int:
+        """Rows in a state the bridge does not know (which no count of the invariant covers)."""
+        known = {*ledger.IN_FLIGHT, *ledger.TERMINAL}
+        return sum(n for s, n in self.states.items() if s not in known) + sum(
+            n for (_, s), n in self.deliveries.items() if s not in DELIVERY_STATES
+        )
+
+
+async def _snapshot(store: ledger.Ledger) -> _Snapshot:
+    by_kind: dict[str, dict[tuple[str, str], int]] = collections.defaultdict(dict)
+    first_in_flight: tuple[float, int] | None = None
+    last_id = 0
+    for kind, a, b, n in await store.fetch(_SNAPSHOT):
+        if kind == "first_in_flight":
+            first_in_flight = (float(a), int(n))
+        elif kind == "last_id":
+            last_id = int(n)
+        else:
+            by_kind[kind][str(a), str(b)] = int(n)
+    return _Snapshot(
+        states={state: n for (state, _), n in by_kind["state"].items()},
+        awaiting=sum(by_kind["awaiting"].values()),
+        deliveries={(name, state): n for (state, name), n in by_kind["delivery"].items()},
+        targets=by_kind["target"],
+        first_in_flight=first_in_flight,
+        last_id=last_id,
+    )
+
+
+async def read_ledger(
+    store: ledger.Ledger,
+    now: float,
+    charges: _Charges,
+    baseline: Mapping[str, int],
+) -> LedgerFigures:
+    """Read every ledger figure on the reader connection.
+
+    Args:
+        store: The ledger.
+        now: The bridge clock.
+        charges: The running count of charged rows.
+        baseline: Per connector, the deficit of delivery rows found when the process started;
+            only a deficit beyond it counts as undelivered (see :meth:`Metrics.open`).
+    """
+    snap = await _snapshot(store)
+    first = snap.first_in_flight
+    charged = await charges.count(store, first[1] if first else None, snap.last_id, now)
+    events = snap.events(store.router)
+    deficits = snap.deficits(store.router)
+    return LedgerFigures(
+        read_at=now,
+        enrichments=snap.states,
+        awaiting=snap.awaiting,
+        deliveries=snap.deliveries,
+        oldest_in_flight_s=max(0.0, now - first[0]) if first else 0.0,
+        charged=dict(charged),
+        events=dict(events),
+        undelivered={
+            name: max(0, deficits.get(name, 0) - baseline.get(name, 0)) for name in events
+        },
+        unknown_states=snap.unknown_states(),
+    )
+
+
+class Metrics:
+    """The app's registry: live job durations, plus ledger figures and counters when scraped.
+
+    Args:
+        cache_s: How long ledger figures are reused before they are read again.
+    """
+
+    def __init__(self, *, cache_s: float = CACHE_S) -> None:
+        self.registry = CollectorRegistry()
+        self.cache_s = cache_s
+        self.job_seconds = Histogram(
+            PREFIX + "job_duration_seconds",
+            "Duration of one scheduled run of a job (the poll job's run is one poll tick).",
+            ["job"],
+            buckets=JOB_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._view = _View()
+        self.registry.register(self._view)
+        self._charges = _Charges()
+        self._figures: LedgerFigures | None = None
+        self._baseline: dict[str, int] = {}
+        self._reading = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Metrics cache_s={self.cache_s}>"
+
+    async def open(self, store: ledger.Ledger) -> None:
+        """Note the ledger's delivery-row deficit as the process starts, before any job runs.
+
+        Routes only change with a restart, and every event written under them commits with its
+        delivery rows, so the deficit must stay what it was at start. A deficit at start means
+        a connector (or an event type) was added after enrichments ended that now route to it;
+        it is logged once and not counted by ``events_undelivered``, which would otherwise
+        stay non-zero forever.
+        """
+        deficits = (await _snapshot(store)).deficits(store.router)
+        self._baseline = {name: n for name, n in deficits.items() if n > 0}
+        if self._baseline:
+            logger.warning(
+                "some ended enrichments have no delivery row for a connector now configured"
+                " (was it added since?): %s",
+                self._baseline,
+                extra={"event": "metrics.undelivered_at_start", "undelivered": self._baseline},
+            )
+
+    def job_ran(self, job: str, seconds: float) -> None:
+        """Record one run of ``job`` (the scheduler's observer)."""
+        self.job_seconds.labels(job).observe(seconds)
+
+    async def render(self, store: ledger.Ledger, live: Live, now: float) -> bytes:
+        """The exposition text: ledger figures (read if older than :attr:`cache_s`) and ``live``.
+
+        Args:
+            store: The ledger, read on its reader connection.
+            live: The in-process counters.
+            now: The bridge clock.
+        """
+        async with self._reading:
+            cached = self._figures
+            if cached is None or not 0 <= now - cached.read_at < self.cache_s:
+                self._figures = await read_ledger(store, now, self._charges, self._baseline)
+        # No await from here on: concurrent scrapes cannot interleave between set and render.
+        self._view.figures, self._view.live = self._figures, live
+        self._view.connectors = tuple(route.name for route in store.router.routes)
+        return generate_latest(self.registry)
+
+
+class _View:
+    """A collector rendering the last ledger figures and live counters."""
+
+    def __init__(self) -> None:
+        self.figures: LedgerFigures | None = None
+        self.live = Live()
+        self.connectors: tuple[str, ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        if self.figures is not None:
+            yield from _ledger_families(self.figures, self.connectors)
+        yield from _live_families(self.live, self.connectors)
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+
+
+def _ledger_families(figures: LedgerFigures, connectors: tuple[str, ...]) -> Iterator[Metric]:
+    states = _gauge("enrichments", "Enrichments in the ledger by state.", ("state",))
+    known = dict.fromkeys((*ledger.IN_FLIGHT, *ledger.TERMINAL), 0)
+    for state, n in (known | figures.enrichments).items():
+        states.add_metric([state], n)
+    awaiting = _gauge(
+        "enrichments_awaiting_values",
+        "Enrichments finished with data whose values are not read yet (their events wait).",
+    )
+    awaiting.add_metric([], figures.awaiting)
+    deliveries = _gauge(
+        "deliveries", "Deliveries in the ledger by connector and state.", ("connector", "state")
+    )
+    zero = {(name, state): 0 for name in connectors for state in DELIVERY_STATES}
+    for (name, state), n in sorted((zero | figures.deliveries).items()):
+        deliveries.add_metric([name, state], n)
+    oldest = _gauge(
+        "oldest_in_flight_age_seconds",
+        "Age of the oldest queued or pending enrichment since it was accepted; 0 when none is.",
+    )
+    oldest.add_metric([], figures.oldest_in_flight_s)
+    charged = _gauge(
+        "charged_enrichments",
+        "Enrichments whose Lance record carries a creditTransactionId (one charge each;"
+        " records carry no amount), by field.",
+        ("field",),
+    )
+    for field, n in sorted(figures.charged.items()):
+        charged.add_metric([field], n)
+    yield from (states, awaiting, deliveries, oldest, charged)
+    yield from _invariant_families(figures)
+
+
+def _invariant_families(figures: LedgerFigures) -> Iterator[Metric]:
+    events = _gauge(
+        "events",
+        "Completion events the terminal enrichments call for under the current connector"
+        " config, by connector (= delivered + dead + pending deliveries).",
+        ("connector",),
+    )
+    undelivered = _gauge(
+        "events_undelivered",
+        "Completion events with no delivery row, by connector; anything but 0 is a bug.",
+        ("connector",),
+    )
+    for name in sorted(figures.events):
+        events.add_metric([name], figures.events[name])
+        undelivered.add_metric([name], figures.undelivered[name])
+    ok = _gauge(
+        "invariant_ok",
+        "1 while accepted = queued + pending + terminal and every event has its delivery row.",
+    )
+    ok.add_metric([], int(figures.invariant_ok))
+    yield from (events, undelivered, ok)
+
+
+def _live_families(live: Live, connectors: tuple[str, ...]) -> Iterator[Metric]:
+    lance = CounterMetricFamily(
+        PREFIX + "lance_requests_total",
+        "Requests to the Lance API by endpoint and HTTP status (none: no answer).",
+        labels=("endpoint", "status"),
+    )
+    for (endpoint, status), n in sorted(live.lance.items()):
+        lance.add_metric([endpoint, status], n)
+    attempts = CounterMetricFamily(
+        PREFIX + "delivery_attempts_total",
+        "Delivery attempts by connector, outcome (delivered, retry, dead) and HTTP status.",
+        labels=("connector", "outcome", "status"),
+    )
+    by_outcome: dict[str, collections.Counter[str]] = {
+        "retry": collections.Counter(dict.fromkeys(connectors, 0)),
+        "dead": collections.Counter(dict.fromkeys(connectors, 0)),
+    }
+    for (name, outcome, status), n in sorted(live.attempts.items()):
+        attempts.add_metric([name, outcome, status], n)
+        if outcome in by_outcome:
+            by_outcome[outcome][name] += n
+    retries = CounterMetricFamily(
+        PREFIX + "delivery_retries_total",
+        "Delivery attempts that failed and were scheduled again, by connector.",
+        labels=("connector",),
+    )
+    dead = CounterMetricFamily(
+        PREFIX + "dead_letters_total",
+        "Deliveries that ended dead (permanent error or retries exhausted), by connector.",
+        labels=("connector",),
+    )
+    for family, counts in ((retries, by_outcome["retry"]), (dead, by_outcome["dead"])):
+        for name in sorted(counts):
+            family.add_metric([name], counts[name])
+    skipped = CounterMetricFamily(
+        PREFIX + "job_skipped_total",
+        "Scheduled runs skipped because the job's previous run was still busy.",
+        labels=("job",),
+    )
+    for job, n in sorted(live.skipped.items()):
+        skipped.add_metric([job], n)
+    yield from (lance, attempts, retries, dead, skipped)

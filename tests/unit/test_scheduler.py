@@ -1,0 +1,39 @@
+"""The supervisor times every run for the metrics and logs one summary line per run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bridge import poller, scheduler
+
+
+async def test_each_run_is_observed_and_summarized_in_one_debug_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran = asyncio.Event()
+    observed: list[tuple[str, float]] = []
+
+    async def tick() -> poller.PollReport:
+        ran.set()
+        return poller.PollReport(due=400, requests=2, updated=400, terminal=390)
+
+    supervisor = scheduler.Supervisor(
+        {"poll": (3600.0, tick)}, observe=lambda job, s: observed.append((job, s))
+    )
+    caplog.set_level(logging.DEBUG, logger="bridge.scheduler")
+    supervisor.start()
+    await ran.wait()
+    await supervisor.stop(grace_s=5.0)  # waits for the run to finish
+
+    assert [job for job, _ in observed] == ["poll"]
+    assert observed[0][1] >= 0
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "job.ran"]
+    assert record.levelno == logging.DEBUG
+    fields = vars(record)
+    assert fields["job"] == "poll"
+    assert (fields["due"], fields["requests"], fields["terminal"]) == (400, 2, 390)
+    assert fields["duration_ms"] >= 0
+    assert not supervisor.failed.is_set()
