@@ -40,29 +40,8 @@ class TargetIn(_Strict):
     objectId: str = Field(default="", max_length=200)
 
 
-class TriggerTask(_Strict):
-    """One enrichment to start (``trigger``) or follow (``track``)."""
-
-    entityId: Uuid
-    field: Literal["phones", "emails", "summary"]
-    entityType: Literal["person", "company"] = "person"
-    mode: Literal["trigger", "track"] = "trigger"
-    targets: list[TargetIn] = Field(default_factory=list, max_length=20)
-
-    @pydantic.field_validator("entityId")
-    @classmethod
-    def _lowercase(cls, value: str) -> str:
-        return str(uuid.UUID(value))
-
-
-class TriggerRequest(_Strict):
-    """``POST /v1/triggers``."""
-
-    tasks: list[TriggerTask] = Field(min_length=1, max_length=MAX_TRIGGER_TASKS)
-
-
 class QueryTask(_Strict):
-    """One task of the Lance batch-query shape."""
+    """One task of the Lance batch-query shape: which enrichment."""
 
     entityId: Uuid
     field: Literal["phones", "emails", "summary"]
@@ -78,6 +57,19 @@ class QueryRequest(_Strict):
     """``POST /v1/enrichments/query``: Lance's batch-query shape, answered from the ledger."""
 
     tasks: list[QueryTask] = Field(min_length=1, max_length=MAX_QUERY_TASKS)
+
+
+class TriggerTask(QueryTask):
+    """One enrichment to start (``trigger``) or follow (``track``), and where results go."""
+
+    mode: Literal["trigger", "track"] = "trigger"
+    targets: list[TargetIn] = Field(default_factory=list, max_length=20)
+
+
+class TriggerRequest(_Strict):
+    """``POST /v1/triggers``."""
+
+    tasks: list[TriggerTask] = Field(min_length=1, max_length=MAX_TRIGGER_TASKS)
 
 
 # -- responses -------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ document lists for that operation: no 5xx, a documented status, the documented c
 and a body that matches the documented schema.
 
 The server runs on an event loop of its own, in a background thread: schemathesis calls it
-synchronously (``requests``) from the test, which pytest runs outside any event loop.
+synchronously (``requests``) from the test, which pytest runs outside any event loop. Each
+operation is one Hypothesis test over ``operation.as_strategy()`` (schemathesis's
+``pytest.from_fixture`` sets ``Node._nodeid``, which pytest 9.2 no longer has).
 
-The short run (25 examples per operation) is part of every test run; the long one
-(``--run-slow``) tries many more.
+The short run (25 examples per operation, valid and invalid mixed, derandomized) is part of
+every test run; the long one (``--run-slow``) sends 500 per operation.
 """
 
 from __future__ import annotations
