@@ -109,6 +109,15 @@ class Change:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class QueuedRow:
+    """A queued row: ``sent_at`` is set when a trigger naming it went out unanswered."""
+
+    id: int
+    entity_id: str
+    sent_at: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PollRow:
     """An in-flight row due for a status check."""
 
@@ -255,25 +264,31 @@ class Ledger:
 
     # -- trigger job ----------------------------------------------------------------------
 
-    async def queued(self, limit: int) -> dict[str, list[tuple[int, str]]]:
-        """Queued rows to trigger, oldest first, as ``{field: [(id, entityId), ...]}``."""
+    async def queued(self, limit: int) -> dict[str, list[QueuedRow]]:
+        """Queued rows to trigger, oldest first, grouped by field."""
         rows = await self._fetch(
-            "SELECT id, field, entity_id FROM enrichments WHERE state = 'queued'"
-            " ORDER BY id LIMIT ?",
+            "SELECT id, field, entity_id, trigger_sent_at FROM enrichments"
+            " WHERE state = 'queued' ORDER BY id LIMIT ?",
             (limit,),
             writer=True,
         )
-        grouped: dict[str, list[tuple[int, str]]] = {}
-        for row_id, field, entity_id in rows:
-            grouped.setdefault(field, []).append((row_id, entity_id))
+        grouped: dict[str, list[QueuedRow]] = {}
+        for row_id, field, entity_id, sent_at in rows:
+            grouped.setdefault(field, []).append(QueuedRow(row_id, entity_id, sent_at))
         return grouped
 
-    async def count_trigger_calls(self, ids: Sequence[int]) -> None:
-        """Note that a trigger request naming ``ids`` is about to be sent."""
+    async def mark_sent(self, ids: Sequence[int], now: float) -> None:
+        """Record, before a trigger request goes out, that it names ``ids``.
+
+        If the process dies before Lance's answer is stored, the trigger job finds these rows
+        still queued but marked, and asks Lance for their status (free) before triggering
+        again: a record that has meanwhile failed would otherwise be charged twice.
+        """
         async with self.transaction() as db:
-            await db.executemany(
-                "UPDATE enrichments SET trigger_calls = trigger_calls + 1 WHERE id = ?",
-                [(row_id,) for row_id in ids],
+            await db.execute(
+                "UPDATE enrichments SET trigger_sent_at = ?"
+                " WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?))",
+                (now, json.dumps(list(ids))),
             )
 
     # -- poll job -------------------------------------------------------------------------

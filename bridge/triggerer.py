@@ -7,6 +7,7 @@ trigger repeated after a crash costs nothing; rows only leave ``queued`` once La
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -70,16 +71,49 @@ class Triggerer:
     async def _run(self, report: TriggerReport) -> None:
         queued = await self.store.queued(self.config.max_requests_per_run * self.batch_size)
         for field, rows in queued.items():
-            for start in range(0, len(rows), self.batch_size):
-                if not await self._trigger(field, rows[start : start + self.batch_size], report):
+            unsent = await self._resume(field, [r for r in rows if r.sent_at is not None])
+            if unsent is None:
+                return
+            fresh = [r for r in rows if r.sent_at is None] + unsent
+            for start in range(0, len(fresh), self.batch_size):
+                if not await self._trigger(field, fresh[start : start + self.batch_size], report):
                     return
 
+    async def _resume(
+        self, field: str, rows: Sequence[ledger.QueuedRow]
+    ) -> list[ledger.QueuedRow] | None:
+        """Rows whose trigger went out unanswered (a crash): take over what Lance has.
+
+        Asking costs no credit; triggering again would charge again if Lance's record has
+        failed meanwhile. Returns the rows Lance has no record of (to trigger), or ``None``
+        when Lance could not be asked.
+        """
+        unsent: list[ledger.QueuedRow] = []
+        for start in range(0, len(rows), lance.QUERY_BATCH_MAX):
+            chunk = rows[start : start + lance.QUERY_BATCH_MAX]
+            try:
+                found = await self.client.query(("person", r.entity_id, field) for r in chunk)
+            except errors.LanceError as exc:
+                self._hold(exc)
+                return None
+            now = self.clock()
+            changes = []
+            for row in chunk:
+                record = found.get(("person", row.entity_id, field))
+                if record is not None and _answers(record, row.sent_at or 0.0):
+                    changes.append(self._change(row.id, record, now))
+                else:
+                    unsent.append(row)
+            await self.store.apply(changes, now)
+        return unsent
+
     async def _trigger(
-        self, field: str, rows: Sequence[tuple[int, str]], report: TriggerReport
+        self, field: str, rows: Sequence[ledger.QueuedRow], report: TriggerReport
     ) -> bool:
         report.requests += 1
+        await self.store.mark_sent([row.id for row in rows], self.clock())
         try:
-            records = await self.client.trigger_batch(field, [entity_id for _, entity_id in rows])
+            records = await self.client.trigger_batch(field, [row.entity_id for row in rows])
         except errors.LancePermanentError as exc:
             await self._reject(rows, exc)
             report.failed += len(rows)
@@ -94,9 +128,7 @@ class Triggerer:
             for record in records
             if record.get("field", field) == field
         }
-        changes = [
-            self._change(row_id, by_person.get(entity_id), now) for row_id, entity_id in rows
-        ]
+        changes = [self._change(row.id, by_person.get(row.entity_id), now) for row in rows]
         await self.store.apply(changes, now)
         report.triggered += len(rows)
         return True
@@ -108,7 +140,7 @@ class Triggerer:
         change = poller.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
         return dataclasses.replace(change, from_queue=True)
 
-    async def _reject(self, rows: Sequence[tuple[int, str]], exc: errors.LanceError) -> None:
+    async def _reject(self, rows: Sequence[ledger.QueuedRow], exc: errors.LanceError) -> None:
         logger.error(
             "Lance rejected a trigger of %d rows: %s",
             len(rows),
@@ -116,11 +148,11 @@ class Triggerer:
             extra={
                 "event": "trigger.rejected",
                 "status": exc.status,
-                "enrichment_ids": [row_id for row_id, _ in rows],
+                "enrichment_ids": [row.id for row in rows],
             },
         )
         reason = f"Lance rejected the trigger: {exc.message}"
-        changes = [ledger.Change(row_id, "failed", error=reason) for row_id, _ in rows]
+        changes = [ledger.Change(row.id, "failed", error=reason) for row in rows]
         await self.store.apply(changes, self.clock())
 
     def _hold(self, exc: errors.LanceError) -> None:
@@ -140,3 +172,22 @@ class Triggerer:
             exc.message,
             extra={"event": "trigger.held", "status": exc.status},
         )
+
+
+# Lance's clock and ours may differ a little; a record created this long before our trigger
+# went out is still taken for its answer.
+CLOCK_SKEW_S = 10.0
+
+
+def _answers(record: lance.Enrichment, sent_at: float) -> bool:
+    """Whether ``record`` was created by (or after) a trigger sent at ``sent_at``.
+
+    An older record belongs to an earlier enrichment; if it is not reusable, a new trigger
+    is needed. A record without a readable ``createdAt`` is taken as the answer: mistaking it
+    costs a wrong answer, which Lance's own reuse makes unlikely, never a second charge.
+    """
+    try:
+        created = datetime.datetime.fromisoformat(str(record.get("createdAt"))).timestamp()
+    except ValueError:
+        return True
+    return created >= sent_at - CLOCK_SKEW_S

@@ -16,7 +16,8 @@ CREATE TABLE enrichments (
     needs_fetch   INTEGER NOT NULL DEFAULT 0,   -- finished with data, values not read yet
     enriched      TEXT,                         -- the values read from the entity (JSON)
     error         TEXT,
-    trigger_calls INTEGER NOT NULL DEFAULT 0,   -- trigger requests that named this row
+    trigger_sent_at REAL,                       -- a trigger naming it was sent (answer unknown
+                                                -- until the row leaves `queued`)
     polls         INTEGER NOT NULL DEFAULT 0,
     created_at    REAL    NOT NULL,
     updated_at    REAL    NOT NULL,

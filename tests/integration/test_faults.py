@@ -227,3 +227,45 @@ async def test_a_row_lance_refuses_to_report_on_fails_alone(
     await drain(client)
     types = sorted(p["type"] for p in receiver.received.values())
     assert types == ["enrichment.failed"] + ["enrichment.finished"] * 9
+
+
+@pytest.mark.parametrize("sim_config", [{"outcomes": {"failed": 1.0}}], indirect=True)
+async def test_a_trigger_answer_lost_in_a_crash_is_recovered_without_a_second_charge(
+    make_bridge: BridgeFactory, simulator: Sim, sink: Sink, tmp_path: Path, clock: Clock
+) -> None:
+    lance_sim, lance_url = simulator
+    receiver, sink_url = sink
+    client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
+    await client.post("/v1/triggers", json={"tasks": tasks_for(1, "emails")}, headers=auth())
+    bridge = client.app[app_mod.BRIDGE]
+    assert bridge.client is not None
+    # The trigger went out, then the process died before Lance's answer was stored ...
+    [row] = (await bridge.ledger.queued(10))["emails"]
+    await bridge.ledger.mark_sent([row.id], clock())
+    await bridge.client.trigger_batch("emails", [row.entity_id])
+    clock.advance(5)  # ... and meanwhile Lance's record failed, so a new trigger would pay.
+
+    await drain(client)
+
+    assert lance_sim.requests[TRIGGER] == 1, "asked Lance instead of triggering again"
+    assert sum(lance_sim.charges.values()) == 1
+    [payload] = receiver.received.values()
+    assert payload["type"] == "enrichment.failed"
+
+
+async def test_a_trigger_marked_but_never_sent_is_sent(
+    make_bridge: BridgeFactory, simulator: Sim, sink: Sink, tmp_path: Path, clock: Clock
+) -> None:
+    lance_sim, lance_url = simulator
+    receiver, sink_url = sink
+    client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
+    await client.post("/v1/triggers", json={"tasks": tasks_for(1, "phones")}, headers=auth())
+    store = client.app[app_mod.BRIDGE].ledger
+    [row] = (await store.queued(10))["phones"]
+    await store.mark_sent([row.id], clock())  # died before the request left
+
+    await drain(client)
+
+    assert lance_sim.requests[QUERY] >= 1
+    assert lance_sim.requests[TRIGGER] == 1
+    assert [p["type"] for p in receiver.received.values()] == ["enrichment.finished"]
