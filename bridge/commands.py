@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -163,22 +164,39 @@ async def enrichments(settings: settings_mod.Settings, args: argparse.Namespace)
         )
     finally:
         await store.close()
-    if args.json:
+    columns = ("id", "entity", "field", "mode", "state", "error", "updated")
+    return _print_rows(rows, columns, _enrichment_cells, as_json=args.json)
+
+
+def _enrichment_cells(row: dict[str, Any]) -> list[str]:
+    entity = f"{row['entityType']} {row['entityId']}"
+    return [
+        str(row["id"]),
+        entity,
+        row["field"],
+        row["mode"],
+        row["state"],
+        row["error"] or "",
+        row["updatedAt"],
+    ]
+
+
+def _print_rows(
+    rows: list[dict[str, Any]],
+    columns: tuple[str, ...],
+    cells: Callable[[dict[str, Any]], list[str]],
+    *,
+    as_json: bool,
+) -> int:
+    """Print ``rows`` as JSON (the API's shapes) or as a table of ``columns``."""
+    if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     table = Table()
-    for column in ("id", "entity", "field", "mode", "state", "error", "updated"):
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(
-            str(row["id"]),
-            f"{row['entityType']} {row['entityId']}",
-            row["field"],
-            row["mode"],
-            row["state"],
-            row["error"] or "",
-            row["updatedAt"],
-        )
+        table.add_row(*cells(row))
     Console().print(table)
     return EXIT_OK
 
@@ -199,24 +217,20 @@ async def deliveries(settings: settings_mod.Settings, args: argparse.Namespace) 
         )
     finally:
         await store.close()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    table = Table()
-    for column in ("id", "enrichment", "connector", "event", "state", "attempts", "last error"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            str(row["id"]),
-            str(row["enrichmentId"]),
-            row["connector"],
-            row["eventType"],
-            row["state"],
-            str(row["attempts"]),
-            row["lastError"] or "",
-        )
-    Console().print(table)
-    return EXIT_OK
+    columns = ("id", "enrichment", "connector", "event", "state", "attempts", "last error")
+    return _print_rows(rows, columns, _delivery_cells, as_json=args.json)
+
+
+def _delivery_cells(row: dict[str, Any]) -> list[str]:
+    return [
+        str(row["id"]),
+        str(row["enrichmentId"]),
+        row["connector"],
+        row["eventType"],
+        row["state"],
+        str(row["attempts"]),
+        row["lastError"] or "",
+    ]
 
 
 async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
