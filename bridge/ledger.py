@@ -325,9 +325,8 @@ class Ledger:
             await _update_rows(db, _TO_PENDING, _PENDING_COLUMNS, queued)
             terminal = [_terminal_params(c, n) for c, n in moving]
             await _update_rows(db, _TO_TERMINAL, _TERMINAL_COLUMNS, terminal)
-            for now in sorted({now for _, now in moving}):
-                ready = [c.id for c, t in moving if t == now and not _needs_fetch(c)]
-                await outbox.emit(db, self.router, ready, now)
+            ready = [(c.id, now) for c, now in moving if not _needs_fetch(c)]
+            await outbox.emit(db, self.router, ready)
         return [None] * len(groups)
 
     async def reschedule(self, ids: Sequence[int], next_poll_at: float) -> None:
@@ -363,7 +362,7 @@ class Ledger:
                 " WHERE id = ? AND needs_fetch = 1",
                 [(json.dumps(found), now, row_id) for row_id, found in values],
             )
-            await outbox.emit(db, self.router, [row_id for row_id, _ in values], now)
+            await outbox.emit(db, self.router, [(row_id, now) for row_id, _ in values])
 
     # -- delivery job ---------------------------------------------------------------------
 

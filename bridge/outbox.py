@@ -131,11 +131,18 @@ def values_of(field: str, entity: dict[str, Any]) -> dict[str, Any]:
     return {field: [v for v in value if isinstance(v, str)] if isinstance(value, list) else []}
 
 
-async def emit(db: aiosqlite.Connection, router: Router, ids: Sequence[int], now: float) -> int:
-    """Write the deliveries caused by the terminal enrichments ``ids``; returns how many."""
-    if not ids:
+async def emit(db: aiosqlite.Connection, router: Router, ready: Sequence[tuple[int, float]]) -> int:
+    """Write the deliveries caused by terminal enrichments; returns how many.
+
+    Args:
+        db: The connection of the transaction that changed their state.
+        router: Who receives which event.
+        ready: (enrichment id, time of its state change) pairs; one query serves them all.
+    """
+    if not ready:
         return 0
-    id_list = json.dumps(list(ids))
+    when = dict(ready)
+    id_list = json.dumps(list(when))
     rows = await db.execute_fetchall(
         "SELECT id, entity_type, entity_id, field, state, record, enriched, error"
         " FROM enrichments WHERE id IN (SELECT value FROM json_each(?))",
@@ -148,20 +155,21 @@ async def emit(db: aiosqlite.Connection, router: Router, ids: Sequence[int], now
         (id_list,),
     ):
         named.setdefault(int(row[0]), []).append((row[1], row[2], row[3]))
-    stamp = iso(now)
     new = []
     for row in rows:
         event_type = f"enrichment.{row[4]}"
+        now = when[int(row[0])]
         for target in router.targets(event_type, named.get(int(row[0]), [])):
             message_id = f"msg_{uuid.uuid4().hex}"
-            body = _event_body(row, event_type, message_id, stamp, target)
+            body = _event_body(row, event_type, message_id, iso(now), target)
             new.append((int(row[0]), *target, event_type, message_id, body, now, now, now))
-    await db.executemany(
-        "INSERT OR IGNORE INTO deliveries (enrichment_id, connector, object_type, object_id,"
-        " event_type, message_id, body, state, next_attempt_at, created_at, updated_at)"
-        " VALUES (?,?,?,?,?,?,?,'pending',?,?,?)",
-        new,
-    )
+    if new:
+        await db.executemany(
+            "INSERT OR IGNORE INTO deliveries (enrichment_id, connector, object_type, object_id,"
+            " event_type, message_id, body, state, next_attempt_at, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,'pending',?,?,?)",
+            new,
+        )
     return len(new)
 
 
