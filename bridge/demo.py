@@ -191,7 +191,9 @@ def _summary(
 
 
 def _floor(count: int) -> int:
-    per_field = [count // len(FIELDS) + (1 if i < count % len(FIELDS) else 0) for i in range(2)]
+    per_field = [
+        count // len(FIELDS) + (1 if i < count % len(FIELDS) else 0) for i in range(len(FIELDS))
+    ]
     return sum(math.ceil(n / 100) for n in per_field)
 
 

@@ -120,7 +120,9 @@ class LanceClient:
                 return None
             raise
         if not isinstance(data, dict):
-            raise errors.LanceRetryableError(f"GET {path}: expected an object, got {_kind(data)}")
+            raise errors.LanceRetryableError(
+                f"GET {path}: expected an object, got {type(data).__name__}"
+            )
         return data
 
     async def balance(self) -> int:
@@ -233,7 +235,3 @@ def _template(path: str) -> str:
     elif parts[:2] == ["operations", "enrichment"] and len(parts) == 3 and parts[2] != "batch":
         parts[2] = "{personId}"
     return "/".join(parts[1:] if parts[0] == "operations" else parts)
-
-
-def _kind(data: Any) -> str:
-    return type(data).__name__

@@ -46,10 +46,7 @@ class Target:
 
     def as_json(self) -> dict[str, str]:
         """The API shape of the target."""
-        shape = {"connector": self.connector}
-        if self.object_type or self.object_id:
-            shape |= {"objectType": self.object_type, "objectId": self.object_id}
-        return shape
+        return outbox.target_json(self.connector, self.object_type, self.object_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -328,14 +325,6 @@ class Ledger:
             ready = [(c.id, now) for c, now in moving if not _needs_fetch(c)]
             await outbox.emit(db, self.router, ready)
         return [None] * len(groups)
-
-    async def reschedule(self, ids: Sequence[int], next_poll_at: float) -> None:
-        """Push ``ids`` back without a result (e.g. after Lance was unavailable)."""
-        async with self.transaction() as db:
-            await db.executemany(
-                "UPDATE enrichments SET next_poll_at = ? WHERE id = ? AND state = 'pending'",
-                [(next_poll_at, row_id) for row_id in ids],
-            )
 
     # -- fetch job ------------------------------------------------------------------------
 

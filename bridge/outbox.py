@@ -99,11 +99,15 @@ class Delivery:
         """The CRM record this delivery updates, if any."""
         if not (self.object_type or self.object_id):
             return None
-        return {
-            "connector": self.connector,
-            "objectType": self.object_type,
-            "objectId": self.object_id,
-        }
+        return target_json(self.connector, self.object_type, self.object_id)
+
+
+def target_json(connector: str, object_type: str = "", object_id: str = "") -> dict[str, str]:
+    """The API and event shape of a target: the record's keys only when there is a record."""
+    shape = {"connector": connector}
+    if object_type or object_id:
+        shape |= {"objectType": object_type, "objectId": object_id}
+    return shape
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -187,9 +191,6 @@ def _event_body(
             "status": None,
         }
     )
-    target_shape: dict[str, str] = {"connector": target[0]}
-    if target[1] or target[2]:
-        target_shape |= {"objectType": target[1], "objectId": target[2]}
     event = {
         "type": event_type,
         "id": message_id,
@@ -200,7 +201,7 @@ def _event_body(
             "reason": error,
             "enrichment": lance_record,
             "values": json.loads(enriched) if enriched else {},
-            "target": target_shape,
+            "target": target_json(*target),
         },
     }
     return orjson.dumps(event)

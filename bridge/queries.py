@@ -81,14 +81,11 @@ def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
         created,
         updated,
     ) = row
-    target: dict[str, str] = {"connector": name}
-    if otype or oid:
-        target |= {"objectType": otype, "objectId": oid}
     return {
         "id": row_id,
         "enrichmentId": enrichment_id,
         "connector": name,
-        "target": target,
+        "target": outbox.target_json(name, otype, oid),
         "eventType": event_type,
         "messageId": message_id,
         "state": state,
