@@ -18,6 +18,7 @@ from bridge import (
     connector,
     dispatcher,
     fetcher,
+    inbound,
     lance,
     ledger,
     metrics,
@@ -59,6 +60,11 @@ class Bridge:
             lance=self.client.statuses if self.client else {},
             attempts=self.jobs.dispatcher.attempts if self.jobs else {},
             skipped=self.supervisor.skipped if self.supervisor else {},
+            crm={
+                (name, endpoint, status): n
+                for name, item in self.connectors.items()
+                for (endpoint, status), n in item.remote_requests.items()
+            },
         )
 
 
@@ -177,6 +183,7 @@ def _jobs_ctx(
                 "poll": (s.poll.interval_seconds, bridge.jobs.poller.run_once),
                 "fetch": (s.fetch.interval_seconds, bridge.jobs.fetcher.run_once),
                 "deliver": (s.delivery.interval_seconds, bridge.jobs.dispatcher.run_once),
+                "resolve": (s.inbound.interval_seconds, bridge.jobs.resolver.run_once),
             },
             observe=app[METRICS].job_ran,
         )
@@ -189,7 +196,7 @@ def _jobs_ctx(
 
 
 def build_jobs(bridge: Bridge, rng: random.Random) -> scheduler.Jobs:
-    """The four jobs over the bridge's ledger, Lance client and connectors."""
+    """The jobs over the bridge's ledger, Lance client and connectors."""
     assert bridge.client is not None
     s, store, client, clock = bridge.settings, bridge.ledger, bridge.client, bridge.clock
     return scheduler.Jobs(
@@ -209,4 +216,5 @@ def build_jobs(bridge: Bridge, rng: random.Random) -> scheduler.Jobs:
         dispatcher=dispatcher.Dispatcher(
             store, bridge.connectors, s.delivery, clock=clock, rng=rng
         ),
+        resolver=inbound.Resolver(store, bridge.connectors, s.inbound, clock=clock),
     )

@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=200, help="enrichments to run (default 200)")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after seconds")
     demo.add_argument("--quiet", action="store_true", help="no live progress, summary only")
+    demo.add_argument(
+        "--crm",
+        choices=("webhook", "hubspot"),
+        default="webhook",
+        help="where results go: a signed webhook receiver (default) or the HubSpot sandbox",
+    )
     check = command("check-config", "validate the config")
     check.add_argument("--online", action="store_true", help="also check Lance and connectors")
     command("status", "counts by state, oldest in-flight age, dead deliveries, last poll")
@@ -278,7 +284,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from bridge import demo  # noqa: PLC0415 - pulls in the simulator
 
-        return asyncio.run(demo.run(args.count, timeout_s=args.timeout, quiet=args.quiet))
+        return asyncio.run(
+            demo.run(args.count, timeout_s=args.timeout, quiet=args.quiet, crm=args.crm)
+        )
     runner = {
         "serve": commands.serve,
         "check-config": commands.check_config,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import dataclasses
 import email.utils
 import functools
@@ -22,8 +23,9 @@ from typing import Any, ClassVar, Literal
 
 import aiohttp
 import pydantic
+from aiohttp import web
 
-from bridge import errors
+from bridge import errors, ledger
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +164,39 @@ async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
     return raw.decode("utf-8", "replace")
 
 
+# What a record lookup found: the tasks to accept, or why there are none.
+Lookup = tuple[ledger.Task, ...] | str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HookRequest:
+    """An inbound request to ``/hooks/...``, as a connector verifies and parses it.
+
+    Attributes:
+        method: The HTTP method.
+        url: The URL the sender called: ``server.public_url`` + the raw path and query when
+            set (behind a proxy), else the scheme, Host and raw path the bridge saw.
+        headers: The request headers (case-insensitive).
+        body: The exact bytes received; signatures are checked against these.
+        now: The bridge clock, in Unix seconds.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    now: float
+
+
+class HookError(errors.BridgeError):
+    """An inbound request refused: ``status`` and a stable ``code`` for the answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 class Connector(abc.ABC):
     """Base class of every connector (template method: :meth:`send` calls :meth:`_send`).
 
@@ -173,11 +208,16 @@ class Connector(abc.ABC):
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     max_batch: ClassVar[int] = 1
     needs_record: ClassVar[bool] = False
+    # Connectors that take inbound events set the path of their hook (``/hooks/hubspot``)
+    # and implement :meth:`verify_hook` and :meth:`parse_hook`.
+    hook_path: ClassVar[str | None] = None
 
     def __init__(self, config: ConnectorConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
         self.session = session
         self._slots = asyncio.Semaphore(config.max_concurrency)
+        # Requests to the remote API by (endpoint, HTTP status or "none"), for the metrics.
+        self.remote_requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.config.name!r}>"
@@ -200,15 +240,77 @@ class Connector(abc.ABC):
     async def check(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Verify credentials against the remote side (``check-config --online``)."""
 
+    def verify_hook(self, request: HookRequest) -> None:
+        """Check that ``request`` really comes from this connector's CRM.
+
+        Raises:
+            HookError: 401 with the reason (bad signature, stale timestamp, wrong org ...).
+        """
+        raise HookError(404, "not_found", f"connector {self.name} takes no inbound events")
+
+    def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
+        """The events of a verified request, each with what it asks for.
+
+        Raises:
+            HookError: 400/415/422 when the body is not what the CRM sends.
+        """
+        raise HookError(404, "not_found", f"connector {self.name} takes no inbound events")
+
+    def hook_reply(self, received: ledger.Received) -> web.Response:
+        """The answer once the events are durable (a JSON summary unless the CRM needs more)."""
+        return web.json_response(
+            {
+                "received": received.events,
+                "duplicates": received.duplicates,
+                "skipped": received.skipped,
+                "lookups": received.lookups,
+                "enrichments": len(received.accepted),
+            }
+        )
+
+    def hook_error(self, error: HookError) -> web.Response:
+        """The answer to a refused request; nothing was stored."""
+        body = {"error": {"code": error.code, "message": error.message, "details": None}}
+        return web.json_response(body, status=error.status)
+
+    async def lookup(self, records: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Lookup]:
+        """Read CRM records that inbound events named without their properties.
+
+        Args:
+            records: (objectType, objectId) pairs, at most :attr:`max_batch` of each type.
+
+        Returns:
+            For each record read: the tasks it asks for, or a string saying why none.
+            Records left out are read again on the next run (a transient failure).
+        """
+        return dict.fromkeys(records, "this connector reads no records")
+
     async def send(self, events: Sequence[Event]) -> list[Outcome]:
         """Deliver ``events`` in chunks of :attr:`max_batch`; one outcome per event, in order.
 
         An unexpected exception in a chunk is classified (and logged) instead of escaping, so
         one bad chunk never loses the outcomes of the others.
         """
-        chunks = [events[i : i + self.max_batch] for i in range(0, len(events), self.max_batch)]
-        results = await asyncio.gather(*(self._send_guarded(chunk) for chunk in chunks))
-        return [outcome for chunk_outcomes in results for outcome in chunk_outcomes]
+        groups = self.batches(events)
+        results = await asyncio.gather(
+            *(self._send_guarded([events[i] for i in group]) for group in groups)
+        )
+        outcomes: list[Outcome | None] = [None] * len(events)
+        for group, chunk_outcomes in zip(groups, results, strict=True):
+            for index, outcome in zip(group, chunk_outcomes, strict=True):
+                outcomes[index] = outcome
+        if any(outcome is None for outcome in outcomes):
+            raise errors.BridgeError(f"connector {self.name} left events without an outcome")
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def batches(self, events: Sequence[Event]) -> list[list[int]]:
+        """How ``events`` are split into requests: lists of indexes, each one :meth:`_send`.
+
+        The default keeps their order, :attr:`max_batch` at a time; a CRM connector groups
+        events of one object type, and of one record, into the same request.
+        """
+        size = self.max_batch
+        return [list(range(i, min(i + size, len(events)))) for i in range(0, len(events), size)]
 
     async def _send_guarded(self, chunk: Sequence[Event]) -> list[Outcome]:
         async with self._slots:

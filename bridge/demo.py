@@ -4,6 +4,10 @@ Starts the Lance simulator and a webhook receiver that verifies every signature 
 runs the bridge on a temporary ledger, sends the triggers over its HTTP API, shows progress,
 and prints a summary. Exit 0 only if every enrichment reached a terminal state and every
 delivery was acknowledged.
+
+``--crm hubspot`` starts the HubSpot sandbox instead: contacts carrying a Lance id are created
+there, HubSpot-signed ``contact.propertyChange`` webhooks start the enrichments, and the
+results are written back to the contacts with batch updates.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from bridge import app as app_mod
 from bridge import ledger, queries
 from bridge import settings as settings_mod
 from bridge.sim import _http
+from bridge.sim import hubspot as hubspot_sim
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 
 TRIGGER_CHUNK = 1000  # tasks per POST /v1/triggers (the API's maximum)
 PROGRESS_EVERY_S = 0.25
 FIELDS = ("emails", "phones")
+CRMS = ("webhook", "hubspot")
+HUBSPOT_TOKEN = "pat-demo"  # noqa: S105 - the sandbox's token, valid on loopback only
 
 
 @dataclasses.dataclass(slots=True)
@@ -48,12 +55,26 @@ class Stage:
     runners: list[web.AppRunner]
     api_url: str = ""
     api_token: str = ""
+    hubspot: hubspot_sim.HubSpotSandbox | None = None
+    hubspot_secret: str = ""
 
 
 def demo_settings(
-    lance_url: str, sink_url: str, secret: str, ledger_path: Path, api_token: str
+    lance_url: str,
+    sink_url: str,
+    secret: str,
+    ledger_path: Path,
+    api_token: str,
+    *,
+    connectors: list[dict[str, Any]] | None = None,
 ) -> settings_mod.Settings:
     """Settings tuned for a fast local run: short intervals, everything on loopback."""
+    webhook = {
+        "name": "demo-webhook",
+        "type": "webhook",
+        "url": f"{sink_url}/hook",
+        "secret": secret,
+    }
     return settings_mod.Settings(
         lance={"base_url": lance_url, "token": sim.SimConfig.token},
         ledger={"path": ledger_path},
@@ -62,23 +83,30 @@ def demo_settings(
         trigger={"interval_seconds": 0.25},
         fetch={"interval_seconds": 0.25},
         delivery={"interval_seconds": 0.25, "retry_schedule_seconds": [0, 0.5, 1, 2, 5]},
-        connectors=[
-            {"name": "demo-webhook", "type": "webhook", "url": f"{sink_url}/hook", "secret": secret}
-        ],
+        inbound={"interval_seconds": 0.25},
+        connectors=connectors if connectors is not None else [webhook],
     )
 
 
-async def run(count: int, *, timeout_s: float, quiet: bool) -> int:
+async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook") -> int:
     """Run the demo with ``count`` enrichments; returns the exit code."""
     console = Console(quiet=False)
     if count < 1:
         console.print("demo: --count must be at least 1")
         return 2
+    if crm not in CRMS:
+        console.print(f"demo: --crm must be one of {', '.join(CRMS)}")
+        return 2
+    if crm == "hubspot" and count % len(FIELDS):
+        count += 1  # each contact asks for emails and phones
     with tempfile.TemporaryDirectory(prefix="lance-bridge-demo-") as folder:
-        stage = await _start(Path(folder))
+        stage = await _start(Path(folder), crm)
         try:
             started = time.monotonic()
-            await _send_triggers(stage, count)
+            if stage.hubspot is not None:
+                await _send_hubspot_events(stage, count // len(FIELDS))
+            else:
+                await _send_triggers(stage, count)
             store = await ledger.Ledger.open(stage.settings.ledger.path, exclusive=False)
             try:
                 done = await _watch(store, count, timeout_s, quiet, console)
@@ -90,30 +118,97 @@ async def run(count: int, *, timeout_s: float, quiet: bool) -> int:
             for runner in reversed(stage.runners):
                 await runner.cleanup()
     _summary(console, stage, facts, count, elapsed)
-    verified = len(stage.sink.received)
-    ok = done and verified == count
+    if stage.hubspot is not None:
+        ok = done and _hubspot_written(stage.hubspot) == count // len(FIELDS)
+    else:
+        ok = done and len(stage.sink.received) == count
     console.print("demo: [bold green]ok[/]" if ok else "demo: [bold red]incomplete[/]")
     return 0 if ok else 1
 
 
-async def _start(folder: Path) -> Stage:
+async def _start(folder: Path, crm: str) -> Stage:
     simulator = sim.LanceSimulator(sim.SimConfig(completion_s=(0.2, 2.0)))
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     sink = sink_mod.WebhookSink(secret)
     runners = [await sim.serve(simulator), await sink_mod.serve(sink)]
     token = secrets.token_urlsafe(24)
+    sandbox: hubspot_sim.HubSpotSandbox | None = None
+    connectors = None
+    hubspot_secret = secrets.token_urlsafe(24)
+    if crm == "hubspot":
+        sandbox = hubspot_sim.HubSpotSandbox(
+            private_tokens=(HUBSPOT_TOKEN,), client_secret=hubspot_secret
+        )
+        runners.append(await hubspot_sim.serve(sandbox))
+        connectors = [
+            {
+                "name": "hubspot",
+                "type": "hubspot",
+                "base_url": _http.base_url(runners[-1]),
+                "access_token": HUBSPOT_TOKEN,
+                "client_secret": hubspot_secret,
+                "contacts": {
+                    "properties": {
+                        "lance_enrichment_status": {"from": "state", "policy": "overwrite"},
+                        "lance_last_enriched": {"from": "enriched_at", "policy": "overwrite"},
+                    }
+                },
+            }
+        ]
     settings = demo_settings(
         _http.base_url(runners[0]),
         _http.base_url(runners[1]),
         secret,
         folder / "demo.db",
         token,
+        connectors=connectors,
     )
     bridge_runner = web.AppRunner(app_mod.create_app(settings), access_log=None)
     await bridge_runner.setup()
     runners.append(bridge_runner)
     await web.TCPSite(bridge_runner, "127.0.0.1", 0).start()
-    return Stage(simulator, sink, settings, runners, _http.base_url(bridge_runner), token)
+    return Stage(
+        simulator,
+        sink,
+        settings,
+        runners,
+        _http.base_url(bridge_runner),
+        token,
+        sandbox,
+        hubspot_secret,
+    )
+
+
+async def _send_hubspot_events(stage: Stage, contacts: int) -> None:
+    """Create contacts with a Lance id in the sandbox; HubSpot tells the bridge, signed."""
+    sandbox = stage.hubspot
+    assert sandbox is not None
+    ids = [
+        sandbox.add_record("contacts", {"lance_person_id": str(uuid.uuid4())})
+        for _ in range(contacts)
+    ]
+    events = [
+        hubspot_sim.property_change(
+            int(i), "lance_person_id", sandbox.record("contacts", i)["lance_person_id"]
+        )
+        for i in ids
+    ]
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, len(events), hubspot_sim.MAX_WEBHOOK_EVENTS):
+            batch = events[start : start + hubspot_sim.MAX_WEBHOOK_EVENTS]
+            url = f"{stage.api_url}/hooks/hubspot"
+            status = await hubspot_sim.send_webhook(session, url, stage.hubspot_secret, batch)
+            if status != 200:
+                raise RuntimeError(f"HubSpot webhook refused: {status}")
+
+
+def _hubspot_written(sandbox: hubspot_sim.HubSpotSandbox) -> int:
+    """Contacts whose enrichment status was written back."""
+    return sum(
+        1
+        for record in sandbox.objects["contacts"].values()
+        if record.get("lance_enrichment_status")
+    )
 
 
 async def _send_triggers(stage: Stage, count: int) -> None:
@@ -176,7 +271,10 @@ def _summary(
     for name, by_state in sorted(facts["deliveries"].items()):
         for state, n in sorted(by_state.items()):
             table.add_row(f"deliveries {state} ({name})", str(n))
-    table.add_row("webhooks verified by the receiver", str(len(stage.sink.received)))
+    if stage.hubspot is not None:
+        _hubspot_rows(table, stage.hubspot, count)
+    else:
+        table.add_row("webhooks verified by the receiver", str(len(stage.sink.received)))
     total = 0
     for endpoint, n in sorted(stage.simulator.requests.items()):
         table.add_row(f"Lance {endpoint}", str(n))
@@ -188,6 +286,16 @@ def _summary(
     )
     table.add_row("credits charged", str(stage.simulator.credits_charged))
     console.print(table)
+
+
+def _hubspot_rows(table: Table, sandbox: hubspot_sim.HubSpotSandbox, count: int) -> None:
+    contacts = count // len(FIELDS)
+    table.add_row("HubSpot contacts written back", f"{_hubspot_written(sandbox)} of {contacts}")
+    total = 0
+    for endpoint, n in sorted(sandbox.counts.items()):
+        table.add_row(f"HubSpot {endpoint}", str(n))
+        total += n
+    table.add_row("HubSpot requests per 1,000 contact updates", f"{total * 1000 / contacts:.0f}")
 
 
 def _floor(count: int) -> int:

@@ -90,6 +90,40 @@ class Accepted:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Inbound:
+    """One event a CRM sent to ``/hooks/*``: its identity and what it asks for.
+
+    Exactly one of: ``tasks`` to accept now; ``lookup``, a (objectType, objectId) record to
+    read before the tasks are known (a creation event carries no properties); or ``skipped``,
+    why it triggers nothing. An event whose ``key`` was already received stores nothing.
+    """
+
+    key: str
+    tasks: tuple[Task, ...] = ()
+    lookup: tuple[str, str] | None = None
+    skipped: str | None = None
+    record: tuple[str, str] = ("", "")
+
+    @property
+    def state(self) -> str:
+        """How the ledger records it: ``accepted``, ``lookup`` or ``skipped``."""
+        if self.lookup is not None:
+            return "lookup"
+        return "skipped" if self.skipped is not None or not self.tasks else "accepted"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Received:
+    """What one inbound request did."""
+
+    events: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    lookups: int = 0
+    accepted: tuple[Accepted, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Change:
     """A new state for an in-flight enrichment, written by the trigger and poll jobs.
 
@@ -228,36 +262,64 @@ class Ledger:
     async def _accept_groups(
         self, groups: Sequence[tuple[Sequence[Task], float]]
     ) -> list[list[Accepted]]:
-        new_rows: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-        for tasks, now in groups:
-            for task in tasks:
-                new_rows.setdefault(task.key, _new_row(task, now))
         async with self.transaction() as db:
-            ids = await _insert_new(db, list(new_rows.values()))
-            created = {row_id for row_id, _, _ in ids.values()}
-            attached = new_rows.keys() - ids.keys()
-            if attached:
-                ids.update(await _in_flight_ids(db, attached))
-            targets = [
-                (ids[task.key][0], t.connector, t.object_type, t.object_id)
-                for tasks, _ in groups
-                for task in tasks
-                for t in task.targets
-            ]
-            if targets:
-                await db.executemany("INSERT OR IGNORE INTO targets VALUES (?,?,?,?)", targets)
-        seen: set[int] = set()
-        results = []
-        for tasks, _ in groups:
-            result = []
-            for task in tasks:
-                row_id, state, mode = ids[task.key]
-                result.append(
-                    Accepted(row_id, row_id in created and row_id not in seen, state, mode)
-                )
-                seen.add(row_id)
-            results.append(result)
-        return results
+            return await _accept_in(db, groups)
+
+    # -- inbound CRM events ---------------------------------------------------------------
+
+    async def receive(self, source: str, events: Sequence[Inbound], now: float) -> Received:
+        """Record the events a CRM sent and accept their tasks, in one transaction.
+
+        An event whose ``key`` this source already sent (a retry, a duplicate) changes
+        nothing, so it can never trigger a second paid enrichment.
+        """
+        unique = list({event.key: event for event in events}.values())
+        async with self.transaction() as db:
+            fresh = await _insert_inbound(db, source, unique, now)
+            new = [event for event in unique if event.key in fresh]
+            accepted = await _accept_in(db, [(event.tasks, now) for event in new])
+        return Received(
+            events=len(events),
+            duplicates=len(events) - len(new),
+            skipped=sum(event.state == "skipped" for event in new),
+            lookups=sum(event.state == "lookup" for event in new),
+            accepted=tuple(row for rows in accepted for row in rows),
+        )
+
+    async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
+        """(key, objectType, objectId) of events waiting for a record read, oldest first."""
+        rows = await self._fetch(
+            "SELECT key, object_type, object_id FROM inbound"
+            " WHERE source = ? AND state = 'lookup' ORDER BY received_at LIMIT ?",
+            (source, limit),
+            writer=True,
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def resolve(self, source: str, resolved: Sequence[Inbound], now: float) -> Received:
+        """Settle looked-up events: accept their tasks or record why they were skipped."""
+        if not resolved:
+            return Received()
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE inbound SET state = ?, detail = ?, updated_at = ?"
+                " WHERE source = ? AND key = ? AND state = 'lookup'",
+                [(event.state, event.skipped, now, source, event.key) for event in resolved],
+            )
+            accepted = await _accept_in(db, [(event.tasks, now) for event in resolved])
+        return Received(
+            events=len(resolved),
+            skipped=sum(event.state == "skipped" for event in resolved),
+            accepted=tuple(row for rows in accepted for row in rows),
+        )
+
+    async def prune_inbound(self, before: float) -> int:
+        """Forget settled inbound events received before ``before``; returns how many."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM inbound WHERE received_at < ? AND state != 'lookup'", (before,)
+            )
+        return int(cursor.rowcount)
 
     # -- trigger job ----------------------------------------------------------------------
 
@@ -597,3 +659,69 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
             await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
         except sqlite3.Error as exc:
             raise errors.LedgerError(f"{path}: migration {number} failed: {exc}") from exc
+
+
+async def _insert_inbound(
+    db: aiosqlite.Connection, source: str, events: Sequence[Inbound], now: float
+) -> set[str]:
+    """Insert events not seen before; returns the keys that were new."""
+    fresh: set[str] = set()
+    step = MAX_PARAMS // 8
+    for start in range(0, len(events), step):
+        chunk = events[start : start + step]
+        marks = ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
+        returned = await db.execute_fetchall(
+            "INSERT OR IGNORE INTO inbound"  # noqa: S608 - placeholders only
+            " (source, key, state, object_type, object_id, detail, received_at, updated_at)"
+            f" VALUES {marks} RETURNING key",
+            [
+                value
+                for event in chunk
+                for value in (
+                    source,
+                    event.key,
+                    event.state,
+                    *(event.lookup or event.record),
+                    event.skipped,
+                    now,
+                    now,
+                )
+            ],
+        )
+        fresh.update(str(row[0]) for row in returned)
+    return fresh
+
+
+async def _accept_in(
+    db: aiosqlite.Connection, groups: Sequence[tuple[Sequence[Task], float]]
+) -> list[list[Accepted]]:
+    """Accept each group's tasks inside the caller's transaction."""
+    new_rows: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    for tasks, now in groups:
+        for task in tasks:
+            new_rows.setdefault(task.key, _new_row(task, now))
+    if not new_rows:
+        return [[] for _ in groups]
+    ids = await _insert_new(db, list(new_rows.values()))
+    created = {row_id for row_id, _, _ in ids.values()}
+    attached = new_rows.keys() - ids.keys()
+    if attached:
+        ids.update(await _in_flight_ids(db, attached))
+    targets = [
+        (ids[task.key][0], t.connector, t.object_type, t.object_id)
+        for tasks, _ in groups
+        for task in tasks
+        for t in task.targets
+    ]
+    if targets:
+        await db.executemany("INSERT OR IGNORE INTO targets VALUES (?,?,?,?)", targets)
+    seen: set[int] = set()
+    results = []
+    for tasks, _ in groups:
+        result = []
+        for task in tasks:
+            row_id, state, mode = ids[task.key]
+            result.append(Accepted(row_id, row_id in created and row_id not in seen, state, mode))
+            seen.add(row_id)
+        results.append(result)
+    return results

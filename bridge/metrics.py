@@ -74,11 +74,13 @@ class Live:
         lance: Lance requests by (endpoint, status); status ``none`` for no HTTP answer.
         attempts: Delivery attempts by (connector, outcome, status).
         skipped: Scheduler runs skipped because the previous one was still busy, by job.
+        crm: Requests connectors made to their CRM, by (connector, endpoint, status).
     """
 
     lance: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     attempts: Mapping[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    crm: Mapping[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class LedgerFigures:
         undelivered: Of those, how many have no delivery row (must be 0), by connector; a
             deficit the ledger already had when the process started is not counted.
         unknown_states: Enrichment and delivery rows in a state the bridge does not know.
+        inbound: Events CRMs sent that the ledger still keeps, by (connector, state).
     """
 
     read_at: float
@@ -107,6 +110,7 @@ class LedgerFigures:
     events: dict[str, int]
     undelivered: dict[str, int]
     unknown_states: int
+    inbound: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     @property
     def invariant_ok(self) -> bool:
@@ -251,6 +255,7 @@ async def read_ledger(
     charged = await charges.count(store, first[1] if first else None, snap.last_id, now)
     events = snap.events(store.router)
     deficits = snap.deficits(store.router)
+    inbound = await store.fetch("SELECT source, state, count(*) FROM inbound GROUP BY 1, 2")
     return LedgerFigures(
         read_at=now,
         enrichments=snap.states,
@@ -263,6 +268,7 @@ async def read_ledger(
             name: max(0, deficits.get(name, 0) - baseline.get(name, 0)) for name in events
         },
         unknown_states=snap.unknown_states(),
+        inbound={(str(r[0]), str(r[1])): int(r[2]) for r in inbound},
     )
 
 
@@ -381,7 +387,15 @@ def _ledger_families(figures: LedgerFigures, connectors: tuple[str, ...]) -> Ite
     )
     for field, n in sorted(figures.charged.items()):
         charged.add_metric([field], n)
-    yield from (states, awaiting, deliveries, oldest, charged)
+    inbound = _gauge(
+        "inbound_events",
+        "Events CRMs sent to /hooks/* and kept to recognise retries (pruned after"
+        " inbound.retention_days), by connector and state (accepted, lookup, skipped).",
+        ("connector", "state"),
+    )
+    for (name, state), n in sorted(figures.inbound.items()):
+        inbound.add_metric([name, state], n)
+    yield from (states, awaiting, deliveries, oldest, charged, inbound)
     yield from _invariant_families(figures)
 
 
@@ -449,4 +463,12 @@ def _live_families(live: Live, connectors: tuple[str, ...]) -> Iterator[Metric]:
     )
     for job, n in sorted(live.skipped.items()):
         skipped.add_metric([job], n)
-    yield from (lance, attempts, retries, dead, skipped)
+    crm = CounterMetricFamily(
+        PREFIX + "crm_requests_total",
+        "Requests connectors made to their CRM, by connector, endpoint and HTTP status"
+        " (none: no answer).",
+        labels=("connector", "endpoint", "status"),
+    )
+    for (name, endpoint, status), n in sorted(live.crm.items()):
+        crm.add_metric([name, endpoint, status], n)
+    yield from (lance, attempts, retries, dead, skipped, crm)

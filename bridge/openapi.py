@@ -239,6 +239,76 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_HOOK_KIND = {
+    "name": "kind",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "enum": ["hubspot", "salesforce"]},
+    "description": "the CRM: served when a connector of that type is configured",
+}
+_HOOK_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the connector's name, when several of one type are configured",
+}
+_HOOK_SUMMARY = {
+    "type": "object",
+    "required": ["received", "duplicates", "skipped", "lookups", "enrichments"],
+    "properties": {
+        "received": {"type": "integer", "description": "events in the request"},
+        "duplicates": {"type": "integer", "description": "events already received (ignored)"},
+        "skipped": {"type": "integer", "description": "events that trigger nothing"},
+        "lookups": {"type": "integer", "description": "records to read before triggering"},
+        "enrichments": {"type": "integer", "description": "ledger rows the events landed on"},
+    },
+}
+_SOAP = {"text/xml": {"schema": {"type": "string"}}}
+
+
+def _hook_paths(error: dict[str, Any]) -> dict[str, Any]:
+    def hook(operation_id: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+        refused = {"application/json": {"schema": error}, **_SOAP}
+        return {
+            "post": {
+                "operationId": operation_id,
+                "summary": "Events a CRM sends (HubSpot webhooks, Salesforce Outbound Messages)",
+                "description": "Authenticated by the CRM's own means (HubSpot signatures,"
+                " Salesforce organization id), not a bearer token. Answered once the events"
+                " are durable; a retried or duplicated event changes nothing. Salesforce is"
+                " answered with the SOAP Ack, or a SOAP fault.",
+                "parameters": parameters,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {}}, **_SOAP},
+                },
+                "responses": {
+                    "200": {
+                        "description": "stored",
+                        "content": {"application/json": {"schema": _HOOK_SUMMARY}, **_SOAP},
+                    },
+                    **{
+                        str(status): {"description": text, "content": refused}
+                        for status, text in (
+                            (400, "not what the CRM sends (malformed JSON or XML, bad shape)"),
+                            (401, "bad or stale signature, or another organization"),
+                            (404, "no connector takes events at this path"),
+                            (413, "the body exceeds server.max_body_bytes"),
+                            (415, "a content type the CRM does not send"),
+                            (500, "the bridge failed to handle the request; see its log"),
+                        )
+                    },
+                },
+            }
+        }
+
+    return {
+        "/hooks/{kind}": hook("postHook", [_HOOK_KIND]),
+        "/hooks/{kind}/{name}": hook("postNamedHook", [_HOOK_KIND, _HOOK_NAME]),
+    }
+
+
 def _service_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
     def get(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -293,7 +363,7 @@ def document() -> dict[str, Any]:
             "description": 'Errors are JSON `{"error": {"code", "message", "details"}}`.'
             " A method a path does not have is answered 405 `method_not_allowed` with `Allow`.",
         },
-        "paths": _v1_paths(ref, error) | _service_paths(ref, error),
+        "paths": _v1_paths(ref, error) | _hook_paths(error) | _service_paths(ref, error),
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

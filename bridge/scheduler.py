@@ -21,7 +21,7 @@ from apscheduler import events  # type: ignore[import-untyped]
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
-from bridge import dispatcher, fetcher, poller, triggerer
+from bridge import dispatcher, fetcher, inbound, poller, triggerer
 
 logger = logging.getLogger(__name__)
 # Keys a LogRecord already has: a report field of that name must not be passed as ``extra``.
@@ -30,16 +30,18 @@ _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Jobs:
-    """The four jobs; each has a single-pass ``run_once()``."""
+    """The jobs; each has a single-pass ``run_once()``."""
 
     triggerer: triggerer.Triggerer
     poller: poller.Poller
     fetcher: fetcher.Fetcher
     dispatcher: dispatcher.Dispatcher
+    resolver: inbound.Resolver
 
     async def run_all_once(self) -> dict[str, Any]:
         """One pass of every job, in pipeline order (tests and ``demo`` drive the bridge so)."""
         return {
+            "resolve": await self.resolver.run_once(),
             "trigger": await self.triggerer.run_once(),
             "poll": await self.poller.run_once(),
             "fetch": await self.fetcher.run_once(),

@@ -128,6 +128,14 @@ class DeliverySettings(_Section):
     jitter: float = Field(default=0.2, ge=0, lt=1)
 
 
+class InboundSettings(_Section):
+    """``[inbound]``: events CRMs send to ``/hooks/*``."""
+
+    interval_seconds: float = Field(default=2.0, gt=0)
+    lookup_batch_size: int = Field(default=500, ge=1)
+    retention_days: float = Field(default=7.0, gt=0)
+
+
 class LogSettings(_Section):
     """``[log]``: logging."""
 
@@ -147,6 +155,7 @@ class Settings(pydantic_settings.BaseSettings):
     trigger: TriggerSettings = TriggerSettings()
     fetch: FetchSettings = FetchSettings()
     delivery: DeliverySettings = DeliverySettings()
+    inbound: InboundSettings = InboundSettings()
     log: LogSettings = LogSettings()
     connectors: tuple[connector.ConnectorConfig, ...] = ()
 

@@ -15,7 +15,7 @@ import pydantic
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import ledger, metrics, openapi, outbox, queries, schemas
+from bridge import inbound, ledger, metrics, openapi, outbox, queries, schemas
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +248,28 @@ async def retry_delivery(request: web.Request) -> web.Response:
     return web.json_response(await queries.delivery(bridge.ledger, delivery_id))
 
 
+async def post_hook(request: web.Request) -> web.Response:
+    """An inbound CRM event batch (``/hooks/hubspot``, ``/hooks/salesforce``)."""
+    bridge = request.app[app_mod.BRIDGE]
+    path = f"/hooks/{request.match_info['kind']}"
+    name = request.match_info.get("name")
+    candidates = [
+        c
+        for c in bridge.connectors.values()
+        if c.hook_path == path and (name is None or c.name == name)
+    ]
+    if not candidates:
+        which = f"named {name!r} " if name else ""
+        fail(404, "not_found", f"no connector {which}takes events at {path}")
+    return await inbound.handle_hook(
+        request,
+        candidates,
+        bridge.ledger,
+        public_url=bridge.settings.server.public_url,
+        now=bridge.clock(),
+    )
+
+
 async def healthz(_: web.Request) -> web.Response:
     """The process is alive."""
     return web.json_response({"status": "ok"})
@@ -314,6 +336,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/enrichments/{id}", get_enrichment)
     app.router.add_get("/v1/deliveries", list_deliveries)
     app.router.add_post("/v1/deliveries/{id}/retry", retry_delivery)
+    app.router.add_post("/hooks/{kind}", post_hook)
+    app.router.add_post("/hooks/{kind}/{name}", post_hook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)

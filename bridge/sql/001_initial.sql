@@ -72,3 +72,20 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- Events CRMs sent to /hooks/*, kept so a retried or duplicated event never triggers twice
+-- (HubSpot retries for a day, Salesforce for 24 h). Pruned after `inbound.retention_days`.
+CREATE TABLE inbound (
+    source      TEXT NOT NULL,                  -- the connector that received it
+    key         TEXT NOT NULL,                  -- the provider's identity of the event
+    state       TEXT NOT NULL,                  -- accepted | lookup | skipped
+    object_type TEXT NOT NULL DEFAULT '',       -- the CRM record it is about
+    object_id   TEXT NOT NULL DEFAULT '',
+    detail      TEXT,                           -- why it was skipped
+    received_at REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
+
+CREATE INDEX inbound_lookups ON inbound (source, received_at) WHERE state = 'lookup';
+CREATE INDEX inbound_received ON inbound (received_at);

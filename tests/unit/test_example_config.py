@@ -11,7 +11,7 @@ import pytest
 
 from bridge import connector
 from bridge import settings as settings_mod
-from connectors import webhook
+from connectors import hubspot, webhook
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "lance-bridge.example.toml"
 
@@ -52,7 +52,7 @@ def example() -> dict[str, Any]:
 def test_the_example_loads() -> None:
     loaded = settings_mod.load(EXAMPLE, environ={})
 
-    assert [c.name for c in loaded.connectors] == ["ops-webhook"]
+    assert [c.name for c in loaded.connectors] == ["ops-webhook", "hubspot"]
 
 
 def test_every_settings_key_is_documented(example: dict[str, Any]) -> None:
@@ -78,11 +78,26 @@ def test_every_section_shows_its_defaults() -> None:
 
 
 def test_the_webhook_table_documents_every_webhook_key(example: dict[str, Any]) -> None:
-    (table,) = example["connectors"]
+    table = example["connectors"][0]
 
     assert table["type"] == "webhook"
     assert set(webhook.WebhookConfig.model_fields) <= set(table)
     assert tuple(table["events"]) == connector.EVENT_TYPES
+
+
+def test_the_hubspot_table_documents_every_key_with_its_default(example: dict[str, Any]) -> None:
+    table = example["connectors"][1]
+    text = EXAMPLE.read_text()
+
+    assert table["type"] == "hubspot"
+    # Secrets are shown commented out: they belong in the environment.
+    shown = set(table) | {k for k in hubspot.HubSpotConfig.model_fields if f"# {k} = " in text}
+    assert set(hubspot.HubSpotConfig.model_fields) <= shown
+    loaded = settings_mod.load(EXAMPLE, environ={}).connector_named("hubspot")
+    defaults = hubspot.HubSpotConfig(name="hubspot", access_token="x")
+    assert isinstance(loaded, hubspot.HubSpotConfig)
+    assert loaded.contacts == defaults.contacts
+    assert loaded.companies == defaults.companies
 
 
 def test_the_secret_named_in_the_example_is_read_from_the_environment() -> None:
@@ -95,7 +110,7 @@ def test_the_secret_named_in_the_example_is_read_from_the_environment() -> None:
         },
     )
 
-    (item,) = loaded.connectors
+    item = loaded.connectors[0]
     assert isinstance(item, webhook.WebhookConfig)
     assert item.secret.get_secret_value() == secret
     assert loaded.lance.token.get_secret_value() == "lance-token"

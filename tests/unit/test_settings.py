@@ -342,7 +342,8 @@ ERROR_CASES: list[tuple[str, str | None, dict[str, str], str]] = [
         "unknown-connector-type",
         '[[connectors]]\nname = "x"\ntype = "carrier-pigeon"\n',
         {},
-        "connectors[0].type: unknown connector type 'carrier-pigeon' (webhook)",
+        "connectors[0].type: unknown connector type 'carrier-pigeon'"
+        " (hubspot, salesforce, webhook)",
     ),
     (
         "connector-without-type",

@@ -1,0 +1,194 @@
+"""Inbound CRM events: the ``/hooks/*`` handler and the job that reads records events name.
+
+A CRM's request is verified by the connector it belongs to, parsed into
+:class:`~bridge.ledger.Inbound` events, stored with their tasks in one transaction, and only
+then answered: the CRM's retry is the safety net until the events are durable, and a retried
+or duplicated event is recognised by its key and changes nothing.
+
+Events that name a record without its properties (a HubSpot ``contact.creation``) wait in the
+ledger as lookups; the ``resolve`` job reads those records in batches through their connector
+and accepts the tasks they ask for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import aiohttp
+from aiohttp import web
+
+from bridge import connector, errors, ledger
+from bridge import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+PRUNE_EVERY_S = 3600.0
+
+
+def request_url(request: web.Request, public_url: str) -> str:
+    """The URL the CRM called, as its signature covers it.
+
+    Behind a TLS-terminating proxy the bridge sees ``http://internal:8080/...``; the CRM signed
+    ``https://public.example.com/...``. ``server.public_url`` names the latter; without it the
+    Host header and the connection's scheme are used. The raw path and query are kept as sent.
+    """
+    if public_url:
+        return public_url.rstrip("/") + request.raw_path
+    return f"{request.scheme}://{request.host}{request.raw_path}"
+
+
+async def handle_hook(
+    request: web.Request,
+    candidates: Sequence[connector.Connector],
+    store: ledger.Ledger,
+    *,
+    public_url: str,
+    now: float,
+) -> web.Response:
+    """Verify, parse and store one inbound request; answer as the CRM expects.
+
+    Args:
+        candidates: The connectors this path may belong to; the first whose verification
+            passes takes the request (several HubSpot apps can share ``/hooks/hubspot``).
+    """
+    try:
+        body = await request.read()
+    except web.RequestPayloadError:
+        error = connector.HookError(400, "invalid_body", "request body could not be decoded")
+        return candidates[0].hook_error(error)
+    hook = connector.HookRequest(
+        method=request.method,
+        url=request_url(request, public_url),
+        headers=request.headers,
+        body=body,
+        now=now,
+    )
+    chosen, refusal = _verified_by(candidates, hook)
+    if chosen is None:
+        assert refusal is not None
+        logger.warning(
+            "inbound request refused: %s",
+            refusal.message,
+            extra={"event": "hook.refused", "path": request.path, "status": refusal.status},
+        )
+        return candidates[0].hook_error(refusal)
+    try:
+        events = chosen.parse_hook(hook)
+    except connector.HookError as exc:
+        logger.warning(
+            "inbound request refused: %s",
+            exc.message,
+            extra={"event": "hook.refused", "connector": chosen.name, "status": exc.status},
+        )
+        return chosen.hook_error(exc)
+    received = await store.receive(chosen.name, events, now)
+    logger.info(
+        "%s sent %d events: %d new enrichments, %d duplicates, %d skipped, %d to look up",
+        chosen.name,
+        received.events,
+        sum(row.created for row in received.accepted),
+        received.duplicates,
+        received.skipped,
+        received.lookups,
+        extra={
+            "event": "hook.received",
+            "connector": chosen.name,
+            "events": received.events,
+            "duplicates": received.duplicates,
+            "skipped": received.skipped,
+            "lookups": received.lookups,
+        },
+    )
+    return chosen.hook_reply(received)
+
+
+def _verified_by(
+    candidates: Sequence[connector.Connector], hook: connector.HookRequest
+) -> tuple[connector.Connector | None, connector.HookError | None]:
+    first: connector.HookError | None = None
+    for candidate in candidates:
+        try:
+            candidate.verify_hook(hook)
+        except connector.HookError as exc:
+            first = first or exc
+            continue
+        return candidate, None
+    return None, first
+
+
+@dataclasses.dataclass(slots=True)
+class ResolveReport:
+    """What one run did."""
+
+    looked_up: int = 0
+    accepted: int = 0
+    skipped: int = 0
+    pruned: int = 0
+
+
+class Resolver:
+    """The ``resolve`` job. :meth:`run_once` reads the records waiting lookups name."""
+
+    def __init__(
+        self,
+        store: ledger.Ledger,
+        connectors: Mapping[str, connector.Connector],
+        config: settings_mod.InboundSettings,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.connectors = connectors
+        self.config = config
+        self.clock = clock
+        self._pruned_at = float("-inf")
+
+    async def run_once(self) -> ResolveReport:
+        """Resolve up to ``lookup_batch_size`` waiting events per connector; prune old ones."""
+        report = ResolveReport()
+        for item in self.connectors.values():
+            if item.hook_path is None:
+                continue
+            waiting = await self.store.lookups(item.name, self.config.lookup_batch_size)
+            if waiting:
+                await self._resolve(item, waiting, report)
+        now = self.clock()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            report.pruned = await self.store.prune_inbound(
+                now - self.config.retention_days * 86_400
+            )
+        return report
+
+    async def _resolve(
+        self,
+        item: connector.Connector,
+        waiting: Sequence[tuple[str, str, str]],
+        report: ResolveReport,
+    ) -> None:
+        records = list(
+            dict.fromkeys((object_type, object_id) for _, object_type, object_id in waiting)
+        )
+        try:
+            found = await item.lookup(records)
+        except (aiohttp.ClientError, TimeoutError, errors.BridgeError) as exc:
+            logger.warning(
+                "record lookup failed: %s",
+                exc,
+                extra={"event": "lookup.failed", "connector": item.name},
+            )
+            return
+        resolved = []
+        for key, object_type, object_id in waiting:
+            answer = found.get((object_type, object_id))
+            if answer is None:
+                continue
+            if isinstance(answer, str):
+                resolved.append(ledger.Inbound(key, skipped=answer))
+            else:
+                resolved.append(ledger.Inbound(key, tasks=answer))
+        result = await self.store.resolve(item.name, resolved, self.clock())
+        report.looked_up += len(records)
+        report.accepted += len(result.accepted)
+        report.skipped += result.skipped

@@ -1,0 +1,750 @@
+"""HubSpot both ways over loopback: signed webhooks in → Lance simulator → batch updates out.
+
+Inbound requests are signed with HubSpot's official SDK helper (``hubspot-api-client``), so
+the verifier is held to HubSpot's own code; records live in the bundled HubSpot sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from hubspot.utils.signature import Signature
+
+from bridge import app as app_mod
+from bridge.sim import hubspot as hs
+from bridge.sim import lance as sim
+from bridge.sim.lance_state import fake_person
+from connectors import hubspot as connector
+from tests.conftest import BridgeFactory, Clock, drain, jobs_of, make_settings
+
+CLIENT_SECRET = "hubspot-app-client-secret"
+HOOK = "/hooks/hubspot"
+UPDATE = "POST /crm/v3/objects/{objectType}/batch/update"
+READ = "POST /crm/v3/objects/{objectType}/batch/read"
+TRIGGER = "POST /api/v1/operations/enrichment/batch"
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def hubspot(clock: Clock) -> AsyncIterator[tuple[hs.HubSpotSandbox, str]]:
+    sandbox = hs.HubSpotSandbox(clock=clock, client_secret=CLIENT_SECRET, rate_limit=0)
+    runner = await hs.serve(sandbox)
+    yield sandbox, hs.base_url(runner)
+    await runner.cleanup()
+
+
+def hubspot_settings(tmp_path: Path, lance_url: str, hubspot_url: str, **extra: Any) -> Any:
+    table = {
+        "name": "hubspot",
+        "type": "hubspot",
+        "base_url": hubspot_url,
+        "access_token": "pat-sandbox",
+        "client_secret": CLIENT_SECRET,
+        "rate_limit_requests": 0,
+    } | extra
+    return make_settings(tmp_path, lance_url, connectors=[table])
+
+
+def signed(
+    body: bytes,
+    url: str,
+    now_ms: int,
+    *,
+    secret: str = CLIENT_SECRET,
+    version: str = "v3",
+) -> dict[str, str]:
+    """Headers of a request HubSpot signed, computed with HubSpot's own SDK."""
+    text = body.decode()
+    headers = {"Content-Type": "application/json"}
+    if version == "v3":
+        headers["X-HubSpot-Request-Timestamp"] = str(now_ms)
+        headers["X-HubSpot-Signature-v3"] = Signature.get_signature(
+            secret, text, "v3", http_uri=url, http_method="POST", timestamp=str(now_ms)
+        )
+    else:
+        headers["X-HubSpot-Signature-Version"] = version
+        headers["X-HubSpot-Signature"] = Signature.get_signature(
+            secret, text, version, http_uri=url, http_method="POST"
+        )
+    return headers
+
+
+async def post_events(
+    client: Client, events: list[dict[str, Any]], clock: Clock, *, path: str = HOOK
+) -> Any:
+    body = json.dumps(events).encode()
+    url = str(client.make_url(path))
+    return await client.post(path, data=body, headers=signed(body, url, int(clock() * 1000)))
+
+
+async def ledger_rows(client: Client, table: str = "enrichments") -> int:
+    [(count,)] = await client.app[app_mod.BRIDGE].ledger.fetch(f"SELECT count(*) FROM {table}")
+    return int(count)
+
+
+def contacts_with_lance_ids(sandbox: hs.HubSpotSandbox, n: int, **props: str) -> list[str]:
+    return [
+        sandbox.add_record("contacts", {"lance_person_id": str(uuid.uuid4()), **props})
+        for _ in range(n)
+    ]
+
+
+def lance_values(person_id: str, field: str) -> list[str]:
+    """What the simulator's person holds for ``field`` once enriched."""
+    found = fake_person(person_id, emails=True, phones=True)[field]
+    assert isinstance(found, list)
+    return [str(v) for v in found]
+
+
+def changes(sandbox: hs.HubSpotSandbox, ids: list[str], clock: Clock) -> list[dict[str, Any]]:
+    return [
+        hs.property_change(
+            int(i),
+            "lance_person_id",
+            sandbox.record("contacts", i)["lance_person_id"],
+            clock=clock,
+        )
+        for i in ids
+    ]
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+
+async def test_a_v3_signed_batch_is_accepted_and_triggers_each_configured_field(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+
+    response = await post_events(client, changes(sandbox, [contact], clock), clock)
+
+    assert response.status == 200
+    assert await response.json() == {
+        "received": 1,
+        "duplicates": 0,
+        "skipped": 0,
+        "lookups": 0,
+        "enrichments": 2,
+    }
+    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT e.field, e.entity_id, t.connector, t.object_type, t.object_id"
+        " FROM enrichments e JOIN targets t ON t.enrichment_id = e.id ORDER BY e.field"
+    )
+    lance_id = sandbox.record("contacts", contact)["lance_person_id"]
+    assert [tuple(r) for r in rows] == [
+        ("emails", lance_id, "hubspot", "contacts", contact),
+        ("phones", lance_id, "hubspot", "contacts", contact),
+    ]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_legacy_signatures_are_accepted_when_hubspot_sends_only_those(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+    version: str,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    body = json.dumps(changes(sandbox, [contact], clock)).encode()
+    url = str(client.make_url(HOOK))
+
+    response = await client.post(HOOK, data=body, headers=signed(body, url, 0, version=version))
+
+    assert response.status == 200
+    assert await ledger_rows(client) == 2
+
+
+def _tamper(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    return body.replace(b"CRM_UI", b"CRM_XX"), headers
+
+
+def _drop(name: str) -> Any:
+    return lambda body, headers: (body, {k: v for k, v in headers.items() if k != name})
+
+
+REFUSALS = {
+    "tampered body": (_tamper, {}),
+    "wrong secret": (lambda b, h: (b, h), {"secret": "another-apps-secret"}),
+    "stale timestamp": (lambda b, h: (b, h), {"age_ms": 301_000}),
+    "future timestamp": (lambda b, h: (b, h), {"age_ms": -301_000}),
+    "no signature": (_drop("X-HubSpot-Signature-v3"), {}),
+    "no timestamp": (_drop("X-HubSpot-Request-Timestamp"), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+async def test_a_bad_or_stale_signature_is_401_and_stores_nothing(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+    case: str,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    change, options = REFUSALS[case]
+    body = json.dumps(changes(sandbox, [contact], clock)).encode()
+    now_ms = int(clock() * 1000) - options.get("age_ms", 0)
+    url = str(client.make_url(HOOK))
+    headers = signed(body, url, now_ms, secret=options.get("secret", CLIENT_SECRET))
+    body, headers = change(body, headers)
+
+    response = await client.post(HOOK, data=body, headers=headers)
+
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "unauthorized"
+    assert await ledger_rows(client) == 0
+    assert await ledger_rows(client, "inbound") == 0
+
+
+async def test_legacy_signatures_are_refused_when_switched_off(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, legacy_signatures=False)
+    client = await make_bridge(settings)
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    body = json.dumps(changes(sandbox, [contact], clock)).encode()
+
+    response = await client.post(
+        HOOK, data=body, headers=signed(body, str(client.make_url(HOOK)), 0, version="v1")
+    )
+
+    assert response.status == 401
+    assert await ledger_rows(client) == 0
+
+
+async def test_behind_a_proxy_the_signature_covers_the_public_url(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    public = "https://bridge.example.com/crm"
+    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url)
+    proxied = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"public_url": public})}
+    )
+    client = await make_bridge(proxied)
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    body = json.dumps(changes(sandbox, [contact], clock)).encode()
+    # HubSpot signs the URL it called, with the escapes of v3 decoded.
+    path = "/hooks/hubspot?source=crm%3Aapp"
+    signed_url = f"{public}/hooks/hubspot?source=crm:app"
+    now_ms = int(clock() * 1000)
+
+    accepted = await client.post(path, data=body, headers=signed(body, signed_url, now_ms))
+    internal = str(client.make_url(path))
+    refused = await client.post(path, data=body, headers=signed(body, internal, now_ms))
+
+    assert accepted.status == 200
+    assert refused.status == 401
+    assert "server.public_url" in (await refused.json())["error"]["message"]
+
+
+def test_the_verifier_matches_the_documented_vectors() -> None:
+    secret = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy"
+    body = (
+        b'[{"eventId":1,"subscriptionId":12345,"portalId":62515,"occurredAt":1564113600000,'
+        b'"subscriptionType":"contact.creation","attemptNumber":0,"objectId":123,'
+        b'"changeSource":"CRM","changeFlag":"NEW","appId":54321}]'
+    )
+    uri = "https://www.example.com/webhook_uri"
+    assert connector.signature_v1(secret, body) == (
+        "232db2615f3d666fe21a8ec971ac7b5402d33b9a925784df3ca654d05f4817de"
+    )
+    assert connector.signature_v2(secret, "POST", uri, b'{"example_field":"example_value"}') == (
+        "9569219f8ba981ffa6f6f16aa0f48637d35d728c7e4d93d0d52efaa512af7900"
+    )
+    assert connector.signature_v2(secret, "GET", uri, b"") == (
+        "eee2dddcc73c94d699f5e395f4b9d454a069a6855fbfa152e91e88823087200e"
+    )
+    v3 = connector.signature_v3(
+        secret, "POST", uri, b"{'example_field':'example_value'}", "1693657560000"
+    )
+    assert v3 == "K36dawei4A+QBNolUOqo7s91KQDWQ5MXZ/QufNYuk/Y="
+
+
+# -- inbound events --------------------------------------------------------------------------
+
+
+async def test_a_retried_or_duplicated_batch_triggers_once(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance_sim, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
+    ids = contacts_with_lance_ids(sandbox, 3)
+    events = changes(sandbox, ids, clock)
+
+    first = await post_events(client, events, clock)
+    await drain(client)  # the enrichments finish and are delivered
+    retried = [event | {"attemptNumber": 1} for event in events]
+    clock.advance(60)
+    second = await post_events(client, retried, clock)
+    third = await post_events(client, events, clock)
+    await drain(client)
+
+    assert (await first.json())["enrichments"] == 6
+    for answer in (second, third):
+        assert answer.status == 200
+        assert (await answer.json())["duplicates"] == 3
+    assert await ledger_rows(client) == 6
+    assert lance_sim.requests[TRIGGER] == 2  # one per field, never again
+    assert max(lance_sim.charges.values()) == 1
+
+
+async def test_unusable_events_are_acknowledged_and_counted_as_skipped(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    events = [
+        hs.property_change(int(contact), "firstname", "Ada", clock=clock),
+        hs.property_change(int(contact), "lance_person_id", "not-a-uuid", clock=clock),
+        hs.property_change(int(contact), "lance_person_id", "", clock=clock),
+        hs.property_change(int(contact), "dealstage", "won", object_type="deal", clock=clock),
+    ]
+
+    response = await post_events(client, events, clock)
+
+    assert response.status == 200
+    assert (await response.json())["skipped"] == 4
+    assert await ledger_rows(client) == 0
+    assert await ledger_rows(client, "inbound") == 4
+
+
+BAD_BODIES = {
+    "not json": b"[{",
+    "a string": b'"hello"',
+    "empty array": b"[]",
+    "101 events": json.dumps(
+        [hs.property_change(i + 1, "lance_person_id", str(uuid.uuid4())) for i in range(101)]
+    ).encode(),
+    "event without objectId": b'[{"subscriptionType":"contact.propertyChange"}]',
+    "event not an object": b"[1]",
+    "workflow without properties": b'{"objectId": 5}',
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+async def test_a_malformed_body_is_400_and_stores_nothing(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+    case: str,
+) -> None:
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot[1]))
+    body = BAD_BODIES[case]
+    headers = signed(body, str(client.make_url(HOOK)), int(clock() * 1000))
+
+    response = await client.post(HOOK, data=body, headers=headers)
+
+    assert response.status == 400
+    assert await ledger_rows(client, "inbound") == 0
+
+
+async def test_a_path_no_connector_serves_is_404(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+) -> None:
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot[1]))
+
+    for path in ("/hooks/pipedrive", "/hooks/hubspot/other-name"):
+        response = await client.post(path, data=b"[]")
+        assert response.status == 404, path
+
+
+async def test_created_records_are_read_in_batches_for_their_lance_id(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    with_id = contacts_with_lance_ids(sandbox, 150)
+    without = sandbox.add_record("contacts", {"firstname": "Grace"})
+    ids = [*with_id, without]
+    batches = [ids[i : i + 100] for i in range(0, len(ids), 100)]
+
+    for batch in batches:
+        events = [hs.creation(int(i), clock=clock) for i in batch]
+        response = await post_events(client, events, clock)
+        assert (await response.json())["lookups"] == len(batch)
+    report = await jobs_of(client).resolver.run_once()
+
+    assert report.accepted == 300  # emails + phones of each of the 150
+    assert report.skipped == 1
+    assert sandbox.counts[READ] == math.ceil(151 / 100)
+    [(reason,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT detail FROM inbound WHERE state = 'skipped'"
+    )
+    assert reason == f"no lance_person_id on contacts {without}"
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["current", "legacy"])
+async def test_a_workflow_call_triggers_its_record(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+    legacy: bool,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    properties = sandbox.record("contacts", contact)
+    payload = (
+        hs.legacy_contact_payload(int(contact), properties)
+        if legacy
+        else hs.workflow_payload(int(contact), properties)
+    )
+    body = json.dumps(payload).encode()
+    url = str(client.make_url(HOOK))
+
+    response = await client.post(HOOK, data=body, headers=signed(body, url, 0, version="v2"))
+    again = await client.post(HOOK, data=body, headers=signed(body, url, 0, version="v2"))
+
+    assert response.status == 200
+    assert (await response.json())["enrichments"] == 2
+    assert (await again.json())["duplicates"] == 1
+    assert await ledger_rows(client) == 2
+
+
+# -- outbound --------------------------------------------------------------------------------
+
+
+async def test_250_records_cost_3_batch_updates_and_get_the_mapped_values(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    ids = contacts_with_lance_ids(sandbox, 250)
+    events = changes(sandbox, ids, clock)
+
+    for start in range(0, 250, 100):
+        assert (await post_events(client, events[start : start + 100], clock)).status == 200
+    await drain(client)
+
+    assert sandbox.counts[UPDATE] == 3
+    assert sandbox.counts[READ] == 3  # fill_if_empty reads the current values first
+    for contact in ids:
+        record = sandbox.record("contacts", contact)
+        emails = lance_values(record["lance_person_id"], "emails")
+        phones = lance_values(record["lance_person_id"], "phones")
+        assert record["email"] == emails[0]
+        assert record.get("hs_additional_emails", "") == ";".join(emails[1:])
+        assert record["phone"] == phones[0]
+        assert record.get("mobilephone", "") == (phones[1] if len(phones) > 1 else "")
+    [(delivered,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT count(*) FROM deliveries WHERE state = 'delivered' AND connector = 'hubspot'"
+    )
+    assert delivered == 500
+    metrics = await (await client.get("/metrics")).text()
+    update = 'endpoint="POST /crm/v3/objects/contacts/batch/update"'
+    assert f'lance_bridge_crm_requests_total{{connector="hubspot",{update},status="200"}} 3.0' in (
+        metrics
+    )
+    assert 'lance_bridge_inbound_events{connector="hubspot",state="accepted"} 250.0' in metrics
+
+
+async def test_write_policies_fill_overwrite_and_never_clear(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    mapping = {
+        "properties": {
+            "phone": {"from": "phones[0]", "policy": "overwrite"},
+            "mobilephone": {"from": "phones[1]", "policy": "never"},
+            "lance_enrichment_status": {"from": "state", "policy": "overwrite"},
+        }
+    }
+    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, contacts=mapping)
+    client = await make_bridge(settings)
+    [contact] = contacts_with_lance_ids(
+        sandbox, 1, email="kept@example.com", phone="+1 555 0100", mobilephone="+1 555 0199"
+    )
+
+    await post_events(client, changes(sandbox, [contact], clock), clock)
+    await drain(client)
+
+    record = sandbox.record("contacts", contact)
+    assert record["email"] == "kept@example.com"  # fill_if_empty: already filled
+    assert record["phone"] == lance_values(record["lance_person_id"], "phones")[0]
+    assert record["mobilephone"] == "+1 555 0199"  # never
+    assert record["lance_enrichment_status"] == "finished"
+
+
+@pytest.mark.parametrize("sim_config", [{"outcomes": {"not_found": 1.0}}], indirect=True)
+async def test_an_empty_result_never_clears_a_property(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    mapping = {"properties": {"phone": {"from": "phones[0]", "policy": "overwrite"}}}
+    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, contacts=mapping)
+    client = await make_bridge(settings)
+    [contact] = contacts_with_lance_ids(sandbox, 1, phone="+1 555 0100")
+
+    await post_events(client, changes(sandbox, [contact], clock), clock)
+    await drain(client)
+
+    assert sandbox.record("contacts", contact)["phone"] == "+1 555 0100"
+    assert sandbox.counts[UPDATE] == 0  # nothing to write, no request
+    [(delivered,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
+    )
+    assert delivered == 2
+
+
+async def test_a_company_summary_is_tracked_and_written_to_its_description(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance_sim, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
+    company_id = str(uuid.uuid4())
+    lance_sim.start_enrichment(company_id, "summary", "company", outcome="found")
+    company = sandbox.add_record("companies", {"lance_company_id": company_id})
+    event = hs.property_change(
+        int(company), "lance_company_id", company_id, object_type="company", clock=clock
+    )
+
+    await post_events(client, [event], clock)
+    await drain(client)
+
+    description = sandbox.record("companies", company)["description"]
+    assert description
+    assert lance_sim.requests[TRIGGER] == 0  # tracked, never triggered
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def _persons(n_one_phone: int, n_two_phones: int) -> list[str]:
+    """Lance person ids whose simulated person has one phone, then ones with two."""
+    one: list[str] = []
+    two: list[str] = []
+    while len(one) < n_one_phone or len(two) < n_two_phones:
+        candidate = str(uuid.uuid4())
+        bucket = one if len(lance_values(candidate, "phones")) == 1 else two
+        limit = n_one_phone if bucket is one else n_two_phones
+        if len(bucket) < limit:
+            bucket.append(candidate)
+    return one + two
+
+
+async def test_one_invalid_property_in_a_batch_of_100_kills_only_its_record(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    sandbox.schemas["contacts"].discard("mobilephone")  # only a second phone writes it
+    mapping = {
+        "properties": {
+            "email": {"from": "emails[0]", "policy": "never"},
+            "hs_additional_emails": {"from": "emails[1:]", "policy": "never"},
+        }
+    }
+    settings = hubspot_settings(
+        tmp_path, simulator[1], hubspot_url, contacts=mapping | {"enrich": ["phones"]}
+    )
+    client = await make_bridge(settings)
+    ids = [sandbox.add_record("contacts", {"lance_person_id": p}) for p in _persons(99, 1)]
+
+    await post_events(client, changes(sandbox, ids, clock), clock)
+    await drain(client)
+
+    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT object_id, state, last_error FROM deliveries ORDER BY id"
+    )
+    dead = [r for r in rows if r[1] == "dead"]
+    assert sum(r[1] == "delivered" for r in rows) == 99
+    assert [r[0] for r in dead] == [ids[-1]]
+    assert "mobilephone" in dead[0][2]
+    assert "VALIDATION_ERROR" in dead[0][2]
+    assert sandbox.counts[UPDATE] == 1
+
+
+async def test_a_deleted_record_is_dead_with_hubspots_reason(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    ids = contacts_with_lance_ids(sandbox, 5)
+    await post_events(client, changes(sandbox, ids, clock), clock)
+    del sandbox.objects["contacts"][ids[2]]
+
+    await drain(client)
+
+    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT object_id, state, last_error FROM deliveries WHERE state = 'dead'"
+    )
+    assert {r[0] for r in rows} == {ids[2]}
+    assert all("no contacts record" in r[2] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "at_least_s"),
+    [
+        (429, {"Retry-After": "90"}, 90),
+        (503, {}, 5),
+        (423, {}, 2),
+        (477, {"Retry-After": "120"}, 120),
+    ],
+)
+async def test_transient_answers_are_retried_no_sooner_than_hubspot_asks(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+    status: int,
+    headers: dict[str, str],
+    at_least_s: float,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, rate_limit_window_seconds=0.01)
+    client = await make_bridge(settings)
+    ids = contacts_with_lance_ids(sandbox, 3)
+    await post_events(client, changes(sandbox, ids, clock), clock)
+    jobs = jobs_of(client)
+    for _ in range(4):  # trigger, poll, fetch: the deliveries wait
+        await jobs.triggerer.run_once()
+        await jobs.poller.run_once()
+        await jobs.fetcher.run_once()
+        clock.advance(2)
+    sandbox.fail_next(1, status, headers=headers, route="batch/update")
+    now = clock()
+
+    first = await jobs.dispatcher.run_once()
+    [(next_attempt_at,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+    )
+    await drain(client, step_s=60)
+
+    assert first.retrying == 6
+    assert next_attempt_at - now >= at_least_s
+    assert all(sandbox.record("contacts", i).get("phone") for i in ids)
+
+
+async def test_an_expired_oauth_token_is_refreshed_once_and_nothing_is_lost(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    oauth = {
+        "access_token": None,
+        "refresh_token": "refresh-sandbox",
+        "client_id": sandbox.client_id,
+    }
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url, **oauth))
+    first = contacts_with_lance_ids(sandbox, 2)
+    await post_events(client, changes(sandbox, first, clock), clock)
+    await drain(client)
+    assert sandbox.token_requests == 1
+    sandbox.expire_tokens()
+    second = contacts_with_lance_ids(sandbox, 2)
+
+    await post_events(client, changes(sandbox, second, clock), clock)
+    await drain(client)
+
+    assert sandbox.token_requests == 2
+    assert all(sandbox.record("contacts", i).get("email") for i in first + second)
+    expired = [r for r in sandbox.requests if r.status == 401]
+    assert len(expired) == 1
+
+
+# -- check-config --online -------------------------------------------------------------------
+
+
+async def test_check_passes_with_a_good_token_and_names_missing_properties(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    item = client.app[app_mod.BRIDGE].connectors["hubspot"]
+
+    await item.check()
+    sandbox.schemas["contacts"].discard("lance_person_id")
+    with pytest.raises(Exception, match="lance_person_id"):
+        await item.check()
+
+
+def test_secrets_never_show_in_the_config_repr(tmp_path: Path) -> None:
+    settings = hubspot_settings(tmp_path, "http://lance", "http://hubspot")
+
+    text = repr(settings) + str(settings.connectors)
+
+    assert "pat-sandbox" not in text
+    assert CLIENT_SECRET not in text
