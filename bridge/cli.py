@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=10.0, help="ingest: load duration")
     bench.add_argument("--concurrency", type=int, default=32, help="ingest: clients at once")
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
+    bench.add_argument(
+        "--crm",
+        choices=("webhook", "hubspot"),
+        default="webhook",
+        help="e2e: deliver to a webhook receiver (default) or from/to the HubSpot sandbox",
+    )
     _inspection_commands(commands)
     return parser
 
@@ -277,6 +283,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 seconds=args.seconds,
                 concurrency=args.concurrency,
                 json_path=args.json,
+                crm=args.crm,
             )
         )
     settings = _settings(args)

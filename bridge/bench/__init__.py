@@ -12,6 +12,8 @@ comparable on a noisy machine where absolute figures do not.
   and the rows durable in the ledger afterwards (must equal the 202s).
 - ``e2e``: N enrichments trigger → simulator → fetch → signed webhook, with the daemon's own
   scheduler: time from Lance having them all to the last delivery, requests per enrichment.
+  ``--crm hubspot``: HubSpot-signed webhooks start them and batch updates write them back to the
+  HubSpot sandbox; HubSpot requests per 1,000 contact updates against one write per record.
 - ``scale``: RSS and poll tick time with 1,000,000 rows in flight.
 """
 
@@ -51,6 +53,7 @@ async def run(
     seconds: float,
     concurrency: int,
     json_path: Path | None,
+    crm: str = "webhook",
 ) -> int:
     """Run ``scenarios``, print a table per scenario, optionally write JSON; 0 if bars met."""
     from bridge.bench import e2e, ingest, poll  # noqa: PLC0415 - each pulls in the simulator
@@ -67,7 +70,7 @@ async def run(
             elif name == "ingest":
                 results.append(await ingest.bench_ingest(seconds, concurrency, where))
             elif name == "e2e":
-                results.append(await e2e.bench_e2e(count or 100_000, where))
+                results.append(await e2e.bench_e2e(count or 100_000, where, crm))
             else:
                 results.append(await poll.bench_scale(count or 1_000_000, where))
             _print(console, results[-1])

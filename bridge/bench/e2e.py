@@ -1,19 +1,28 @@
-"""End-to-end benchmark: triggers → Lance simulator → fetch → signed webhooks, on the scheduler."""
+"""End-to-end benchmark: triggers → Lance simulator → fetch → delivery, on the scheduler.
+
+Delivery goes to a signed webhook receiver, or with ``crm="hubspot"`` to the HubSpot sandbox:
+then HubSpot-signed webhooks start the enrichments and batch updates write them back.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from bridge import app as app_mod
+from bridge import connector as bridge_connector
 from bridge import ledger
 from bridge import settings as settings_mod
 from bridge.bench import Result, peak_rss_mb, procs
@@ -26,7 +35,7 @@ WATCH_EVERY_S = 0.2
 DEADLINE_S = 900.0
 
 
-def _settings(folder: Path, lance_url: str, sink_url: str, secret: str) -> settings_mod.Settings:
+def _settings(folder: Path, lance_url: str, connector: dict[str, Any]) -> settings_mod.Settings:
     return settings_mod.Settings(
         lance={"base_url": lance_url, "token": sim.SimConfig.token, "max_concurrency": 8},
         ledger={"path": folder / "e2e.db"},
@@ -40,15 +49,8 @@ def _settings(folder: Path, lance_url: str, sink_url: str, secret: str) -> setti
         trigger={"interval_seconds": 0.2, "max_requests_per_run": 200},
         fetch={"interval_seconds": 0.2, "batch_size": 2000, "concurrency": 16},
         delivery={"interval_seconds": 0.2, "batch_size": 5000},
-        connectors=[
-            {
-                "name": "bench-webhook",
-                "type": "webhook",
-                "url": f"{sink_url}/hook",
-                "secret": secret,
-                "max_concurrency": 64,
-            }
-        ],
+        inbound={"interval_seconds": 0.2},
+        connectors=[connector],
     )
 
 
@@ -61,12 +63,21 @@ async def _until(check: Callable[[], Awaitable[bool]]) -> float:
     return time.perf_counter()
 
 
-async def bench_e2e(count: int, folder: Path) -> Result:
+async def bench_e2e(count: int, folder: Path, crm: str = "webhook") -> Result:
     """Run ``count`` enrichments through the daemon's own scheduler."""
+    if crm == "hubspot":
+        return await _bench_hubspot(count, folder)
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     process, conn = procs.spawn(procs.remote_process, secret)
     lance_url, sink_url = await procs.ask(conn)
-    app = app_mod.create_app(_settings(folder, lance_url, sink_url, secret))
+    webhook = {
+        "name": "bench-webhook",
+        "type": "webhook",
+        "url": f"{sink_url}/hook",
+        "secret": secret,
+        "max_concurrency": 64,
+    }
+    app = app_mod.create_app(_settings(folder, lance_url, webhook))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -102,6 +113,110 @@ async def bench_e2e(count: int, folder: Path) -> Result:
         "< 60 s after Lance finished them": after_lance < 60,
     }
     return Result("e2e", figures, bars)
+
+
+async def _bench_hubspot(count: int, folder: Path) -> Result:
+    """``count`` enrichments (emails and phones of count/2 contacts) from HubSpot and back."""
+    contacts = max(1, count // 2)
+    count = contacts * 2
+    secret = secrets.token_urlsafe(24)
+    process, conn = procs.spawn(procs.hubspot_process, contacts, secret)
+    lance_url, hubspot_url = await procs.ask(conn)
+    hubspot = {
+        "name": "hubspot",
+        "type": "hubspot",
+        "base_url": hubspot_url,
+        "access_token": procs.HUBSPOT_TOKEN,
+        "client_secret": secret,
+        "rate_limit_requests": 0,
+        "max_concurrency": 8,
+        "contacts": {
+            "properties": {"lance_enrichment_status": {"from": "state", "policy": "overwrite"}}
+        },
+    }
+    app = app_mod.create_app(_settings(folder, lance_url, hubspot))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        store = app[app_mod.BRIDGE].ledger
+        started = time.perf_counter()
+        refused = await procs.ask(conn, ("hooks", f"{_http.base_url(runner)}/hooks/hubspot"))
+        at_lance = await _until(lambda: _none_queued(store))
+        done = await _until(lambda: _all_delivered(store, count))
+        remote = await procs.ask(conn, "stats")
+        sample = [str(i) for i in range(1, min(contacts, 2000) + 1)]
+        ours_write_s = await _batched_writes(app, sample)
+        naive_write_s = await procs.naive_writes(hubspot_url, sample, _phones(len(sample), 2))
+    finally:
+        await runner.cleanup()
+        conn.send("stop")
+        process.join(10)
+    crm = remote["crm_requests"]
+    updates = _count(crm, "/batch/update")
+    reads = _count(crm, "/batch/read")
+    lance_total = sum(remote["requests"].values())
+    after_lance = done - at_lance
+    ours_per_s = contacts / (done - started)
+    figures: dict[str, float | int | str] = {
+        "enrichments": count,
+        "contacts": contacts,
+        "hubspot_webhook_requests_refused": refused,
+        "total_seconds": round(done - started, 1),
+        "seconds_after_lance_had_all": round(after_lance, 1),
+        "contacts_written_per_s": round(ours_per_s),
+        "contacts_written": remote["written"],
+        "hubspot_batch_updates": f"{updates} (floor {math.ceil(contacts / 100)})",
+        "hubspot_batch_reads": reads,
+        "hubspot_requests_per_1000_contact_updates": round((updates + reads) * 1000 / contacts),
+        "naive_requests_per_1000_contact_updates": 1000,
+        "ours_vs_naive_requests": f"{1000 / ((updates + reads) * 1000 / contacts):.1f}x fewer",
+        "connector_contacts_written_per_s": round(ours_write_s),
+        "naive_one_patch_per_contact_per_s": round(naive_write_s),
+        "connector_vs_naive_throughput": f"{ours_write_s / naive_write_s:.1f}x",
+        "lance_requests_per_enrichment": round(lance_total / count, 3),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    bars = {
+        "all written back": remote["written"] == contacts and refused == 0,
+        "< 60 s after Lance finished them": after_lance < 60,
+    }
+    return Result("e2e (hubspot)", figures, bars)
+
+
+def _phones(n: int, seed: int) -> list[str]:
+    return [f"+1 555 {seed:02d}{i:05d}" for i in range(n)]
+
+
+async def _batched_writes(app: web.Application, ids: list[str]) -> float:
+    """Contacts written per second by the HubSpot connector itself (reads, then updates).
+
+    The same records the naive baseline then writes one PATCH each: the ratio of the two is
+    the connector's batching, measured on this machine in this run.
+    """
+    connector = app[app_mod.BRIDGE].connectors["hubspot"]
+    events = [
+        bridge_connector.Event(
+            delivery_id=n,
+            message_id=f"msg_bench_{n}",
+            event_type="enrichment.finished",
+            body=orjson.dumps(
+                {
+                    "type": "enrichment.finished",
+                    "data": {"state": "finished", "values": {"phones": [p]}},
+                }
+            ),
+            target={"connector": "hubspot", "objectType": "contacts", "objectId": i},
+            attempt=0,
+        )
+        for n, (i, p) in enumerate(zip(ids, _phones(len(ids), 1), strict=True))
+    ]
+    started = time.perf_counter()
+    outcomes = await connector.send(events)
+    elapsed = time.perf_counter() - started
+    if any(o.kind != "delivered" for o in outcomes):
+        raise RuntimeError("the connector's timed writes were not all delivered")
+    return len(ids) / elapsed
 
 
 async def _send(url: str, count: int) -> None:

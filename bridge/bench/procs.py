@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from bridge.sim import _http
+from bridge.sim import hubspot as hubspot_sim
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 
@@ -95,6 +96,87 @@ def remote_process(secret: str, conn: Connection) -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+HUBSPOT_TOKEN = "pat-bench"  # noqa: S105 - the sandbox's loopback-only token
+
+
+def hubspot_process(contacts: int, secret: str, conn: Connection) -> None:
+    """The simulator (instant completion) and a HubSpot sandbox with ``contacts`` contacts.
+
+    Each contact carries a Lance person id. Asked ``("hooks", url)``, it sends the bridge the
+    signed ``contact.propertyChange`` webhooks (100 events per request) HubSpot would send;
+    The sandbox's rate limit is off: the bench measures the bridge, not HubSpot's budget.
+    """
+
+    async def main() -> None:
+        config = sim.SimConfig(completion_s=(0.0, 0.0), seed=SEED, outcomes={"found": 1.0})
+        simulator = sim.LanceSimulator(config)
+        sandbox = hubspot_sim.HubSpotSandbox(
+            private_tokens=(HUBSPOT_TOKEN,), client_secret=secret, rate_limit=0
+        )
+        ids = [
+            sandbox.add_record("contacts", {"lance_person_id": lance_id})
+            for lance_id in entity_ids(contacts)
+        ]
+        runners = [await sim.serve(simulator), await hubspot_sim.serve(sandbox)]
+        conn.send((_http.base_url(runners[0]), _http.base_url(runners[1])))
+        loop = asyncio.get_running_loop()
+        while (message := await loop.run_in_executor(None, conn.recv)) != "stop":
+            if isinstance(message, tuple) and message[0] == "hooks":
+                conn.send(await _send_hooks(sandbox, ids, message[1], secret))
+            else:
+                written = sum(
+                    1
+                    for r in sandbox.objects["contacts"].values()
+                    if r.get("email") or r.get("phone")
+                )
+                conn.send(
+                    {
+                        "written": written,
+                        "requests": dict(simulator.requests),
+                        "crm_requests": dict(sandbox.counts),
+                    }
+                )
+        for runner in runners:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+async def naive_writes(base_url: str, ids: list[str], values: list[str]) -> float:
+    """Records written per second with one PATCH per record (8 in flight)."""
+    headers = {"Authorization": f"Bearer {HUBSPOT_TOKEN}"}
+    slots = asyncio.Semaphore(8)
+
+    async def write(session: aiohttp.ClientSession, record_id: str, value: str) -> None:
+        async with slots:
+            body = {"properties": {"mobilephone": value}}
+            url = f"{base_url}/crm/v3/objects/contacts/{record_id}"
+            async with session.patch(url, json=body) as response:
+                await response.read()
+
+    async with aiohttp.ClientSession(headers=headers) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(write(session, i, v) for i, v in zip(ids, values, strict=True)))
+        return len(ids) / (time.perf_counter() - started)
+
+
+async def _send_hooks(
+    sandbox: hubspot_sim.HubSpotSandbox, ids: list[str], url: str, secret: str
+) -> int:
+    events = [
+        hubspot_sim.property_change(
+            int(i), "lance_person_id", sandbox.record("contacts", i)["lance_person_id"]
+        )
+        for i in ids
+    ]
+    refused = 0
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, len(events), hubspot_sim.MAX_WEBHOOK_EVENTS):
+            batch = events[start : start + hubspot_sim.MAX_WEBHOOK_EVENTS]
+            refused += await hubspot_sim.send_webhook(session, url, secret, batch) != 200
+    return refused
 
 
 def spawn(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
