@@ -18,7 +18,8 @@ import aiosqlite
 import orjson
 
 DELIVERY_COLUMNS = (
-    "id, enrichment_id, connector, object_type, object_id, event_type, message_id, body, attempts"
+    "id, enrichment_id, connector, object_type, object_id, event_type, message_id, body, attempts,"
+    " next_attempt_at"
 )
 
 
@@ -79,6 +80,7 @@ class Delivery:
     message_id: str
     body: bytes
     attempts: int
+    due_at: float = 0.0
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Delivery:
@@ -93,6 +95,7 @@ class Delivery:
             str(row[6]),
             bytes(row[7]),
             int(row[8]),
+            float(row[9] or 0.0),
         )
 
     def target(self) -> dict[str, str] | None:

@@ -126,6 +126,7 @@ class DeliverySettings(_Section):
         default=DEFAULT_RETRY_SCHEDULE_S, min_length=1
     )
     jitter: float = Field(default=0.2, ge=0, lt=1)
+    linger_seconds: float = Field(default=1.0, ge=0)
 
 
 class InboundSettings(_Section):

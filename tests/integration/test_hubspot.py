@@ -494,6 +494,38 @@ async def test_250_records_cost_3_batch_updates_and_get_the_mapped_values(
     assert 'lance_bridge_inbound_events{connector="hubspot",state="accepted"} 250.0' in metrics
 
 
+async def test_a_partial_batch_lingers_for_more_results_then_goes_in_one_request(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url)
+    lingering = settings.model_copy(
+        update={"delivery": settings.delivery.model_copy(update={"linger_seconds": 30.0})}
+    )
+    client = await make_bridge(lingering)
+    jobs = jobs_of(client)
+    ids = contacts_with_lance_ids(sandbox, 4)
+    for half in (ids[:2], ids[2:]):  # results of two contacts, then of two more
+        await post_events(client, changes(sandbox, half, clock), clock)
+        for _ in range(3):
+            await jobs.triggerer.run_once()
+            await jobs.poller.run_once()
+            await jobs.fetcher.run_once()
+            clock.advance(2.0)
+        held = await jobs.dispatcher.run_once()
+        assert held.attempted == 0
+
+    clock.advance(30.0)
+    sent = await jobs.dispatcher.run_once()
+
+    assert sent.delivered == 8
+    assert sandbox.counts[UPDATE] == 1
+
+
 async def test_write_policies_fill_overwrite_and_never_clear(
     make_bridge: BridgeFactory,
     simulator: tuple[sim.LanceSimulator, str],
