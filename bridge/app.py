@@ -154,7 +154,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     bridge = app[BRIDGE]
     assert bridge.session is not None
-    built = connector.build(bridge.settings.connectors, bridge.session)
+    built = connector.build(bridge.settings.connectors, bridge.session, clock=bridge.clock)
     opened: list[connector.Connector] = []
     try:
         for item in built:

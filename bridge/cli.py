@@ -97,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no live progress, summary only")
     demo.add_argument(
         "--crm",
-        choices=("webhook", "hubspot"),
+        choices=("webhook", "hubspot", "salesforce"),
         default="webhook",
-        help="where results go: a signed webhook receiver (default) or the HubSpot sandbox",
+        help="where results go: a signed webhook receiver (default), or the HubSpot or"
+        " Salesforce sandbox, which then also starts the enrichments",
     )
     check = command("check-config", "validate the config")
     check.add_argument("--online", action="store_true", help="also check Lance and connectors")

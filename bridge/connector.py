@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, ClassVar, Literal
 
@@ -212,9 +212,16 @@ class Connector(abc.ABC):
     # and implement :meth:`verify_hook` and :meth:`parse_hook`.
     hook_path: ClassVar[str | None] = None
 
-    def __init__(self, config: ConnectorConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        config: ConnectorConfig,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.session = session
+        self.clock = clock  # the bridge's clock (Unix seconds); tests pass a controllable one
         self._slots = asyncio.Semaphore(config.max_concurrency)
         # Requests to the remote API by (endpoint, HTTP status or "none"), for the metrics.
         self.remote_requests: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -256,7 +263,7 @@ class Connector(abc.ABC):
         """
         raise HookError(404, "not_found", f"connector {self.name} takes no inbound events")
 
-    def hook_reply(self, received: ledger.Received) -> web.Response:
+    def hook_reply(self, request: HookRequest, received: ledger.Received) -> web.Response:
         """The answer once the events are durable (a JSON summary unless the CRM needs more)."""
         return web.json_response(
             {
@@ -268,7 +275,7 @@ class Connector(abc.ABC):
             }
         )
 
-    def hook_error(self, error: HookError) -> web.Response:
+    def hook_error(self, request: HookRequest, error: HookError) -> web.Response:
         """The answer to a refused request; nothing was stored."""
         body = {"error": {"code": error.code, "message": error.message, "details": None}}
         return web.json_response(body, status=error.status)
@@ -374,10 +381,15 @@ def parse_configs(raw: Sequence[Mapping[str, Any]]) -> list[ConnectorConfig]:
     return parsed
 
 
-def build(configs: Sequence[ConnectorConfig], session: aiohttp.ClientSession) -> list[Connector]:
-    """Instantiate connectors from validated configs, sharing the app's HTTP session."""
+def build(
+    configs: Sequence[ConnectorConfig],
+    session: aiohttp.ClientSession,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> list[Connector]:
+    """Instantiate connectors from validated configs, sharing the app's HTTP session and clock."""
     types = connector_types()
-    return [types[config.type](config, session) for config in configs]
+    return [types[config.type](config, session, clock=clock) for config in configs]
 
 
 def describe_validation_error(exc: pydantic.ValidationError, prefix: str = "") -> str:

@@ -7,7 +7,8 @@ delivery was acknowledged.
 
 ``--crm hubspot`` starts the HubSpot sandbox instead: contacts carrying a Lance id are created
 there, HubSpot-signed ``contact.propertyChange`` webhooks start the enrichments, and the
-results are written back to the contacts with batch updates.
+results are written back to the contacts with batch updates. ``--crm salesforce`` does the same
+with the Salesforce sandbox: Outbound Messages in, sObject Collections updates out.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ from bridge import settings as settings_mod
 from bridge.sim import _http
 from bridge.sim import hubspot as hubspot_sim
 from bridge.sim import lance as sim
+from bridge.sim import salesforce as salesforce_sim
 from bridge.sim import sink as sink_mod
 
 TRIGGER_CHUNK = 1000  # tasks per POST /v1/triggers (the API's maximum)
 PROGRESS_EVERY_S = 0.25
 FIELDS = ("emails", "phones")
-CRMS = ("webhook", "hubspot")
+CRMS = ("webhook", "hubspot", "salesforce")
 HUBSPOT_TOKEN = "pat-demo"  # noqa: S105 - the sandbox's token, valid on loopback only
+SALESFORCE_SECRET = secrets.token_urlsafe(24)
 
 
 @dataclasses.dataclass(slots=True)
@@ -57,6 +60,7 @@ class Stage:
     api_token: str = ""
     hubspot: hubspot_sim.HubSpotSandbox | None = None
     hubspot_secret: str = ""
+    salesforce: salesforce_sim.SalesforceSandbox | None = None
 
 
 def demo_settings(
@@ -97,7 +101,7 @@ async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook"
     if crm not in CRMS:
         console.print(f"demo: --crm must be one of {', '.join(CRMS)}")
         return 2
-    if crm == "hubspot" and count % len(FIELDS):
+    if crm != "webhook" and count % len(FIELDS):
         count += 1  # each contact asks for emails and phones
     with tempfile.TemporaryDirectory(prefix="lance-bridge-demo-") as folder:
         stage = await _start(Path(folder), crm)
@@ -105,6 +109,8 @@ async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook"
             started = time.monotonic()
             if stage.hubspot is not None:
                 await _send_hubspot_events(stage, count // len(FIELDS))
+            elif stage.salesforce is not None:
+                await _send_outbound_messages(stage, count // len(FIELDS))
             else:
                 await _send_triggers(stage, count)
             store = await ledger.Ledger.open(stage.settings.ledger.path, exclusive=False)
@@ -120,6 +126,8 @@ async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook"
     _summary(console, stage, facts, count, elapsed)
     if stage.hubspot is not None:
         ok = done and _hubspot_written(stage.hubspot) == count // len(FIELDS)
+    elif stage.salesforce is not None:
+        ok = done and _salesforce_written(stage.salesforce) == count // len(FIELDS)
     else:
         ok = done and len(stage.sink.received) == count
     console.print("demo: [bold green]ok[/]" if ok else "demo: [bold red]incomplete[/]")
@@ -155,6 +163,23 @@ async def _start(folder: Path, crm: str) -> Stage:
                 },
             }
         ]
+    salesforce: salesforce_sim.SalesforceSandbox | None = None
+    if crm == "salesforce":
+        salesforce = salesforce_sim.SalesforceSandbox(client_secret=SALESFORCE_SECRET)
+        runners.append(await salesforce_sim.serve(salesforce))
+        connectors = [
+            {
+                "name": "salesforce",
+                "type": "salesforce",
+                "login_url": _http.base_url(runners[-1]),
+                "client_id": salesforce.client_id,
+                "client_secret": SALESFORCE_SECRET,
+                "organization_id": salesforce.org_id,
+                "contact": {
+                    "fields": {"Lance_Status__c": {"from": "state", "policy": "overwrite"}}
+                },
+            }
+        ]
     settings = demo_settings(
         _http.base_url(runners[0]),
         _http.base_url(runners[1]),
@@ -176,6 +201,7 @@ async def _start(folder: Path, crm: str) -> Stage:
         token,
         sandbox,
         hubspot_secret,
+        salesforce,
     )
 
 
@@ -200,6 +226,37 @@ async def _send_hubspot_events(stage: Stage, contacts: int) -> None:
             status = await hubspot_sim.send_webhook(session, url, stage.hubspot_secret, batch)
             if status != 200:
                 raise RuntimeError(f"HubSpot webhook refused: {status}")
+
+
+async def _send_outbound_messages(stage: Stage, contacts: int) -> None:
+    """Create Contacts with a Lance id in the sandbox; Salesforce sends Outbound Messages."""
+    sandbox = stage.salesforce
+    assert sandbox is not None
+    ids = [
+        sandbox.add_record("Contact", {"Lance_Person_Id__c": str(uuid.uuid4())})
+        for _ in range(contacts)
+    ]
+    notifications = [
+        (
+            f"04l{n:015d}",
+            "Contact",
+            {"Id": i, "Lance_Person_Id__c": sandbox.record("Contact", i)["Lance_Person_Id__c"]},
+        )
+        for n, i in enumerate(ids)
+    ]
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, len(notifications), salesforce_sim.MAX_NOTIFICATIONS):
+            envelope = salesforce_sim.outbound_message(
+                sandbox.org_id, notifications[start : start + salesforce_sim.MAX_NOTIFICATIONS]
+            )
+            url = f"{stage.api_url}/hooks/salesforce"
+            if not await salesforce_sim.send_outbound_message(session, url, envelope):
+                raise RuntimeError("the bridge did not acknowledge an Outbound Message")
+
+
+def _salesforce_written(sandbox: salesforce_sim.SalesforceSandbox) -> int:
+    """Contacts whose enrichment status was written back."""
+    return sum(1 for record in sandbox.records["Contact"].values() if record.get("Lance_Status__c"))
 
 
 def _hubspot_written(sandbox: hubspot_sim.HubSpotSandbox) -> int:
@@ -273,6 +330,8 @@ def _summary(
             table.add_row(f"deliveries {state} ({name})", str(n))
     if stage.hubspot is not None:
         _hubspot_rows(table, stage.hubspot, count)
+    elif stage.salesforce is not None:
+        _salesforce_rows(table, stage.salesforce, count)
     else:
         table.add_row("webhooks verified by the receiver", str(len(stage.sink.received)))
     total = 0
@@ -296,6 +355,17 @@ def _hubspot_rows(table: Table, sandbox: hubspot_sim.HubSpotSandbox, count: int)
         table.add_row(f"HubSpot {endpoint}", str(n))
         total += n
     table.add_row("HubSpot requests per 1,000 contact updates", f"{total * 1000 / contacts:.0f}")
+
+
+def _salesforce_rows(table: Table, sandbox: salesforce_sim.SalesforceSandbox, count: int) -> None:
+    contacts = count // len(FIELDS)
+    written = _salesforce_written(sandbox)
+    table.add_row("Salesforce contacts written back", f"{written} of {contacts}")
+    total = 0
+    for endpoint, n in sorted(sandbox.counts.items()):
+        table.add_row(f"Salesforce {endpoint}", str(n))
+        total += n
+    table.add_row("Salesforce requests per 1,000 contact updates", f"{total * 1000 / contacts:.0f}")
 
 
 def _floor(count: int) -> int:

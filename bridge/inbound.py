@@ -55,15 +55,17 @@ async def handle_hook(
     try:
         body = await request.read()
     except web.RequestPayloadError:
-        error = connector.HookError(400, "invalid_body", "request body could not be decoded")
-        return candidates[0].hook_error(error)
+        body = None
     hook = connector.HookRequest(
         method=request.method,
         url=request_url(request, public_url),
         headers=request.headers,
-        body=body,
+        body=body or b"",
         now=now,
     )
+    if body is None:
+        error = connector.HookError(400, "invalid_body", "request body could not be decoded")
+        return candidates[0].hook_error(hook, error)
     chosen, refusal = _verified_by(candidates, hook)
     if chosen is None:
         assert refusal is not None
@@ -72,7 +74,7 @@ async def handle_hook(
             refusal.message,
             extra={"event": "hook.refused", "path": request.path, "status": refusal.status},
         )
-        return candidates[0].hook_error(refusal)
+        return candidates[0].hook_error(hook, refusal)
     try:
         events = chosen.parse_hook(hook)
     except connector.HookError as exc:
@@ -81,7 +83,7 @@ async def handle_hook(
             exc.message,
             extra={"event": "hook.refused", "connector": chosen.name, "status": exc.status},
         )
-        return chosen.hook_error(exc)
+        return chosen.hook_error(hook, exc)
     received = await store.receive(chosen.name, events, now)
     logger.info(
         "%s sent %d events: %d new enrichments, %d duplicates, %d skipped, %d to look up",
@@ -100,7 +102,7 @@ async def handle_hook(
             "lookups": received.lookups,
         },
     )
-    return chosen.hook_reply(received)
+    return chosen.hook_reply(hook, received)
 
 
 def _verified_by(

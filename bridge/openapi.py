@@ -264,7 +264,10 @@ _HOOK_SUMMARY = {
         "enrichments": {"type": "integer", "description": "ledger rows the events landed on"},
     },
 }
-_SOAP = {"text/xml": {"schema": {"type": "string"}}}
+_SOAP = {
+    "text/xml": {"schema": {"type": "string"}},
+    "application/soap+xml": {"schema": {"type": "string"}},
+}
 
 
 def _hook_paths(error: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -305,8 +305,14 @@ class HubSpotConnector(connector.Connector):
     needs_record = True
     hook_path = "/hooks/hubspot"
 
-    def __init__(self, config: connector.ConnectorConfig, session: aiohttp.ClientSession) -> None:
-        super().__init__(config, session)
+    def __init__(
+        self,
+        config: connector.ConnectorConfig,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(config, session, clock=clock)
         assert isinstance(config, HubSpotConfig)
         self.settings = config
         self.budget = ratelimit.RollingWindow(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import pydantic
@@ -55,8 +56,14 @@ class WebhookConnector(connector.Connector):
     Config = WebhookConfig
     max_batch = 1
 
-    def __init__(self, config: connector.ConnectorConfig, session: aiohttp.ClientSession) -> None:
-        super().__init__(config, session)
+    def __init__(
+        self,
+        config: connector.ConnectorConfig,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(config, session, clock=clock)
         assert isinstance(config, WebhookConfig)
         self.settings = config
         self._signer = webhooks.Webhook(config.secret.get_secret_value())

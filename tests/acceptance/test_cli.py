@@ -46,6 +46,19 @@ def test_demo_runs_the_whole_pipeline_and_says_so() -> None:
 
 
 @pytest.mark.parametrize(
+    ("crm", "written"),
+    [("hubspot", "HubSpot"), ("salesforce", "Salesforce")],
+)
+def test_demo_runs_through_each_crm_sandbox(crm: str, written: str) -> None:
+    done = _run("demo", "--crm", crm, "--count", "40", "--quiet")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo: ok" in done.stdout
+    assert f"{written} contacts written back" in done.stdout
+    assert "20 of 20" in done.stdout
+
+
+@pytest.mark.parametrize(
     ("content", "message"),
     [
         ("[poll]\nintervl_seconds = 1\n", "poll.intervl_seconds: unknown key"),

@@ -11,7 +11,7 @@ import pytest
 
 from bridge import connector
 from bridge import settings as settings_mod
-from connectors import hubspot, webhook
+from connectors import hubspot, salesforce, webhook
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "lance-bridge.example.toml"
 
@@ -52,7 +52,7 @@ def example() -> dict[str, Any]:
 def test_the_example_loads() -> None:
     loaded = settings_mod.load(EXAMPLE, environ={})
 
-    assert [c.name for c in loaded.connectors] == ["ops-webhook", "hubspot"]
+    assert [c.name for c in loaded.connectors] == ["ops-webhook", "hubspot", "salesforce"]
 
 
 def test_every_settings_key_is_documented(example: dict[str, Any]) -> None:
@@ -98,6 +98,24 @@ def test_the_hubspot_table_documents_every_key_with_its_default(example: dict[st
     assert isinstance(loaded, hubspot.HubSpotConfig)
     assert loaded.contacts == defaults.contacts
     assert loaded.companies == defaults.companies
+
+
+def test_the_salesforce_table_documents_every_key_with_its_default(
+    example: dict[str, Any],
+) -> None:
+    table = example["connectors"][2]
+    text = EXAMPLE.read_text()
+
+    assert table["type"] == "salesforce"
+    fields = salesforce.SalesforceConfig.model_fields
+    shown = set(table) | {k for k in fields if f"# {k} = " in text}
+    assert set(fields) <= shown
+    loaded = settings_mod.load(EXAMPLE, environ={}).connector_named("salesforce")
+    assert isinstance(loaded, salesforce.SalesforceConfig)
+    defaults = salesforce.SalesforceConfig(name="salesforce", client_id=loaded.client_id)
+    for key in fields:
+        if key not in ("name", "client_id"):
+            assert getattr(loaded, key) == getattr(defaults, key), key
 
 
 def test_the_secret_named_in_the_example_is_read_from_the_environment() -> None:
