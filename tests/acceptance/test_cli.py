@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import io
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import ledger, outbox
+from bridge import cli, ledger, outbox
 from tests.acceptance.test_serve import _cli
 
 NOW = 1_800_000_000.0
@@ -30,6 +33,27 @@ def _run(
         cwd=cwd,
         check=False,
     )
+
+
+def _call(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI's own entry point run in this process, as the installed script runs it.
+
+    For the long option matrices: a second interpreter's start-up costs about a second a call.
+    The logging set-up the CLI installs is undone afterwards (pytest's capture lives there).
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -135,22 +159,22 @@ def test_status_and_inspection_read_the_ledger(tmp_path: Path) -> None:
     assert "queued" in status.stdout
     assert "oldest in flight" in status.stdout
 
-    listing = _run("enrichments", "list", "--state", "failed", "-c", str(config))
+    listing = _call("enrichments", "list", "--state", "failed", "-c", str(config))
     assert listing.returncode == 0
     assert "boom" in listing.stdout
 
-    shown = _run("enrichments", "show", "1", "-c", str(config))
+    shown = _call("enrichments", "show", "1", "-c", str(config))
     assert '"state": "failed"' in shown.stdout
-    missing = _run("enrichments", "show", "99", "-c", str(config))
+    missing = _call("enrichments", "show", "99", "-c", str(config))
     assert missing.returncode == 1
     assert "no enrichment 99" in missing.stderr
 
-    dead = _run("deliveries", "list", "--state", "dead", "-c", str(config))
+    dead = _call("deliveries", "list", "--state", "dead", "-c", str(config))
     assert "HTTP 410" in dead.stdout
-    replay = _run("deliveries", "retry", str(delivery_id), "-c", str(config))
+    replay = _call("deliveries", "retry", str(delivery_id), "-c", str(config))
     assert replay.returncode == 0, replay.stderr
     assert "replaying 1 dead deliveries" in replay.stdout
-    again = _run("deliveries", "retry", str(delivery_id), "-c", str(config))
+    again = _call("deliveries", "retry", str(delivery_id), "-c", str(config))
     assert again.returncode == 1
     assert "not dead or unknown" in again.stdout
 
@@ -196,35 +220,35 @@ def test_inspection_filters_by_age_and_time_and_prints_json(tmp_path: Path) -> N
     seeded = _seed_aged_ledger(tmp_path / "ledger.db", time.time())
 
     listing = ("enrichments", "list", "--json", "-c", config)
-    assert _ids(_run(*listing, "--older-than", "1h")) == [seeded["old"]]
-    assert _ids(_run(*listing, "--newer-than", "30m")) == [seeded["young"], seeded["queued"]]
-    assert _ids(_run(*listing, "--older-than", "60", "--newer-than", "2h")) == [
+    assert _ids(_call(*listing, "--older-than", "1h")) == [seeded["old"]]
+    assert _ids(_call(*listing, "--newer-than", "30m")) == [seeded["young"], seeded["queued"]]
+    assert _ids(_call(*listing, "--older-than", "60", "--newer-than", "2h")) == [
         seeded["young"],
         seeded["queued"],
     ]
-    [row] = json.loads(_run(*listing, "--older-than", "1h").stdout)
+    [row] = json.loads(_call(*listing, "--older-than", "1h").stdout)
     assert row["state"] == "failed"
     assert row["error"] == "old"
-    assert _ids(_run(*listing, "--older-than", "4h")) == []
+    assert _ids(_call(*listing, "--older-than", "4h")) == []
 
     dead = ("deliveries", "list", "--state", "dead", "--json", "-c", config)
-    assert _ids(_run(*dead, "--since", "1h")) == [seeded["young_dead"]]
-    assert _ids(_run(*dead, "--until", "1h")) == [seeded["old_dead"]]
+    assert _ids(_call(*dead, "--since", "1h")) == [seeded["young_dead"]]
+    assert _ids(_call(*dead, "--until", "1h")) == [seeded["old_dead"]]
     four_h_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=4)
     iso = four_h_ago.isoformat(timespec="seconds").replace("+00:00", "Z")
-    assert _ids(_run(*dead, "--since", iso, "--until", "2h")) == [seeded["old_dead"]]
-    table = _run("deliveries", "list", "--since", "1h", "-c", config)
+    assert _ids(_call(*dead, "--since", iso, "--until", "2h")) == [seeded["old_dead"]]
+    table = _call("deliveries", "list", "--since", "1h", "-c", config)
     assert "HTTP 500" in table.stdout
     assert "HTTP 410" not in table.stdout
 
-    nothing = _run("deliveries", "retry", "--all-dead", "--connector", "other", "-c", config)
+    nothing = _call("deliveries", "retry", "--all-dead", "--connector", "other", "-c", config)
     assert nothing.returncode == 0, nothing.stderr
     assert "nothing to replay" in nothing.stdout
-    replay = _run("deliveries", "retry", "--all-dead", "--since", "30m", "-c", config)
+    replay = _call("deliveries", "retry", "--all-dead", "--since", "30m", "-c", config)
     assert replay.returncode == 0, replay.stderr
     assert "replaying 1 dead deliveries" in replay.stdout
-    assert _ids(_run(*dead)) == [seeded["old_dead"]]
-    pending = _run("deliveries", "list", "--state", "pending", "--json", "-c", config)
+    assert _ids(_call(*dead)) == [seeded["old_dead"]]
+    pending = _call("deliveries", "list", "--state", "pending", "--json", "-c", config)
     assert _ids(pending) == [seeded["young_dead"]]
 
 
@@ -249,7 +273,7 @@ def test_bad_inspection_options_are_one_line_and_exit_2(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     _seed_ledger(tmp_path / "ledger.db")
-    done = _run(*args, "-c", str(_config(tmp_path)))
+    done = _call(*args, "-c", str(_config(tmp_path)))
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
