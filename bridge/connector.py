@@ -46,6 +46,17 @@ MAX_RETRY_AFTER_S = 86_400.0
 ERROR_EXCERPT_CHARS = 300
 
 
+def not_blank(value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
+    """A secret given empty is a mistake (an unset variable, an uncommented example line).
+
+    Left as is, an empty signing secret or token would let anyone through: refuse it, and let
+    the key be unset instead.
+    """
+    if value is not None and not value.get_secret_value().strip():
+        raise ValueError("must not be empty: remove the key to leave it unset")
+    return value
+
+
 class ConnectorConfig(pydantic.BaseModel):
     """Settings every connector has; each connector type extends this with its own keys."""
 
@@ -247,6 +258,14 @@ class Connector(abc.ABC):
     async def check(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Verify credentials against the remote side (``check-config --online``)."""
 
+    def target_problem(self, object_type: str, object_id: str) -> str | None:
+        """Why a ``/v1/triggers`` target cannot be a record of this CRM, or ``None``.
+
+        Checked when the task is accepted, so a target no write could ever reach is a 422 for
+        the caller rather than a dead delivery hours later.
+        """
+        return None
+
     def verify_hook(self, request: HookRequest) -> None:
         """Check that ``request`` really comes from this connector's CRM.
 
@@ -333,7 +352,16 @@ class Connector(abc.ABC):
                     chunk
                 )
         if len(outcomes) != len(chunk):
-            raise errors.BridgeError(f"connector {self.name} returned a wrong number of outcomes")
+            logger.error(
+                "connector %s returned %d outcomes for %d events",
+                self.name,
+                len(outcomes),
+                len(chunk),
+                extra={"event": "connector.error", "connector": self.name},
+            )
+            return [Outcome("retry", None, "internal error: wrong number of outcomes")] * len(
+                chunk
+            )
         return outcomes
 
     @abc.abstractmethod

@@ -15,7 +15,7 @@ import pydantic
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import inbound, ledger, metrics, openapi, outbox, queries, schemas
+from bridge import connector, inbound, ledger, metrics, openapi, outbox, queries, schemas
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,10 @@ async def post_triggers(request: web.Request) -> web.Response:
     """Accept tasks; an (entityType, entityId, field) already in flight gets the targets."""
     body: schemas.TriggerRequest = await _body(request, schemas.TriggerRequest)
     bridge = request.app[app_mod.BRIDGE]
-    tasks = [_task(bridge.ledger.router, index, task) for index, task in enumerate(body.tasks)]
+    tasks = [
+        _task(bridge.ledger.router, bridge.connectors, index, task)
+        for index, task in enumerate(body.tasks)
+    ]
     accepted = await bridge.ledger.accept(tasks, bridge.clock())
     shaped = [
         {
@@ -137,7 +140,12 @@ async def post_triggers(request: web.Request) -> web.Response:
     return web.json_response({"enrichments": shaped}, status=202)
 
 
-def _task(router: outbox.Router, index: int, task: schemas.TriggerTask) -> ledger.Task:
+def _task(
+    router: outbox.Router,
+    connectors: Mapping[str, connector.Connector],
+    index: int,
+    task: schemas.TriggerTask,
+) -> ledger.Task:
     where = f"tasks.{index}"
     if task.mode == "trigger" and (task.entityType != "person" or task.field == "summary"):
         fail(
@@ -160,6 +168,10 @@ def _task(router: outbox.Router, index: int, task: schemas.TriggerTask) -> ledge
                 "validation_error",
                 f"{where}.targets: connector {target.connector!r} needs objectType and objectId",
             )
+        item = connectors.get(target.connector)
+        problem = item.target_problem(target.objectType, target.objectId) if item else None
+        if problem:
+            fail(422, "validation_error", f"{where}.targets: {problem}")
     targets = tuple(ledger.Target(t.connector, t.objectType, t.objectId) for t in task.targets)
     return ledger.Task(task.entityType, task.entityId, task.field, task.mode, targets)
 

@@ -215,7 +215,7 @@ class HubSpotConfig(connector.ConnectorConfig):
     client_id: str = ""
     client_secret: SecretStr | None = None
     portal_id: int | None = None
-    legacy_signatures: bool = True
+    legacy_signatures: bool = False
     signature_max_age_seconds: float = Field(default=300.0, gt=0)
     rate_limit_requests: int = Field(default=100, ge=0)
     rate_limit_window_seconds: float = Field(default=10.0, gt=0)
@@ -223,6 +223,10 @@ class HubSpotConfig(connector.ConnectorConfig):
     max_concurrency: int = Field(default=4, ge=1, le=64)
     contacts: ContactSettings = Field(default_factory=ContactSettings)
     companies: CompanySettings = Field(default_factory=CompanySettings)
+
+    _secrets_not_blank = pydantic.field_validator("access_token", "refresh_token", "client_secret")(
+        connector.not_blank
+    )
 
     @pydantic.field_validator("base_url")
     @classmethod
@@ -339,7 +343,7 @@ class HubSpotConnector(connector.Connector):
         v3 = headers.get("X-HubSpot-Signature-v3")
         if v3 is not None:
             stamp = headers.get("X-HubSpot-Request-Timestamp", "").strip()
-            if not (stamp.isascii() and stamp.isdigit()):
+            if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 16):
                 raise HookError(
                     401, "unauthorized", "missing or invalid X-HubSpot-Request-Timestamp"
                 )
@@ -354,6 +358,7 @@ class HubSpotConnector(connector.Connector):
             expected = signature_v3(secret, request.method, request.url, request.body, stamp)
             if not _same(v3, expected):
                 raise HookError(401, "unauthorized", _bad_signature("v3", request))
+            self._verify_portal(request)
             return
         legacy = headers.get("X-HubSpot-Signature")
         if legacy is None or not self.settings.legacy_signatures:
@@ -367,6 +372,28 @@ class HubSpotConnector(connector.Connector):
             raise HookError(401, "unauthorized", f"unknown signature version {version[:10]!r}")
         if not _same(legacy.lower(), expected):
             raise HookError(401, "unauthorized", _bad_signature(version, request))
+        self._verify_portal(request)
+
+    def _verify_portal(self, request: HookRequest) -> None:
+        """With ``portal_id`` set, the events must be that account's.
+
+        Several connectors (one per HubSpot account) can share one public app, and so its
+        secret and its webhook URL: a batch of another account is refused here, so the next
+        connector can take it, instead of being acknowledged and dropped.
+        """
+        wanted = self.settings.portal_id
+        if wanted is None:
+            return
+        try:
+            payload = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            return  # parse_hook answers malformed bodies
+        events = payload if isinstance(payload, list) else [payload]
+        portals = {e.get("portalId", e.get("portal-id")) for e in events if isinstance(e, dict)}
+        portals.discard(None)
+        if portals - {wanted}:
+            others = ", ".join(sorted(str(p) for p in portals - {wanted}))
+            raise HookError(401, "unauthorized", f"events of portal {others}, not {wanted}")
 
     def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
         """App webhook events (a JSON array) or one workflow record (a JSON object)."""
@@ -390,8 +417,11 @@ class HubSpotConnector(connector.Connector):
         kind = item.get("subscriptionType") or item.get("eventType")
         object_id = item.get("objectId")
         if not isinstance(kind, str) or not _is_id(object_id):
-            raise HookError(
-                400, "invalid_body", f"[{index}]: needs subscriptionType and a numeric objectId"
+            # One event of a shape the bridge does not act on (an association change, say)
+            # must not make HubSpot retry, and finally drop, the other 99 with it.
+            digest = hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()
+            return ledger.Inbound(
+                f"unparsed:{digest}", skipped="no subscriptionType and numeric objectId"
             )
         key = ":".join(
             str(item.get(name, ""))
@@ -403,9 +433,6 @@ class HubSpotConnector(connector.Connector):
             str(item.get("objectTypeId", "")) if scope == "object" else scope
         )
         record = (object_type or scope, str(object_id))
-        portal = item.get("portalId")
-        if self.settings.portal_id is not None and portal != self.settings.portal_id:
-            return ledger.Inbound(key, skipped=f"portal {portal} is not portal_id", record=record)
         if object_type is None:
             return ledger.Inbound(key, skipped=f"{kind}: not a contact or company", record=record)
         if action == "creation":
@@ -474,7 +501,15 @@ class HubSpotConnector(connector.Connector):
             settings = self.settings.objects()[object_type]
             for start in range(0, len(ids), MAX_INPUTS):
                 chunk = ids[start : start + MAX_INPUTS]
-                current = await self._read(object_type, chunk, [settings.lance_id_property])
+                try:
+                    current = await self._read(object_type, chunk, [settings.lance_id_property])
+                except errors.ConnectorError as exc:
+                    current = Outcome("retry", None, exc.message)
+                if isinstance(current, Outcome) and current.kind == "dead":
+                    # HubSpot refuses this read for good: waiting would block newer events.
+                    reason = f"HubSpot refused to read {object_type}: {current.error}"
+                    found |= {(object_type, object_id): reason for object_id in chunk}
+                    continue
                 if isinstance(current, Outcome):
                     logger.warning(
                         "reading created %s failed: %s",
@@ -515,7 +550,25 @@ class HubSpotConnector(connector.Connector):
             for start in range(0, len(groups), MAX_INPUTS)
         ]
 
+    def target_problem(self, object_type: str, object_id: str) -> str | None:
+        """HubSpot records are contacts or companies with numeric ids."""
+        if object_type_of(object_type) is None:
+            return f"objectType {object_type[:40]!r}: HubSpot records are contacts or companies"
+        if not _is_id(object_id):
+            return f"objectId {object_id[:40]!r}: HubSpot record ids are numbers"
+        return None
+
     async def _send(self, chunk: Sequence[Event]) -> list[Outcome]:
+        try:
+            return await self._send_chunk(chunk)
+        except errors.ConnectorError as exc:
+            # The token could not be had (refused, or the endpoint failed): retry later, and say
+            # why on every delivery concerned instead of an unexplained internal error.
+            return [Outcome("retry", None, exc.message, connector.THROTTLE_MIN_DELAY_S)] * len(
+                chunk
+            )
+
+    async def _send_chunk(self, chunk: Sequence[Event]) -> list[Outcome]:
         target = chunk[0].target or {}
         named = str(target.get("objectType", ""))
         object_type = object_type_of(named)
@@ -524,15 +577,21 @@ class HubSpotConnector(connector.Connector):
             return [Outcome("dead", None, reason)] * len(chunk)
         settings = self.settings.objects()[object_type]
         wanted: dict[str, dict[str, tuple[str, PropertyMap]]] = {}
+        unusable: dict[str, Outcome] = {}
         for event in chunk:
             object_id = str((event.target or {}).get("objectId", ""))
+            if not _is_id(object_id):
+                unusable[object_id] = Outcome(
+                    "dead", None, f"objectId {object_id[:40]!r}: HubSpot record ids are numbers"
+                )
+                continue
             payload = event.payload()
             props = wanted.setdefault(object_id, {})
             for name, mapping in settings.writable().items():
                 value = mapping.value(payload)
                 if value is not None:
                     props[name] = (value, mapping)
-        outcomes = await self._write(object_type, wanted)
+        outcomes = unusable | (await self._write(object_type, wanted) if wanted else {})
         return [outcomes[str((event.target or {}).get("objectId", ""))] for event in chunk]
 
     async def _write(
@@ -710,20 +769,34 @@ class HubSpotConnector(connector.Connector):
                 "client_secret": settings.client_secret.get_secret_value(),
             }
             await self.budget.acquire()
-            async with self.session.post(
-                settings.base_url + "/oauth/v1/token", data=form, timeout=self._timeout
-            ) as response:
-                raw = await response.read()
-                self.remote_requests[("POST /oauth/v1/token", str(response.status))] += 1
-                if response.status != 200:
-                    text = raw.decode("utf-8", "replace")[: connector.ERROR_EXCERPT_CHARS]
-                    raise errors.ConnectorError(
-                        f"connector {self.name}: HubSpot refused the refresh token"
-                        f" (HTTP {response.status}: {text}); authorise the app again"
-                    )
-                granted = json.loads(raw)
-            self._token = str(granted["access_token"])
-            lifetime = float(granted.get("expires_in", 1800))
+            try:
+                async with self.session.post(
+                    settings.base_url + "/oauth/v1/token", data=form, timeout=self._timeout
+                ) as response:
+                    raw = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.remote_requests[("POST /oauth/v1/token", "none")] += 1
+                raise errors.ConnectorError(
+                    f"connector {self.name}: HubSpot's token endpoint failed: {exc!r}"
+                ) from exc
+            self.remote_requests[("POST /oauth/v1/token", str(status))] += 1
+            text = raw.decode("utf-8", "replace")[: connector.ERROR_EXCERPT_CHARS]
+            if 400 <= status < 500:
+                raise errors.ConnectorError(
+                    f"connector {self.name}: HubSpot refused the refresh token"
+                    f" (HTTP {status}: {text}); authorise the app again"
+                )
+            try:
+                granted: Any = json.loads(raw) if status == 200 else None
+                token = str(granted["access_token"])
+                lifetime = float(granted.get("expires_in", 1800))
+            except (ValueError, TypeError, KeyError):
+                raise errors.ConnectorError(
+                    f"connector {self.name}: HubSpot's token endpoint answered HTTP {status}"
+                    f" without a token: {text}"
+                ) from None
+            self._token = token
             self._token_expires_at = time.time() + max(
                 lifetime - settings.token_refresh_margin_seconds, lifetime / 2
             )

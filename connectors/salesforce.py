@@ -40,6 +40,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -146,6 +147,7 @@ _TOKEN_HINTS = (
     ("grant type not supported", "enable this OAuth flow in the app's settings"),
 )
 _SALESFORCE_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+_SHARED_LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 _CHECKSUM_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _UUID4 = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
 _UUID4_RE = re.compile(_UUID4)
@@ -299,14 +301,28 @@ class SalesforceConfig(connector.ConnectorConfig):
     contact: PersonSettings = Field(default_factory=PersonSettings)
     account: AccountSettings = Field(default_factory=AccountSettings)
 
+    _secrets_not_blank = pydantic.field_validator("client_secret", "flow_token")(
+        connector.not_blank
+    )
+
     @pydantic.field_validator("login_url", "audience")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if value and not re.match(r"^https?://[^/\s]+", value):
+        value = value.rstrip("/")
+        if not value:
+            return value
+        parts = urllib.parse.urlsplit(value)
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
             raise ValueError(
-                "must be a URL starting with https:// (e.g. https://login.salesforce.com)"
+                "must be a URL starting with https:// (e.g. https://acme.my.salesforce.com)"
             )
-        return value.rstrip("/")
+        if not parts.hostname or parts.path or parts.query:
+            raise ValueError(
+                "must be the host only, e.g. https://acme.my.salesforce.com"
+                " (no /services/oauth2/token: the bridge adds it)"
+            )
+        return value
 
     @pydantic.field_validator("api_version")
     @classmethod
@@ -337,6 +353,12 @@ class SalesforceConfig(connector.ConnectorConfig):
     def _auth_complete(self) -> SalesforceConfig:
         if not self.client_id:
             raise ValueError("set client_id: the consumer key of the Salesforce app")
+        host = urllib.parse.urlsplit(self.login_url).hostname
+        if self.auth == "client_credentials" and host in _SHARED_LOGIN_HOSTS:
+            raise ValueError(
+                f"auth = client_credentials needs login_url set to your My Domain URL"
+                f" (https://<domain>.my.salesforce.com); {host} refuses this flow"
+            )
         if self.auth == "jwt_bearer" and not (self.username and self.private_key_file):
             raise ValueError("auth = jwt_bearer also needs username and private_key_file")
         return self
@@ -386,7 +408,7 @@ def _notifications(body: bytes) -> Any:
         raise HookError(
             400, "invalid_xml", "XML with a DTD or entity declarations is refused"
         ) from None
-    except (SafeElementTree.ParseError, ValueError):
+    except (SafeElementTree.ParseError, ValueError, LookupError):
         raise HookError(400, "invalid_xml", "request body is not well-formed XML") from None
     namespace = root.tag.partition("}")[0].lstrip("{")
     found = None
@@ -955,7 +977,7 @@ class SalesforceConnector(connector.Connector):
         claims = {
             "iss": settings.client_id,
             "sub": settings.username,
-            "aud": settings.audience or settings.login_url,
+            "aud": settings.audience or _audience(settings.login_url),
             "exp": int(self.clock()) + JWT_LIFETIME_S,
         }
         try:
@@ -1096,3 +1118,14 @@ def _filled(value: Any) -> bool:
     if isinstance(value, str):
         return bool(value.strip())
     return value is not None
+
+
+def _audience(login_url: str) -> str:
+    """The JWT ``aud`` Salesforce expects: the login host, never a My Domain URL.
+
+    Sandbox orgs (``test.salesforce.com``, ``*.sandbox.my.salesforce.com``) use the test host.
+    """
+    host = urllib.parse.urlsplit(login_url).hostname or ""
+    if host == "test.salesforce.com" or host.endswith(".sandbox.my.salesforce.com"):
+        return "https://test.salesforce.com"
+    return "https://login.salesforce.com"

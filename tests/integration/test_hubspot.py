@@ -22,7 +22,7 @@ from bridge.sim import hubspot as hs
 from bridge.sim import lance as sim
 from bridge.sim.lance_state import fake_person
 from connectors import hubspot as connector
-from tests.conftest import BridgeFactory, Clock, drain, jobs_of, make_settings
+from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings
 
 CLIENT_SECRET = "hubspot-app-client-secret"
 HOOK = "/hooks/hubspot"
@@ -60,16 +60,21 @@ def signed(
     *,
     secret: str = CLIENT_SECRET,
     version: str = "v3",
+    with_v3: bool = True,
 ) -> dict[str, str]:
-    """Headers of a request HubSpot signed, computed with HubSpot's own SDK."""
+    """Headers of a request HubSpot signed, computed with HubSpot's own SDK.
+
+    ``version`` v1 (app webhooks) or v2 (workflows) adds that legacy signature; HubSpot sends
+    the v3 one on every request besides, unless ``with_v3`` is false.
+    """
     text = body.decode()
     headers = {"Content-Type": "application/json"}
-    if version == "v3":
+    if version == "v3" or with_v3:
         headers["X-HubSpot-Request-Timestamp"] = str(now_ms)
         headers["X-HubSpot-Signature-v3"] = Signature.get_signature(
             secret, text, "v3", http_uri=url, http_method="POST", timestamp=str(now_ms)
         )
-    else:
+    if version != "v3":
         headers["X-HubSpot-Signature-Version"] = version
         headers["X-HubSpot-Signature"] = Signature.get_signature(
             secret, text, version, http_uri=url, http_method="POST"
@@ -152,7 +157,7 @@ async def test_a_v3_signed_batch_is_accepted_and_triggers_each_configured_field(
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-async def test_legacy_signatures_are_accepted_when_hubspot_sends_only_those(
+async def test_legacy_signatures_are_accepted_when_switched_on(
     make_bridge: BridgeFactory,
     simulator: tuple[sim.LanceSimulator, str],
     hubspot: tuple[hs.HubSpotSandbox, str],
@@ -161,12 +166,14 @@ async def test_legacy_signatures_are_accepted_when_hubspot_sends_only_those(
     version: str,
 ) -> None:
     sandbox, hubspot_url = hubspot
-    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, legacy_signatures=True)
+    client = await make_bridge(settings)
     [contact] = contacts_with_lance_ids(sandbox, 1)
     body = json.dumps(changes(sandbox, [contact], clock)).encode()
     url = str(client.make_url(HOOK))
 
-    response = await client.post(HOOK, data=body, headers=signed(body, url, 0, version=version))
+    headers = signed(body, url, 0, version=version, with_v3=False)
+    response = await client.post(HOOK, data=body, headers=headers)
 
     assert response.status == 200
     assert await ledger_rows(client) == 2
@@ -187,6 +194,10 @@ REFUSALS = {
     "future timestamp": (lambda b, h: (b, h), {"age_ms": -301_000}),
     "no signature": (_drop("X-HubSpot-Signature-v3"), {}),
     "no timestamp": (_drop("X-HubSpot-Request-Timestamp"), {}),
+    "huge timestamp": (
+        lambda b, h: (b, h | {"X-HubSpot-Request-Timestamp": "9" * 5000}),
+        {},
+    ),
 }
 
 
@@ -217,21 +228,22 @@ async def test_a_bad_or_stale_signature_is_401_and_stores_nothing(
     assert await ledger_rows(client, "inbound") == 0
 
 
-async def test_legacy_signatures_are_refused_when_switched_off(
+async def test_legacy_signatures_are_refused_by_default(
     make_bridge: BridgeFactory,
     simulator: tuple[sim.LanceSimulator, str],
     hubspot: tuple[hs.HubSpotSandbox, str],
     tmp_path: Path,
     clock: Clock,
 ) -> None:
+    # v1 covers neither the URL nor a timestamp: a captured request could be replayed forever.
     sandbox, hubspot_url = hubspot
-    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, legacy_signatures=False)
-    client = await make_bridge(settings)
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
     [contact] = contacts_with_lance_ids(sandbox, 1)
     body = json.dumps(changes(sandbox, [contact], clock)).encode()
 
+    url = str(client.make_url(HOOK))
     response = await client.post(
-        HOOK, data=body, headers=signed(body, str(client.make_url(HOOK)), 0, version="v1")
+        HOOK, data=body, headers=signed(body, url, 0, version="v1", with_v3=False)
     )
 
     assert response.status == 401
@@ -356,7 +368,6 @@ BAD_BODIES = {
     "101 events": json.dumps(
         [hs.property_change(i + 1, "lance_person_id", str(uuid.uuid4())) for i in range(101)]
     ).encode(),
-    "event without objectId": b'[{"subscriptionType":"contact.propertyChange"}]',
     "event not an object": b"[1]",
     "workflow without properties": b'{"objectId": 5}',
 }
@@ -379,6 +390,109 @@ async def test_a_malformed_body_is_400_and_stores_nothing(
 
     assert response.status == 400
     assert await ledger_rows(client, "inbound") == 0
+
+
+async def test_an_event_of_another_shape_is_skipped_not_the_batch(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    association = {
+        "subscriptionType": "contact.associationChange",
+        "fromObjectId": 1,
+        "toObjectId": 2,
+        "eventId": 7,
+        "portalId": hs.DEFAULT_PORTAL_ID,
+    }
+
+    response = await post_events(client, [association, *changes(sandbox, [contact], clock)], clock)
+
+    assert response.status == 200
+    assert await response.json() == {
+        "received": 2,
+        "duplicates": 0,
+        "skipped": 1,
+        "lookups": 0,
+        "enrichments": 2,
+    }
+
+
+async def test_connectors_sharing_an_app_each_take_their_own_portals_events(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    common = {
+        "type": "hubspot",
+        "base_url": hubspot_url,
+        "access_token": "pat-sandbox",
+        "client_secret": CLIENT_SECRET,
+        "rate_limit_requests": 0,
+    }
+    settings = make_settings(
+        tmp_path,
+        simulator[1],
+        connectors=[
+            common | {"name": "portal-a", "portal_id": 1},
+            common | {"name": "portal-b", "portal_id": sandbox.portal_id},
+            common | {"name": "portal-c", "portal_id": 3},
+        ],
+    )
+    client = await make_bridge(settings)
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+
+    response = await post_events(client, changes(sandbox, [contact], clock), clock)
+    stranger = [event | {"portalId": 99} for event in changes(sandbox, [contact], clock)]
+    refused = await post_events(client, stranger, clock)
+
+    assert response.status == 200
+    rows = await client.app[app_mod.BRIDGE].ledger.fetch("SELECT DISTINCT connector FROM targets")
+    assert [r[0] for r in rows] == ["portal-b"]
+    assert refused.status == 401
+    assert "portal 99" in (await refused.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ({"objectType": "contacts", "objectId": "ada@example.com"}, "record ids are numbers"),
+        ({"objectType": "deals", "objectId": "12"}, "contacts or companies"),
+    ],
+)
+async def test_a_trigger_target_hubspot_cannot_hold_is_422(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    target: dict[str, str],
+    problem: str,
+) -> None:
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot[1]))
+    task = {
+        "entityId": str(uuid.uuid4()),
+        "field": "emails",
+        "targets": [{"connector": "hubspot", **target}],
+    }
+
+    response = await client.post("/v1/triggers", json={"tasks": [task]}, headers=auth())
+
+    assert response.status == 422
+    assert problem in (await response.json())["error"]["message"]
+    assert await ledger_rows(client) == 0
+
+
+@pytest.mark.parametrize("key", ["access_token", "client_secret"])
+def test_an_empty_secret_is_a_config_error_not_an_open_door(tmp_path: Path, key: str) -> None:
+    with pytest.raises(Exception, match=f"{key}: .*must not be empty"):
+        hubspot_settings(tmp_path, "http://lance", "http://hubspot", **{key: ""})
 
 
 async def test_a_path_no_connector_serves_is_404(
@@ -444,8 +558,12 @@ async def test_a_workflow_call_triggers_its_record(
     body = json.dumps(payload).encode()
     url = str(client.make_url(HOOK))
 
-    response = await client.post(HOOK, data=body, headers=signed(body, url, 0, version="v2"))
-    again = await client.post(HOOK, data=body, headers=signed(body, url, 0, version="v2"))
+    response = await client.post(
+        HOOK, data=body, headers=signed(body, url, int(clock() * 1000), version="v2")
+    )
+    again = await client.post(
+        HOOK, data=body, headers=signed(body, url, int(clock() * 1000), version="v2")
+    )
 
     assert response.status == 200
     assert (await response.json())["enrichments"] == 2
@@ -752,6 +870,32 @@ async def test_an_expired_oauth_token_is_refreshed_once_and_nothing_is_lost(
     assert all(sandbox.record("contacts", i).get("email") for i in first + second)
     expired = [r for r in sandbox.requests if r.status == 401]
     assert len(expired) == 1
+
+
+async def test_a_refused_refresh_token_says_so_on_the_delivery(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    oauth = {"access_token": None, "refresh_token": "revoked", "client_id": sandbox.client_id}
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url, **oauth))
+    ids = contacts_with_lance_ids(sandbox, 2)
+    await post_events(client, changes(sandbox, ids, clock), clock)
+    jobs = jobs_of(client)
+    for _ in range(4):
+        await jobs.run_all_once()
+        clock.advance(2)
+
+    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT DISTINCT state, last_error FROM deliveries"
+    )
+    [(state, error)] = rows
+    assert state == "pending"
+    assert "HubSpot refused the refresh token" in error
+    assert "authorise the app again" in error
 
 
 # -- check-config --online -------------------------------------------------------------------

@@ -327,6 +327,7 @@ SOAP_REFUSALS: dict[str, tuple[Any, dict[str, str], int, str]] = {
     "malformed XML": (b"<soapenv:Envelope><unclosed>", {}, 400, "not well-formed"),
     "XML bomb": (sf.XML_BOMB, {}, 400, "DTD"),
     "external entity": (sf.EXTERNAL_ENTITY, {}, 400, "DTD"),
+    "unknown encoding": (b'<?xml version="1.0" encoding="foo"?><a/>', {}, 400, "not well-formed"),
     "not a notifications envelope": (
         b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
         b"<soapenv:Body><other/></soapenv:Body></soapenv:Envelope>",
@@ -920,7 +921,9 @@ async def test_check_passes_and_names_missing_fields(
 
 
 def test_secrets_never_show_in_the_config_repr(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, "http://lance", connectors=[sf_table("http://sf")])
+    settings = make_settings(
+        tmp_path, "http://lance", connectors=[sf_table("https://acme.my.salesforce.com")]
+    )
 
     text = repr(settings) + str(settings.connectors)
 
@@ -934,6 +937,11 @@ def test_secrets_never_show_in_the_config_repr(tmp_path: Path) -> None:
         ({"client_id": ""}, "client_id"),
         ({"auth": "jwt_bearer"}, "username and private_key_file"),
         ({"login_url": "login.salesforce.com"}, "login_url"),
+        ({"login_url": "http://acme.my.salesforce.com"}, "https://"),
+        ({"login_url": "https://acme.my.salesforce.com/services/oauth2/token"}, "host only"),
+        ({"login_url": "https://login.salesforce.com"}, "My Domain"),
+        ({"client_secret": ""}, "must not be empty"),
+        ({"flow_token": " "}, "must not be empty"),
         ({"api_version": "latest"}, "api_version"),
         ({"organization_id": "00Dshort"}, "organization_id"),
         ({"contact": {"fields": {"Phone Number": "phones[0]"}}}, "Phone Number"),
@@ -944,7 +952,11 @@ def test_config_errors_are_one_line_naming_the_key(
     tmp_path: Path, settings: dict[str, Any], words: str
 ) -> None:
     with pytest.raises(errors.ConfigError) as caught:
-        make_settings(tmp_path, "http://lance", connectors=[sf_table("http://sf", **settings)])
+        make_settings(
+            tmp_path,
+            "http://lance",
+            connectors=[sf_table("https://acme.my.salesforce.com", **settings)],
+        )
 
     assert words in caught.value.message
     assert "\n" not in caught.value.message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+from collections.abc import Sequence
 
 import aiohttp
 import pytest
@@ -319,3 +320,24 @@ def test_hold_only_ever_lengthens_the_pause() -> None:
     gate.hold(0.0, 10.0)
     assert gate.open_at == 300.0
     assert not gate.is_open(299.0)
+
+
+class _Miscounting(connector.Connector):
+    """A plugin bug: one outcome for a chunk of several events."""
+
+    max_batch = 10
+
+    async def _send(self, chunk: Sequence[connector.Event]) -> list[connector.Outcome]:
+        return [connector.Outcome.delivered(200)]
+
+
+async def test_a_connector_miscounting_its_outcomes_gets_retries_not_an_exception() -> None:
+    config = connector.ConnectorConfig(name="plugin", type="plugin")
+    events = [
+        connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None, 0) for i in range(3)
+    ]
+    async with aiohttp.ClientSession() as session:
+        outcomes = await _Miscounting(config, session).send(events)
+
+    assert [o.kind for o in outcomes] == ["retry"] * 3
+    assert all("wrong number of outcomes" in (o.error or "") for o in outcomes)

@@ -112,9 +112,11 @@ def test_the_salesforce_table_documents_every_key_with_its_default(
     assert set(fields) <= shown
     loaded = settings_mod.load(EXAMPLE, environ={}).connector_named("salesforce")
     assert isinstance(loaded, salesforce.SalesforceConfig)
-    defaults = salesforce.SalesforceConfig(name="salesforce", client_id=loaded.client_id)
+    defaults = salesforce.SalesforceConfig(
+        name="salesforce", client_id=loaded.client_id, login_url=loaded.login_url
+    )
     for key in fields:
-        if key not in ("name", "client_id"):
+        if key not in ("name", "client_id", "login_url"):
             assert getattr(loaded, key) == getattr(defaults, key), key
 
 
