@@ -207,11 +207,32 @@ def _records(data: Any) -> list[Enrichment]:
         raise errors.LanceRetryableError(
             f"unexpected enrichment records: expected a list, got {type(data).__name__}"
         )
+    if all(map(_record_ok, data)):
+        return data
     for index, record in enumerate(data):
         problem = _record_problem(record)
         if problem:
             raise errors.LanceRetryableError(f"unexpected enrichment records: [{index}] {problem}")
     return data
+
+
+def _record_ok(record: Any) -> bool:
+    """The common case in one pass: the known keys present where required, of their types."""
+    if type(record) is not dict:
+        return False
+    get = record.get
+    error, found = get("error"), get("dataFound")
+    return (
+        type(get("entityId")) is str
+        and type(get("field")) is str
+        and type(get("status")) is str
+        and type(get("entityType", "")) is str
+        and type(get("id", "")) is str
+        and type(get("createdAt", "")) is str
+        and type(get("updatedAt", "")) is str
+        and (error is None or type(error) is str)
+        and (found is None or found is True or found is False)
+    )
 
 
 def _record_problem(record: Any) -> str | None:

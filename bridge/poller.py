@@ -41,14 +41,15 @@ def interpret(
     rng: random.Random,
 ) -> ledger.Change:
     """The ledger change a Lance record calls for (shared by the trigger and poll jobs)."""
+    # The record is the caller's own decoded answer: it is kept as is, not copied.
     status = record.get("status")
     if status in lance.TERMINAL_STATUSES:
-        return ledger.Change(row_id, str(status), dict(record), error=record.get("error"))
+        return ledger.Change(row_id, str(status), record, None, record.get("error"))
     if age_s >= config.expire_after_seconds:
         reason = f"still pending at Lance after {age_s:.0f} s"
-        return ledger.Change(row_id, "expired", dict(record), error=reason)
+        return ledger.Change(row_id, "expired", record, None, reason)
     delay = pacing.poll_delay(age_s, config, rng)
-    return ledger.Change(row_id, "pending", dict(record), next_poll_at=now + delay)
+    return ledger.Change(row_id, "pending", record, now + delay)
 
 
 def missing(
@@ -158,7 +159,7 @@ class Poller:
         change = interpret(row.id, record, age_s, now, config=self.config, rng=self.rng)
         if change.state == "pending" and row.has_record:
             # A still-pending record says nothing new; not rewriting it keeps the tick cheap.
-            return dataclasses.replace(change, record=None)
+            return change._replace(record=None)
         return change
 
     def _failed(self, exc: errors.LanceError) -> None:

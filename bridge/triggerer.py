@@ -138,7 +138,7 @@ class Triggerer:
             # Not in the answer: poll for it; if Lance never shows a record it becomes `lost`.
             return ledger.Change(row_id, "pending", next_poll_at=now, from_queue=True)
         change = poller.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
-        return dataclasses.replace(change, from_queue=True)
+        return change._replace(from_queue=True)
 
     async def _reject(self, rows: Sequence[ledger.QueuedRow], exc: errors.LanceError) -> None:
         logger.error(

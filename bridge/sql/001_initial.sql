@@ -26,11 +26,14 @@ CREATE TABLE enrichments (
     finished_at   REAL
 );
 
--- The store, not the code, keeps one in-flight row per (entityType, entityId, field). The key
--- is 18 bytes (UUID + two codes) rather than ~50 of text: entity ids are random, so every
--- insert and removal lands on its own index page, and smaller entries mean fewer pages.
-CREATE UNIQUE INDEX enrichments_in_flight
-    ON enrichments (key) WHERE state IN ('queued', 'pending');
+-- Every row of one (entityType, entityId, field), in flight or ended. The key is 18 bytes
+-- (UUID + two codes) rather than ~50 of text. It is written once, at insert, and never again:
+-- a partial unique index over in-flight rows would lose an entry at every terminal state
+-- change, and entity ids are random, so each of those removals lands on its own page (it was
+-- two thirds of the cost of a status update). One in-flight row per key is kept by the insert
+-- itself (INSERT ... WHERE NOT EXISTS an in-flight row), which only the ledger's single
+-- writer connection runs, inside its write transaction.
+CREATE INDEX enrichments_by_key ON enrichments (key);
 CREATE INDEX enrichments_queued ON enrichments (field, id) WHERE state = 'queued';
 CREATE INDEX enrichments_due ON enrichments (next_poll_at) WHERE state = 'pending';
 CREATE INDEX enrichments_fetch ON enrichments (id) WHERE needs_fetch = 1;
