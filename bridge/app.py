@@ -101,7 +101,7 @@ def create_app(
     """
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[routes.errors_middleware, routes.auth_middleware],
+        middlewares=[routes.guard_middleware],
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics.Metrics()

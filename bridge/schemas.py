@@ -7,7 +7,6 @@ the response models here only describe them, and the schemathesis suite
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal, Required
 
 import pydantic
@@ -50,7 +49,8 @@ class QueryTask(_Strict):
     @pydantic.field_validator("entityId")
     @classmethod
     def _lowercase(cls, value: str) -> str:
-        return str(uuid.UUID(value))
+        # The pattern admits only the hyphenated form: lowercase is its canonical spelling.
+        return value.lower()
 
 
 class QueryRequest(_Strict):

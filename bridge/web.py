@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
+import orjson
 import pydantic
 from aiohttp import web
 
@@ -41,6 +42,11 @@ class ApiError(web.HTTPException):
         super().__init__(text=json.dumps(body), content_type="application/json", headers=headers)
 
 
+def _json(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer encoded with orjson (several times faster than json on the hot routes)."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
 def fail(
     status: int,
     code: str,
@@ -53,9 +59,13 @@ def fail(
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every HTTP error, including aiohttp's own (404, 405, 413), into the JSON shape."""
+async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer auth on ``/v1/*``, and every HTTP error (aiohttp's 404, 405, 413 too) as JSON.
+
+    One middleware, not two: each layer costs aiohttp a wrapper call on every request.
+    """
     try:
+        _authorize(request)
         return await handler(request)
     except ApiError:
         raise
@@ -77,8 +87,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 _KEPT_HEADERS = frozenset(("allow", "retry-after"))
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _authorize(request: web.Request) -> None:
     """``/v1/*`` needs ``Authorization: Bearer <one of server.api_tokens>``."""
     if request.path.startswith("/v1/"):
         tokens = request.app[app_mod.SETTINGS].server.api_tokens
@@ -87,7 +96,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not _token_ok(presented.strip(), tokens):
             fail(401, "unauthorized", "missing or invalid bearer token")
-    return await handler(request)
 
 
 def _token_ok(presented: str, tokens: tuple[pydantic.SecretStr, ...]) -> bool:
@@ -137,7 +145,7 @@ async def post_triggers(request: web.Request) -> web.Response:
         }
         for task, row in zip(tasks, accepted, strict=True)
     ]
-    return web.json_response({"enrichments": shaped}, status=202)
+    return _json({"enrichments": shaped}, status=202)
 
 
 def _task(
@@ -187,7 +195,7 @@ async def post_query(request: web.Request) -> web.Response:
         if key in found and key not in seen:
             seen.add(key)
             answer.append(_lance_shape(found[key]))
-    return web.json_response(answer)
+    return _json(answer)
 
 
 def _lance_shape(row: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +219,7 @@ async def get_enrichment(request: web.Request) -> web.Response:
     if row_id not in found:
         fail(404, "not_found", f"no enrichment {row_id}")
     deliveries = await queries.list_deliveries(store, enrichment_id=row_id, limit=MAX_PAGE)
-    return web.json_response(found[row_id] | {"deliveries": deliveries})
+    return _json(found[row_id] | {"deliveries": deliveries})
 
 
 async def list_enrichments(request: web.Request) -> web.Response:
@@ -222,7 +230,7 @@ async def list_enrichments(request: web.Request) -> web.Response:
         request.app[app_mod.BRIDGE].ledger, state=state, after=after, limit=limit
     )
     cursor = str(rows[-1]["id"]) if len(rows) == limit else None
-    return web.json_response({"enrichments": rows, "nextCursor": cursor})
+    return _json({"enrichments": rows, "nextCursor": cursor})
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
@@ -237,7 +245,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
         limit=limit,
     )
     cursor = str(rows[-1]["id"]) if len(rows) == limit else None
-    return web.json_response({"deliveries": rows, "nextCursor": cursor})
+    return _json({"deliveries": rows, "nextCursor": cursor})
 
 
 async def retry_delivery(request: web.Request) -> web.Response:
@@ -257,7 +265,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
         delivery_id,
         extra={"event": "delivery.replayed", "delivery_id": delivery_id},
     )
-    return web.json_response(await queries.delivery(bridge.ledger, delivery_id))
+    return _json(await queries.delivery(bridge.ledger, delivery_id))
 
 
 async def post_hook(request: web.Request) -> web.Response:
@@ -284,14 +292,14 @@ async def post_hook(request: web.Request) -> web.Response:
 
 async def healthz(_: web.Request) -> web.Response:
     """The process is alive."""
-    return web.json_response({"status": "ok"})
+    return _json({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     """The ledger is open and the jobs are running."""
     bridge = request.app.get(app_mod.BRIDGE)
     ready = bridge is not None and bridge.ready()
-    return web.json_response(
+    return _json(
         {"status": "ready" if ready else "starting"}, status=200 if ready else 503
     )
 
@@ -309,7 +317,7 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 async def openapi_document(_: web.Request) -> web.Response:
     """The OpenAPI document of this API."""
-    return web.json_response(openapi.document())
+    return _json(openapi.document())
 
 
 def _int_path(request: web.Request, name: str) -> int:
