@@ -359,9 +359,7 @@ class Connector(abc.ABC):
                 len(chunk),
                 extra={"event": "connector.error", "connector": self.name},
             )
-            return [Outcome("retry", None, "internal error: wrong number of outcomes")] * len(
-                chunk
-            )
+            return [Outcome("retry", None, "internal error: wrong number of outcomes")] * len(chunk)
         return outcomes
 
     @abc.abstractmethod

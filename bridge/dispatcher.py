@@ -63,7 +63,7 @@ class Dispatcher:
         for delivery in due:
             by_connector.setdefault(delivery.connector, []).append(delivery)
         for name, items in list(by_connector.items()):
-            ready = self._ready(name, items, now)
+            ready = await self._ready(name, items, now)
             if ready:
                 by_connector[name] = ready
             else:
@@ -80,20 +80,35 @@ class Dispatcher:
             )
         return _report(attempts)
 
-    def _ready(self, name: str, items: list[outbox.Delivery], now: float) -> list[outbox.Delivery]:
-        """What goes now: a batching connector's last, partial batch lingers a little.
+    async def _ready(
+        self, name: str, items: list[outbox.Delivery], now: float
+    ) -> list[outbox.Delivery]:
+        """What goes now, for a connector that writes records in batches.
 
-        Completions trickle in; sending each run's few as a request of their own would cost a
-        request per run instead of one per full batch. The partial batch (counted in records)
-        waits until its oldest delivery has been due ``linger_seconds``; full batches go at once.
+        - A record whose other enrichments are still in flight waits for them (up to
+          ``merge_wait_seconds``), so one write carries all of its results: a contact's emails
+          and phones finish moments apart and would otherwise cost two updates.
+        - Completions trickle in; sending each run's few as a request of their own would cost
+          a request per run instead of one per full batch. The partial batch (counted in
+          records) waits until its oldest delivery has been due ``linger_seconds``.
         """
         target = self.connectors.get(name)
         linger = self.config.linger_seconds
-        if target is None or target.max_batch <= 1 or linger <= 0:
+        if target is None or target.max_batch <= 1:
             return items
         records: dict[tuple[str, str], list[outbox.Delivery]] = {}
         for delivery in items:
             records.setdefault((delivery.object_type, delivery.object_id), []).append(delivery)
+        if target.needs_record and self.config.merge_wait_seconds > 0:
+            young = [
+                key
+                for key, group in records.items()
+                if now - min(d.due_at for d in group) < self.config.merge_wait_seconds
+            ]
+            for key in await self.store.records_in_flight(name, young) if young else ():
+                del records[key]
+        if linger <= 0:
+            return [delivery for group in records.values() for delivery in group]
         groups = list(records.values())
         full = len(groups) // target.max_batch * target.max_batch
         rest = groups[full:]

@@ -428,6 +428,27 @@ class Ledger:
         )
         return [outbox.Delivery.from_row(row) for row in rows]
 
+    async def records_in_flight(
+        self, connector: str, records: Iterable[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Of ``records`` (objectType, objectId), those with an enrichment for ``connector``
+        still in flight or awaiting its values."""
+        wanted = json.dumps([list(record) for record in records])
+        rows = await self._fetch(
+            # CROSS JOIN keeps the records outermost: SQLite would otherwise walk every target
+            # of the connector once per record.
+            "WITH r (object_type, object_id) AS MATERIALIZED"
+            " (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
+            " SELECT DISTINCT t.object_type, t.object_id FROM r CROSS JOIN targets t"
+            " ON t.connector = ? AND t.object_type = r.object_type"
+            " AND t.object_id = r.object_id AND t.object_id != ''"
+            " JOIN enrichments e ON e.id = t.enrichment_id"
+            " WHERE e.state IN ('queued', 'pending') OR e.needs_fetch = 1",
+            (wanted, connector),
+            writer=True,
+        )
+        return {(str(r[0]), str(r[1])) for r in rows}
+
     async def record_attempts(self, results: Sequence[outbox.Attempt], now: float) -> None:
         """Write the outcome of one round of delivery attempts in one transaction."""
         async with self.transaction() as db:

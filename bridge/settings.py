@@ -127,6 +127,7 @@ class DeliverySettings(_Section):
     )
     jitter: float = Field(default=0.2, ge=0, lt=1)
     linger_seconds: float = Field(default=1.0, ge=0)
+    merge_wait_seconds: float = Field(default=30.0, ge=0)
 
 
 class InboundSettings(_Section):

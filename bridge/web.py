@@ -299,9 +299,7 @@ async def readyz(request: web.Request) -> web.Response:
     """The ledger is open and the jobs are running."""
     bridge = request.app.get(app_mod.BRIDGE)
     ready = bridge is not None and bridge.ready()
-    return _json(
-        {"status": "ready" if ready else "starting"}, status=200 if ready else 503
-    )
+    return _json({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
 
 
 async def metrics_text(request: web.Request) -> web.Response:

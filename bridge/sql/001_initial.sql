@@ -48,6 +48,10 @@ CREATE TABLE targets (
     PRIMARY KEY (enrichment_id, connector, object_type, object_id)
 ) WITHOUT ROWID;
 
+-- A CRM record's other enrichments, so its results can be written together.
+CREATE INDEX targets_by_record ON targets (connector, object_type, object_id)
+    WHERE object_id != '';
+
 CREATE TABLE deliveries (
     id              INTEGER PRIMARY KEY,
     enrichment_id   INTEGER NOT NULL REFERENCES enrichments (id),

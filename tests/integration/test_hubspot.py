@@ -644,6 +644,66 @@ async def test_a_partial_batch_lingers_for_more_results_then_goes_in_one_request
     assert sandbox.counts[UPDATE] == 1
 
 
+async def test_a_records_results_wait_for_its_other_enrichments_and_go_in_one_write(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance_sim, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    person = sandbox.record("contacts", contact)["lance_person_id"]
+    target = [{"connector": "hubspot", "objectType": "contacts", "objectId": contact}]
+    tasks = [
+        {"entityId": person, "field": "emails", "targets": target},
+        # Followed, not triggered: Lance has no record of it until started below.
+        {"entityId": person, "field": "phones", "mode": "track", "targets": target},
+    ]
+    await client.post("/v1/triggers", json={"tasks": tasks}, headers=auth())
+    jobs = jobs_of(client)
+    for _ in range(5):
+        await jobs.run_all_once()
+        clock.advance(2)
+    assert sandbox.counts[UPDATE] == 0  # emails is done, but phones is still in flight
+
+    lance_sim.start_enrichment(person, "phones", outcome="found", completion_s=0)
+    await drain(client)
+
+    record = sandbox.record("contacts", contact)
+    assert sandbox.counts[UPDATE] == 1
+    assert record["email"] == lance_values(person, "emails")[0]
+    assert record["phone"] == lance_values(person, "phones")[0]
+
+
+async def test_a_records_result_waits_for_its_siblings_no_longer_than_merge_wait(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
+    [contact] = contacts_with_lance_ids(sandbox, 1)
+    person = sandbox.record("contacts", contact)["lance_person_id"]
+    target = [{"connector": "hubspot", "objectType": "contacts", "objectId": contact}]
+    tasks = [
+        {"entityId": person, "field": "emails", "targets": target},
+        {"entityId": person, "field": "phones", "mode": "track", "targets": target},
+    ]
+    await client.post("/v1/triggers", json={"tasks": tasks}, headers=auth())
+    jobs = jobs_of(client)
+    for _ in range(25):  # 50 s: past the 30 s merge wait, before phones is called lost
+        await jobs.run_all_once()
+        clock.advance(2)
+
+    assert sandbox.counts[UPDATE] == 1
+    assert sandbox.record("contacts", contact)["email"] == lance_values(person, "emails")[0]
+
+
 async def test_write_policies_fill_overwrite_and_never_clear(
     make_bridge: BridgeFactory,
     simulator: tuple[sim.LanceSimulator, str],
