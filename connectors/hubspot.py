@@ -43,6 +43,7 @@ from pydantic import Field, SecretStr
 
 from bridge import connector, errors, ledger, ratelimit
 from bridge.connector import Event, HookError, HookRequest, Outcome
+from connectors import mapping
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,7 @@ _V3_ESCAPES = re.compile("|".join(_V3_DECODED), re.IGNORECASE)
 _UUID4 = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", re.IGNORECASE
 )
-_SOURCE = re.compile(r"^(?:(emails|phones)(?:\[(\d+)(:)?\])?|summary|state|enriched_at)$")
 
-Policy = Literal["fill_if_empty", "overwrite", "never"]
 ObjectType = Literal["contacts", "companies"]
 # HubSpot's names of an object type in URLs, events and workflow payloads.
 _OBJECT_TYPES: dict[str, ObjectType] = {
@@ -96,58 +95,6 @@ def object_type_of(name: str) -> ObjectType | None:
 # -- configuration -----------------------------------------------------------------------------
 
 
-class PropertyMap(pydantic.BaseModel):
-    """Where a HubSpot property's value comes from, and when it may be written.
-
-    ``from``: ``emails`` / ``phones`` (all, joined with ``;``), ``emails[0]`` (the first),
-    ``emails[1:]`` (from the second on, joined with ``;``), likewise for ``phones``;
-    ``summary``; ``state`` (the enrichment's final state); ``enriched_at`` (when it finished).
-    A plain string is short for ``{from = "..."}``.
-    """
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    source: str = Field(alias="from")
-    policy: Policy = "fill_if_empty"
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return {"from": value} if isinstance(value, str) else value
-
-    @pydantic.field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        if not _SOURCE.match(value):
-            raise ValueError(
-                f"unknown source {value!r}: use emails, emails[0], emails[1:], phones, phones[0],"
-                " phones[1], phones[1:], summary, state or enriched_at"
-            )
-        return value
-
-    def value(self, event: Mapping[str, Any]) -> str | None:
-        """This property's value in a delivery event, or ``None`` when it has none."""
-        data = event.get("data") or {}
-        if self.source == "state":
-            state = data.get("state")
-            return state if isinstance(state, str) and state else None
-        if self.source == "enriched_at":
-            stamp = event.get("timestamp")
-            finished = data.get("state") == "finished"
-            return stamp if finished and isinstance(stamp, str) and stamp else None
-        values = data.get("values") or {}
-        if self.source == "summary":
-            summary = values.get("summary")
-            return summary.strip() if isinstance(summary, str) and summary.strip() else None
-        match = _SOURCE.match(self.source)
-        assert match is not None
-        field, index, sliced = match.groups()
-        items = [v.strip() for v in values.get(field) or [] if isinstance(v, str) and v.strip()]
-        if index is not None:
-            items = items[int(index) :] if sliced else items[int(index) : int(index) + 1]
-        return ";".join(items) or None
-
-
 class ObjectSettings(pydantic.BaseModel):
     """How one object type (contacts or companies) is enriched and written back."""
 
@@ -157,7 +104,7 @@ class ObjectSettings(pydantic.BaseModel):
 
     lance_id_property: str = Field(min_length=1)
     enrich: tuple[Literal["emails", "phones", "summary"], ...]
-    properties: dict[str, PropertyMap] = Field(default_factory=dict)
+    properties: dict[str, mapping.PropertyMap] = Field(default_factory=dict)
 
     @pydantic.field_validator("properties", mode="before")
     @classmethod
@@ -167,7 +114,7 @@ class ObjectSettings(pydantic.BaseModel):
             return {**cls.DEFAULT_PROPERTIES, **value}
         return value
 
-    def writable(self) -> dict[str, PropertyMap]:
+    def writable(self) -> dict[str, mapping.PropertyMap]:
         """The mapped properties whose policy allows writing."""
         return {name: m for name, m in self.properties.items() if m.policy != "never"}
 
@@ -184,8 +131,8 @@ class ContactSettings(ObjectSettings):
 
     lance_id_property: str = Field(default="lance_person_id", min_length=1)
     enrich: tuple[Literal["emails", "phones"], ...] = ("emails", "phones")
-    properties: dict[str, PropertyMap] = Field(
-        default_factory=lambda: _mappings(ContactSettings.DEFAULT_PROPERTIES)
+    properties: dict[str, mapping.PropertyMap] = Field(
+        default_factory=lambda: mapping.mappings(ContactSettings.DEFAULT_PROPERTIES)
     )
 
 
@@ -196,13 +143,9 @@ class CompanySettings(ObjectSettings):
 
     lance_id_property: str = Field(default="lance_company_id", min_length=1)
     enrich: tuple[Literal["summary"], ...] = ("summary",)
-    properties: dict[str, PropertyMap] = Field(
-        default_factory=lambda: _mappings(CompanySettings.DEFAULT_PROPERTIES)
+    properties: dict[str, mapping.PropertyMap] = Field(
+        default_factory=lambda: mapping.mappings(CompanySettings.DEFAULT_PROPERTIES)
     )
-
-
-def _mappings(sources: Mapping[str, str]) -> dict[str, PropertyMap]:
-    return {name: PropertyMap(source=source) for name, source in sources.items()}
 
 
 class HubSpotConfig(connector.ConnectorConfig):
@@ -576,7 +519,7 @@ class HubSpotConnector(connector.Connector):
             reason = f"objectType {named!r}: the HubSpot connector writes contacts and companies"
             return [Outcome("dead", None, reason)] * len(chunk)
         settings = self.settings.objects()[object_type]
-        wanted: dict[str, dict[str, tuple[str, PropertyMap]]] = {}
+        wanted: dict[str, dict[str, tuple[str, mapping.PropertyMap]]] = {}
         unusable: dict[str, Outcome] = {}
         for event in chunk:
             object_id = str((event.target or {}).get("objectId", ""))
@@ -587,15 +530,17 @@ class HubSpotConnector(connector.Connector):
                 continue
             payload = event.payload()
             props = wanted.setdefault(object_id, {})
-            for name, mapping in settings.writable().items():
-                value = mapping.value(payload)
+            for name, rule in settings.writable().items():
+                value = rule.value(payload)
                 if value is not None:
-                    props[name] = (value, mapping)
+                    props[name] = (value, rule)
         outcomes = unusable | (await self._write(object_type, wanted) if wanted else {})
         return [outcomes[str((event.target or {}).get("objectId", ""))] for event in chunk]
 
     async def _write(
-        self, object_type: ObjectType, wanted: Mapping[str, Mapping[str, tuple[str, PropertyMap]]]
+        self,
+        object_type: ObjectType,
+        wanted: Mapping[str, Mapping[str, tuple[str, mapping.PropertyMap]]],
     ) -> dict[str, Outcome]:
         """Apply the write policies and update the records; one outcome per record id."""
         outcomes: dict[str, Outcome] = {}
@@ -623,8 +568,8 @@ class HubSpotConnector(connector.Connector):
             have = current.get(object_id, {})
             write = {
                 name: value
-                for name, (value, mapping) in props.items()
-                if mapping.policy == "overwrite" or not _filled(have.get(name))
+                for name, (value, rule) in props.items()
+                if rule.policy == "overwrite" or not mapping.filled(have.get(name))
             }
             if write:
                 inputs.append(
@@ -867,10 +812,6 @@ def _property_value(properties: Mapping[str, Any], name: str) -> Any:
     """A property's value in a workflow payload: plain, or legacy ``{"value": ...}``."""
     value = properties.get(name)
     return value.get("value") if isinstance(value, dict) else value
-
-
-def _filled(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
 
 
 def _is_id(value: Any) -> bool:

@@ -56,7 +56,7 @@ from pydantic import Field, SecretStr
 
 from bridge import connector, errors, ledger
 from bridge.connector import Event, HookError, HookRequest, Outcome
-from connectors import hubspot
+from connectors import mapping
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ ObjectType = Literal["Lead", "Contact", "Account"]
 OBJECT_TYPES: tuple[ObjectType, ...] = ("Lead", "Contact", "Account")
 _BY_LOWER: dict[str, ObjectType] = {name.lower(): name for name in OBJECT_TYPES}
 RecordKey = tuple[str, str]  # (sObject type, record id)
-_Wanted = dict[str, tuple[str, hubspot.PropertyMap]]  # field -> (value, mapping)
+_Wanted = dict[str, tuple[str, mapping.PropertyMap]]  # field -> (value, its mapping)
 
 
 def _is_json(request: HookRequest) -> bool:
@@ -217,7 +217,7 @@ class ObjectSettings(pydantic.BaseModel):
 
     lance_id_field: str = Field(min_length=1)
     enrich: tuple[Literal["emails", "phones", "summary"], ...]
-    fields: dict[str, hubspot.PropertyMap] = Field(default_factory=dict)
+    fields: dict[str, mapping.PropertyMap] = Field(default_factory=dict)
 
     @pydantic.field_validator("fields", mode="before")
     @classmethod
@@ -229,7 +229,7 @@ class ObjectSettings(pydantic.BaseModel):
 
     @pydantic.field_validator("fields")
     @classmethod
-    def _api_names(cls, value: dict[str, hubspot.PropertyMap]) -> dict[str, hubspot.PropertyMap]:
+    def _api_names(cls, value: dict[str, mapping.PropertyMap]) -> dict[str, mapping.PropertyMap]:
         bad = [name for name in value if not _API_NAME.match(name)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a field API name (e.g. Phone, Lance_Status__c)")
@@ -242,7 +242,7 @@ class ObjectSettings(pydantic.BaseModel):
             raise ValueError(f"{value!r} is not a field API name (e.g. Lance_Person_Id__c)")
         return value
 
-    def writable(self) -> dict[str, hubspot.PropertyMap]:
+    def writable(self) -> dict[str, mapping.PropertyMap]:
         """The mapped fields whose policy allows writing."""
         return {name: m for name, m in self.fields.items() if m.policy != "never"}
 
@@ -258,8 +258,8 @@ class PersonSettings(ObjectSettings):
 
     lance_id_field: str = Field(default="Lance_Person_Id__c", min_length=1)
     enrich: tuple[Literal["emails", "phones"], ...] = ("emails", "phones")
-    fields: dict[str, hubspot.PropertyMap] = Field(
-        default_factory=lambda: _mappings(PersonSettings.DEFAULT_FIELDS)
+    fields: dict[str, mapping.PropertyMap] = Field(
+        default_factory=lambda: mapping.mappings(PersonSettings.DEFAULT_FIELDS)
     )
 
 
@@ -270,13 +270,9 @@ class AccountSettings(ObjectSettings):
 
     lance_id_field: str = Field(default="Lance_Company_Id__c", min_length=1)
     enrich: tuple[Literal["summary"], ...] = ("summary",)
-    fields: dict[str, hubspot.PropertyMap] = Field(
-        default_factory=lambda: _mappings(AccountSettings.DEFAULT_FIELDS)
+    fields: dict[str, mapping.PropertyMap] = Field(
+        default_factory=lambda: mapping.mappings(AccountSettings.DEFAULT_FIELDS)
     )
-
-
-def _mappings(sources: Mapping[str, str]) -> dict[str, hubspot.PropertyMap]:
-    return {name: hubspot.PropertyMap(source=source) for name, source in sources.items()}
 
 
 class SalesforceConfig(connector.ConnectorConfig):
@@ -666,6 +662,11 @@ class SalesforceConnector(connector.Connector):
 
     # -- outbound -------------------------------------------------------------------------
 
+    def target_problem(self, object_type: str, object_id: str) -> str | None:
+        """Salesforce records are Leads, Contacts or Accounts with 15- or 18-character ids."""
+        unusable = _unusable((object_type, object_id))
+        return unusable.error if unusable else None
+
     def batches(self, events: Sequence[Event]) -> list[list[int]]:
         """At most 200 records per request, all events of a record together, types in runs."""
         records: dict[RecordKey, list[int]] = {}
@@ -695,10 +696,10 @@ class SalesforceConnector(connector.Connector):
             settings = self.settings.objects()[_BY_LOWER[key[0].lower()]]
             fields = wanted.setdefault(key, {})
             payload = event.payload()
-            for name, mapping in settings.writable().items():
-                value = mapping.value(payload)
+            for name, rule in settings.writable().items():
+                value = rule.value(payload)
                 if value is not None:
-                    fields[name] = (value, mapping)
+                    fields[name] = (value, rule)
         if wanted:
             outcomes |= await self._write(wanted)
         return [outcomes[key] for key in keys]
@@ -720,8 +721,8 @@ class SalesforceConnector(connector.Connector):
                 have = current.get(key, {})
                 write = {
                     name: value
-                    for name, (value, mapping) in fields.items()
-                    if mapping.policy == "overwrite" or not _filled(have.get(name.lower()))
+                    for name, (value, rule) in fields.items()
+                    if rule.policy == "overwrite" or not mapping.filled(have.get(name.lower()))
                 }
                 if write:
                     keys.append(key)
@@ -1112,12 +1113,6 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw) if raw else None
     except ValueError:
         return None
-
-
-def _filled(value: Any) -> bool:
-    if isinstance(value, str):
-        return bool(value.strip())
-    return value is not None
 
 
 def _audience(login_url: str) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import os
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,18 @@ def _settings(folder: Path, lance_url: str, connector: dict[str, Any]) -> settin
     )
 
 
+@contextlib.asynccontextmanager
+async def _served(app: web.Application) -> AsyncIterator[str]:
+    """The bridge app served on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield _http.base_url(runner)
+    finally:
+        await runner.cleanup()
+
+
 async def _until(check: Callable[[], Awaitable[bool]]) -> float:
     deadline = time.perf_counter() + DEADLINE_S
     while not await check():
@@ -78,18 +91,15 @@ async def bench_e2e(count: int, folder: Path, crm: str = "webhook") -> Result:
         "max_concurrency": 64,
     }
     app = app_mod.create_app(_settings(folder, lance_url, webhook))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        store = app[app_mod.BRIDGE].ledger
-        started = time.perf_counter()
-        await _send(_http.base_url(runner), count)
-        at_lance = await _until(lambda: _none_queued(store))
-        done = await _until(lambda: _all_delivered(store, count))
-        remote = await procs.ask(conn, "stats")
+        async with _served(app) as url:
+            store = app[app_mod.BRIDGE].ledger
+            started = time.perf_counter()
+            await _send(url, count)
+            at_lance = await _until(lambda: _none_queued(store))
+            done = await _until(lambda: _all_delivered(store, count))
+            remote = await procs.ask(conn, "stats")
     finally:
-        await runner.cleanup()
         conn.send("stop")
         process.join(10)
     requests = remote["requests"]
@@ -135,21 +145,18 @@ async def _bench_hubspot(count: int, folder: Path) -> Result:
         },
     }
     app = app_mod.create_app(_settings(folder, lance_url, hubspot))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        store = app[app_mod.BRIDGE].ledger
-        started = time.perf_counter()
-        refused = await procs.ask(conn, ("hooks", f"{_http.base_url(runner)}/hooks/hubspot"))
-        at_lance = await _until(lambda: _none_queued(store))
-        done = await _until(lambda: _all_delivered(store, count))
-        remote = await procs.ask(conn, "stats")
-        sample = [str(i) for i in range(1, min(contacts, 2000) + 1)]
-        ours_write_s = await _batched_writes(app, sample)
-        naive_write_s = await procs.naive_writes(hubspot_url, sample, _phones(len(sample), 2))
+        async with _served(app) as url:
+            store = app[app_mod.BRIDGE].ledger
+            started = time.perf_counter()
+            refused = await procs.ask(conn, ("hooks", f"{url}/hooks/hubspot"))
+            at_lance = await _until(lambda: _none_queued(store))
+            done = await _until(lambda: _all_delivered(store, count))
+            remote = await procs.ask(conn, "stats")
+            sample = [str(i) for i in range(1, min(contacts, 2000) + 1)]
+            ours_write_s = await _batched_writes(app, sample)
+            naive_write_s = await procs.naive_writes(hubspot_url, sample, _phones(len(sample), 2))
     finally:
-        await runner.cleanup()
         conn.send("stop")
         process.join(10)
     crm = remote["crm_requests"]

@@ -27,7 +27,7 @@ from bridge.sim import lance as sim
 from bridge.sim import salesforce as sf
 from bridge.sim.lance_state import fake_person
 from connectors import salesforce as connector
-from tests.conftest import BridgeFactory, Clock, drain, jobs_of, make_settings
+from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings
 
 ORG_ID = "00D000000000001EAA"
 FLOW_TOKEN = "flow-shared-secret-0123456789"
@@ -979,3 +979,31 @@ def test_ids_get_their_18_character_form() -> None:
     assert connector.id18("a0B5g00000AbCdE") == sf.with_checksum("a0B5g00000AbCdE")
     assert connector.id18("003000000000001AAA") == "003000000000001AAA"
     assert connector.id18("003-bad") is None
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ({"objectType": "Contact", "objectId": "not-an-id"}, "MALFORMED_ID"),
+        ({"objectType": "Opportunity", "objectId": "006000000000001AAA"}, "Lead, Contact"),
+    ],
+)
+async def test_a_trigger_target_salesforce_cannot_hold_is_422(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    salesforce: tuple[sf.SalesforceSandbox, str],
+    tmp_path: Path,
+    target: dict[str, str],
+    problem: str,
+) -> None:
+    client = await start(make_bridge, tmp_path, simulator[1], sf_table(salesforce[1]))
+    task = {
+        "entityId": str(uuid.uuid4()),
+        "field": "emails",
+        "targets": [{"connector": "salesforce", **target}],
+    }
+
+    response = await client.post("/v1/triggers", json={"tasks": [task]}, headers=auth())
+
+    assert response.status == 422
+    assert problem in (await response.json())["error"]["message"]
