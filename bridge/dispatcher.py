@@ -17,6 +17,9 @@ from bridge import connector, ledger, outbox, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
+# A delivery held back (to merge with its record's other results, or to fill a batch) is
+# looked at again this much later.
+HOLD_STEP_S = 0.5
 # The outcome an attempt's new delivery state records (metrics label).
 OUTCOMES = {"delivered": "delivered", "pending": "retry", "dead": "dead"}
 
@@ -62,12 +65,18 @@ class Dispatcher:
         by_connector: dict[str, list[outbox.Delivery]] = {}
         for delivery in due:
             by_connector.setdefault(delivery.connector, []).append(delivery)
+        held: list[int] = []
         for name, items in list(by_connector.items()):
             ready = await self._ready(name, items, now)
+            going = {d.id for d in ready}
+            held += [d.id for d in items if d.id not in going]
             if ready:
                 by_connector[name] = ready
             else:
                 del by_connector[name]
+        if held:
+            # Held rows step aside (they are the oldest due): the next run reads newer ones.
+            await self.store.defer(held, now + HOLD_STEP_S)
         groups = await asyncio.gather(
             *(self._send(name, items) for name, items in by_connector.items())
         )
@@ -103,7 +112,7 @@ class Dispatcher:
             young = [
                 key
                 for key, group in records.items()
-                if now - min(d.due_at for d in group) < self.config.merge_wait_seconds
+                if now - min(d.created_at for d in group) < self.config.merge_wait_seconds
             ]
             for key in await self.store.records_in_flight(name, young) if young else ():
                 del records[key]
@@ -112,7 +121,7 @@ class Dispatcher:
         groups = list(records.values())
         full = len(groups) // target.max_batch * target.max_batch
         rest = groups[full:]
-        if rest and now - min(d.due_at for group in rest for d in group) < linger:
+        if rest and now - min(d.created_at for group in rest for d in group) < linger:
             groups = groups[:full]
         return [delivery for group in groups for delivery in group]
 

@@ -51,7 +51,9 @@ class Fetcher:
         """Read the entities of up to ``batch_size`` waiting rows and store their values."""
         if not self.gate.is_open(self.clock()):
             return FetchReport()
-        waiting = await self.store.awaiting_values(self.config.batch_size)
+        waiting = await self.store.awaiting_values(
+            self.config.batch_size, hold_after=self.clock() - self.config.merge_wait_seconds
+        )
         slots = asyncio.Semaphore(self.config.concurrency)
         results = await asyncio.gather(
             *(self._read(entity, rows, slots) for entity, rows in waiting.items())

@@ -391,12 +391,21 @@ class Ledger:
 
     # -- fetch job ------------------------------------------------------------------------
 
-    async def awaiting_values(self, limit: int) -> dict[tuple[str, str], list[tuple[int, str]]]:
-        """Finished-with-data rows, grouped by entity so each entity is read once."""
+    async def awaiting_values(
+        self, limit: int, *, hold_after: float = float("inf")
+    ) -> dict[tuple[str, str], list[tuple[int, str]]]:
+        """Finished-with-data rows, grouped by entity so each entity is read once.
+
+        A row that finished after ``hold_after`` while another field of its entity is still in
+        flight is left for a later run: the entity is then read once for both.
+        """
         rows = await self._fetch(
-            "SELECT id, entity_type, entity_id, field FROM enrichments WHERE needs_fetch = 1"
+            "SELECT id, entity_type, entity_id, field FROM enrichments e WHERE needs_fetch = 1"
+            " AND NOT (finished_at > ? AND EXISTS (SELECT 1 FROM enrichments o"
+            " WHERE o.entity_id = e.entity_id AND o.entity_type = e.entity_type"
+            " AND o.state IN ('queued', 'pending')))"
             " ORDER BY id LIMIT ?",
-            (limit,),
+            (hold_after, limit),
             writer=True,
         )
         grouped: dict[tuple[str, str], list[tuple[int, str]]] = {}
@@ -427,6 +436,15 @@ class Ledger:
             writer=True,
         )
         return [outbox.Delivery.from_row(row) for row in rows]
+
+    async def defer(self, ids: Sequence[int], until: float) -> None:
+        """Put pending deliveries off until ``until`` (no attempt is counted)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE deliveries SET next_attempt_at = ?"
+                " WHERE state = 'pending' AND id IN (SELECT value FROM json_each(?))",
+                (until, json.dumps(list(ids))),
+            )
 
     async def records_in_flight(
         self, connector: str, records: Iterable[tuple[str, str]]

@@ -19,7 +19,7 @@ import orjson
 
 DELIVERY_COLUMNS = (
     "id, enrichment_id, connector, object_type, object_id, event_type, message_id, body, attempts,"
-    " next_attempt_at"
+    " created_at"
 )
 
 
@@ -80,7 +80,7 @@ class Delivery:
     message_id: str
     body: bytes
     attempts: int
-    due_at: float = 0.0
+    created_at: float = 0.0
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Delivery:

@@ -102,6 +102,10 @@ class Poller:
                 return PollReport(skipped=True)
             limit = self.config.max_requests_per_tick * self.batch_size
             rows = await self.store.due_for_poll(now, limit)
+            # An entity's fields (a person's emails and phones) share a request, so their
+            # results commit together: the entity is then read once, and a CRM record gets
+            # one write for all of them.
+            rows.sort(key=_entity)
             batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             slots = asyncio.Semaphore(self.config.concurrency)
             reports = await asyncio.gather(*(self._poll(batch, slots) for batch in batches))
@@ -182,6 +186,10 @@ def _is_row_problem(exc: errors.LanceError) -> bool:
 
 def _key(row: ledger.PollRow) -> lance.Key:
     return (row.entity_type, row.entity_id, row.field)
+
+
+def _entity(row: ledger.PollRow) -> tuple[str, str]:
+    return (row.entity_type, row.entity_id)
 
 
 def _total(due: int, reports: Sequence[PollReport]) -> PollReport:

@@ -115,6 +115,7 @@ class FetchSettings(_Section):
     interval_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=500, ge=1)
     concurrency: int = Field(default=8, ge=1, le=64)
+    merge_wait_seconds: float = Field(default=5.0, ge=0)
 
 
 class DeliverySettings(_Section):
