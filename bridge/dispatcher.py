@@ -99,7 +99,7 @@ class Dispatcher:
           and phones finish moments apart and would otherwise cost two updates.
         - Completions trickle in; sending each run's few as a request of their own would cost
           a request per run instead of one per full batch. The partial batch (counted in
-          records) waits until its oldest delivery has been due ``linger_seconds``.
+          records) waits until its oldest delivery is ``linger_seconds`` old.
         """
         target = self.connectors.get(name)
         linger = self.config.linger_seconds
