@@ -34,8 +34,9 @@ class GroupCommit(Generic[Item, Result]):
         self._waiting.append((item, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._drain())
-        # Shielded: a caller that gives up must not cancel the others' shared transaction.
-        return await asyncio.shield(future)
+        # A caller that gives up cancels only its own future: the flush runs in its own task,
+        # so the others' shared transaction goes on (and skips the cancelled future).
+        return await future
 
     async def _drain(self) -> None:
         while self._waiting:

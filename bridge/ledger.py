@@ -263,6 +263,13 @@ class Ledger:
     async def _accept_groups(
         self, groups: Sequence[tuple[Sequence[Task], float]]
     ) -> list[list[Accepted]]:
+        tasks = [task for group, _ in groups for task in group]
+        if len(tasks) <= _INSERT_CHUNK and not any(task.targets for task in tasks):
+            # One INSERT ... RETURNING is atomic by itself: no BEGIN and COMMIT round trips
+            # to the ledger's thread (the usual single-task trigger). What follows it only
+            # reads, under the same lock, so no other write can come between.
+            async with self._write_lock:
+                return await _accept_in(self._writer, groups)
         async with self.transaction() as db:
             return await _accept_in(db, groups)
 
@@ -600,6 +607,7 @@ _NEW_ROW_COLUMNS = (
     " next_poll_at"
 )
 _NEW_ROW_PARAMS = 10
+_INSERT_CHUNK = MAX_PARAMS // _NEW_ROW_PARAMS  # rows one INSERT statement takes
 
 
 async def _insert_new(
@@ -611,7 +619,7 @@ async def _insert_new(
     one round trip to the ledger's thread, not one per statement of a longer dance.
     """
     created: dict[tuple[str, str, str], tuple[int, str, str]] = {}
-    step = MAX_PARAMS // _NEW_ROW_PARAMS
+    step = _INSERT_CHUNK
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
         marks = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(chunk))

@@ -18,11 +18,13 @@ from bridge import lance
 MAX_TRIGGER_TASKS = 1000
 MAX_QUERY_TASKS = 200
 # Lance takes UUID v4 ids only; one other id in a batch makes Lance reject the whole batch.
+# The pattern admits only the hyphenated form, whose canonical spelling is lowercase.
 Uuid = Annotated[
     str,
-    Field(
+    pydantic.StringConstraints(
         pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-"
-        r"[0-9a-fA-F]{12}$"
+        r"[0-9a-fA-F]{12}$",
+        to_lower=True,
     ),
 ]
 
@@ -45,12 +47,6 @@ class QueryTask(_Strict):
     entityId: Uuid
     field: Literal["phones", "emails", "summary"]
     entityType: Literal["person", "company"] = "person"
-
-    @pydantic.field_validator("entityId")
-    @classmethod
-    def _lowercase(cls, value: str) -> str:
-        # The pattern admits only the hyphenated form: lowercase is its canonical spelling.
-        return value.lower()
 
 
 class QueryRequest(_Strict):
