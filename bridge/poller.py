@@ -102,10 +102,11 @@ class Poller:
                 return PollReport(skipped=True)
             limit = self.config.max_requests_per_tick * self.batch_size
             rows = await self.store.due_for_poll(now, limit)
-            # An entity's fields (a person's emails and phones) share a request, so their
-            # results commit together: the entity is then read once, and a CRM record gets
-            # one write for all of them.
-            rows.sort(key=_entity)
+            # In id order: an entity's fields, accepted together, have neighbouring ids, so
+            # they share a request and their results commit together (the entity is then
+            # read once, a CRM record written once); and the ledger updates rows in the
+            # order they are stored, not scattered over the table (several times slower).
+            rows.sort(key=_row_id)
             batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             slots = asyncio.Semaphore(self.config.concurrency)
             reports = await asyncio.gather(*(self._poll(batch, slots) for batch in batches))
@@ -188,8 +189,8 @@ def _key(row: ledger.PollRow) -> lance.Key:
     return (row.entity_type, row.entity_id, row.field)
 
 
-def _entity(row: ledger.PollRow) -> tuple[str, str]:
-    return (row.entity_type, row.entity_id)
+def _row_id(row: ledger.PollRow) -> int:
+    return row.id
 
 
 def _total(due: int, reports: Sequence[PollReport]) -> PollReport:
