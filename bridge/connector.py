@@ -326,8 +326,15 @@ class Connector(abc.ABC):
             for index, outcome in zip(group, chunk_outcomes, strict=True):
                 outcomes[index] = outcome
         if any(outcome is None for outcome in outcomes):
-            raise errors.BridgeError(f"connector {self.name} left events without an outcome")
-        return [outcome for outcome in outcomes if outcome is not None]
+            # A batches() that left events out: like a miscounting _send, retry them rather
+            # than raise out of the delivery run (which would re-send the others' events).
+            logger.error(
+                "connector %s left events without an outcome",
+                self.name,
+                extra={"event": "connector.error", "connector": self.name},
+            )
+        missed = Outcome("retry", None, "internal error: no outcome for this event")
+        return [missed if outcome is None else outcome for outcome in outcomes]
 
     def batches(self, events: Sequence[Event]) -> list[list[int]]:
         """How ``events`` are split into requests: lists of indexes, each one :meth:`_send`.

@@ -800,12 +800,12 @@ def _per_record(answer: _Answer, ids: Sequence[str]) -> dict[str, Outcome]:
 
 
 def _by_type(records: Sequence[tuple[str, str]]) -> dict[ObjectType, list[str]]:
-    grouped: dict[ObjectType, list[str]] = {}
+    grouped: dict[ObjectType, dict[str, None]] = {}
     for named, object_id in records:
         object_type = object_type_of(named)
-        if object_type is not None and object_id not in grouped.get(object_type, []):
-            grouped.setdefault(object_type, []).append(object_id)
-    return grouped
+        if object_type is not None:
+            grouped.setdefault(object_type, {})[object_id] = None
+    return {object_type: list(ids) for object_type, ids in grouped.items()}
 
 
 def _property_value(properties: Mapping[str, Any], name: str) -> Any:

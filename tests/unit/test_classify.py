@@ -341,3 +341,26 @@ async def test_a_connector_miscounting_its_outcomes_gets_retries_not_an_exceptio
 
     assert [o.kind for o in outcomes] == ["retry"] * 3
     assert all("wrong number of outcomes" in (o.error or "") for o in outcomes)
+
+
+class _Forgetful(connector.Connector):
+    """A plugin bug: batches() leaves the last event out."""
+
+    max_batch = 10
+
+    def batches(self, events: Sequence[connector.Event]) -> list[list[int]]:
+        return [list(range(len(events) - 1))]
+
+    async def _send(self, chunk: Sequence[connector.Event]) -> list[connector.Outcome]:
+        return [connector.Outcome.delivered(200)] * len(chunk)
+
+
+async def test_an_event_a_connector_never_batches_gets_a_retry_not_an_exception() -> None:
+    config = connector.ConnectorConfig(name="plugin", type="plugin")
+    events = [
+        connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None, 0) for i in range(3)
+    ]
+    async with aiohttp.ClientSession() as session:
+        outcomes = await _Forgetful(config, session).send(events)
+
+    assert [o.kind for o in outcomes] == ["delivered", "delivered", "retry"]
