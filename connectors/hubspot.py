@@ -6,9 +6,11 @@ Inbound (``POST /hooks/hubspot``, or ``/hooks/hubspot/<name>`` to pick one of se
   ``company.propertyChange`` of the Lance-id property trigger the configured fields with the
   record as the delivery target; ``contact.creation`` / ``company.creation`` carry no
   properties, so the record is read (batch read, 100 ids per request) by the ``resolve`` job.
-- Workflow "Send a webhook" calls: one record per call, its properties in the body (the
-  current shape ``{"objectId", "properties"}`` or the legacy contact ``{"vid", "properties":
-  {name: {"value"}}}``); ``?objectType=companies`` on the URL for company workflows.
+- Workflow "Send a webhook" calls: one record per call, its properties in the body: "include
+  all properties" (``{"objectId", "properties": {name: value}}``, or the legacy contact
+  ``{"vid", "properties": {name: {"value"}}}``) or a customised body with the chosen
+  properties as top-level keys (``{"hs_object_id", "lance_person_id"}``);
+  ``?objectType=companies`` on the URL for company workflows.
 - Signatures: v3 (HMAC-SHA256 over method + URI + body + timestamp, at most
   ``signature_max_age_seconds`` old or ahead), else v1/v2 when ``legacy_signatures`` allows;
   compared in constant time. A retried or duplicated event is recognised and triggers nothing.
@@ -391,6 +393,31 @@ class HubSpotConnector(connector.Connector):
         return self._inbound(key, object_type, str(object_id), item.get("propertyValue"))
 
     def _workflow_call(self, payload: dict[str, Any], request: HookRequest) -> ledger.Inbound:
+        object_type = self._workflow_object_type(payload, request)
+        properties = _workflow_properties(payload)
+        object_id = _workflow_record_id(payload, properties)
+        if object_id is None:
+            raise HookError(
+                400,
+                "invalid_body",
+                "a workflow call needs the record id: objectId, vid or hs_object_id",
+            )
+        name = self.settings.objects()[object_type].lance_id_property
+        if properties is payload and name not in payload:
+            # A customised body without the Lance-id key is a workflow set up wrongly: say
+            # so to HubSpot (it shows the answer in the workflow's history) instead of a skip.
+            raise HookError(
+                400,
+                "invalid_body",
+                f"a workflow call for {object_type} needs {name} in the body"
+                " (or ?objectType= naming the other object type)",
+            )
+        key = "workflow:" + hashlib.sha256(request.body).hexdigest()
+        lance_id = _property_value(properties, name)
+        return self._inbound(key, object_type, str(object_id), lance_id)
+
+    def _workflow_object_type(self, payload: dict[str, Any], request: HookRequest) -> ObjectType:
+        """``?objectType=`` on the URL, else the body's ``objectType``, else contacts."""
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query)
         named = (query.get("objectType") or [str(payload.get("objectType") or "")])[0]
         object_type = object_type_of(named) if named else "contacts"
@@ -398,17 +425,7 @@ class HubSpotConnector(connector.Connector):
             raise HookError(
                 400, "invalid_body", f"objectType {named[:40]!r}: contacts or companies"
             )
-        object_id = payload.get("objectId", payload.get("vid"))
-        properties = payload.get("properties")
-        if not _is_id(object_id) or not isinstance(properties, dict):
-            raise HookError(
-                400, "invalid_body", "a workflow call needs objectId (or vid) and properties"
-            )
-        key = "workflow:" + hashlib.sha256(request.body).hexdigest()
-        lance_id = _property_value(
-            properties, self.settings.objects()[object_type].lance_id_property
-        )
-        return self._inbound(key, object_type, str(object_id), lance_id)
+        return object_type
 
     def _inbound(
         self, key: str, object_type: ObjectType, object_id: str, lance_id: Any
@@ -806,6 +823,30 @@ def _by_type(records: Sequence[tuple[str, str]]) -> dict[ObjectType, list[str]]:
         if object_type is not None:
             grouped.setdefault(object_type, {})[object_id] = None
     return {object_type: list(ids) for object_type, ids in grouped.items()}
+
+
+def _workflow_properties(payload: dict[str, Any]) -> Mapping[str, Any]:
+    """The record's properties: ``properties`` of an "all properties" body, else the body.
+
+    A customised body ("Customize request body") puts the chosen properties at the top level.
+    """
+    properties = payload.get("properties", payload)
+    if not isinstance(properties, dict):
+        raise HookError(400, "invalid_body", "properties of a workflow call must be an object")
+    return properties
+
+
+def _workflow_record_id(payload: dict[str, Any], properties: Mapping[str, Any]) -> Any:
+    """The record id of a workflow call, or ``None``: the first of the names HubSpot uses."""
+    for found in (
+        payload.get("objectId"),
+        payload.get("vid"),
+        payload.get("hs_object_id"),
+        _property_value(properties, "hs_object_id"),
+    ):
+        if _is_id(found):
+            return found
+    return None
 
 
 def _property_value(properties: Mapping[str, Any], name: str) -> Any:

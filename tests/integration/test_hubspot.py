@@ -571,6 +571,141 @@ async def test_a_workflow_call_triggers_its_record(
     assert await ledger_rows(client) == 2
 
 
+async def post_workflow(client: Client, payload: Any, clock: Clock, *, path: str = HOOK) -> Any:
+    """A workflow "Send a webhook" call, signed as HubSpot signs them (v2 plus v3)."""
+    body = json.dumps(payload).encode()
+    url = str(client.make_url(path))
+    headers = signed(body, url, int(clock() * 1000), version="v2")
+    return await client.post(path, data=body, headers=headers)
+
+
+async def stored_targets(client: Client) -> set[tuple[str, str, str, str]]:
+    """(entity type, entity id, object type, object id) of every stored enrichment target."""
+    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+        "SELECT e.entity_type, e.entity_id, t.object_type, t.object_id"
+        " FROM enrichments e JOIN targets t ON t.enrichment_id = e.id"
+    )
+    return {(str(a), str(b), str(c), str(d)) for a, b, c, d in rows}
+
+
+PERSON = "5d0c5ee0-5c4e-4b8e-9a8e-1f8f7f6a3b21"
+COMPANY = "0b9f3a52-6f4c-4d0e-8c2a-2d7b1e9c4f10"
+# Each body HubSpot's "Send a webhook" action sends, with the path it is sent to.
+WORKFLOW_SHAPES: dict[str, tuple[str, dict[str, Any], tuple[str, str, str, str]]] = {
+    "all properties, plain values": (
+        HOOK,
+        {"objectId": 801, "objectType": "CONTACT", "properties": {"lance_person_id": PERSON}},
+        ("person", PERSON, "contacts", "801"),
+    ),
+    "all properties, legacy contact": (
+        HOOK,
+        {
+            "vid": 802,
+            "portal-id": 62515,
+            "properties": {"lance_person_id": {"value": PERSON, "versions": []}},
+        },
+        ("person", PERSON, "contacts", "802"),
+    ),
+    "all properties, id only among the properties": (
+        HOOK,
+        {"properties": {"hs_object_id": "803", "lance_person_id": PERSON}},
+        ("person", PERSON, "contacts", "803"),
+    ),
+    "customised, string values": (
+        HOOK,
+        {"hs_object_id": "804", "lance_person_id": PERSON, "email": "ada@example.com"},
+        ("person", PERSON, "contacts", "804"),
+    ),
+    "customised, numeric id": (
+        HOOK,
+        {"hs_object_id": 805, "lance_person_id": PERSON},
+        ("person", PERSON, "contacts", "805"),
+    ),
+    "customised, company by query": (
+        HOOK + "?objectType=companies",
+        {"hs_object_id": "806", "lance_company_id": COMPANY, "domain": "example.com"},
+        ("company", COMPANY, "companies", "806"),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(WORKFLOW_SHAPES))
+async def test_each_workflow_body_hubspot_sends_triggers_its_record(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+    shape: str,
+) -> None:
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot[1]))
+    path, payload, target = WORKFLOW_SHAPES[shape]
+
+    response = await post_workflow(client, payload, clock, path=path)
+
+    assert response.status == 200, await response.text()
+    assert await stored_targets(client) == {target}
+
+
+BAD_WORKFLOW_CALLS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "customised, no record id": (
+        HOOK,
+        {"lance_person_id": PERSON},
+        "needs the record id: objectId, vid or hs_object_id",
+    ),
+    "all properties, no record id": (
+        HOOK,
+        {"properties": {"lance_person_id": PERSON}},
+        "needs the record id: objectId, vid or hs_object_id",
+    ),
+    "record id not a number": (
+        HOOK,
+        {"hs_object_id": "ada@example.com", "lance_person_id": PERSON},
+        "needs the record id",
+    ),
+    "customised, no Lance id key": (
+        HOOK,
+        {"hs_object_id": "807", "email": "ada@example.com"},
+        "needs lance_person_id in the body",
+    ),
+    "company key on a contact workflow": (
+        HOOK,
+        {"hs_object_id": "808", "lance_company_id": COMPANY},
+        "for contacts needs lance_person_id",
+    ),
+    "properties not an object": (
+        HOOK,
+        {"objectId": 809, "properties": ["lance_person_id"]},
+        "properties of a workflow call must be an object",
+    ),
+    "unknown object type": (
+        HOOK + "?objectType=deals",
+        {"hs_object_id": "810", "lance_person_id": PERSON},
+        "contacts or companies",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_WORKFLOW_CALLS))
+async def test_a_workflow_call_missing_what_it_needs_is_400_naming_it_and_stores_nothing(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+    case: str,
+) -> None:
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot[1]))
+    path, payload, message = BAD_WORKFLOW_CALLS[case]
+
+    response = await post_workflow(client, payload, clock, path=path)
+
+    assert response.status == 400
+    assert message in (await response.json())["error"]["message"]
+    assert await ledger_rows(client, "inbound") == 0
+    assert await ledger_rows(client) == 0
+
+
 # -- outbound --------------------------------------------------------------------------------
 
 
