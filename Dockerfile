@@ -4,23 +4,28 @@
 #     -e LANCE_BRIDGE_LANCE__TOKEN=... -e LANCE_BRIDGE_SERVER__API_TOKENS=... lance-bridge
 # The config file is read from /data/lance-bridge.toml when present (or pass `serve -c FILE`);
 # every key can be set with LANCE_BRIDGE_* variables instead.
+#
+# The base image is pinned by digest (the tag beside it says which one it is) and the Python
+# dependencies by constraints.txt (how to regenerate it is at its top): a rebuild gets the
+# same bits. Linted in CI with hadolint (.hadolint.yaml).
 
-FROM python:3.11-slim AS build
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY bridge ./bridge
 COPY connectors ./connectors
-RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --disable-pip-version-check -c constraints.txt --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LANCE_BRIDGE_LEDGER__PATH=/data/lance-bridge.db \
     LANCE_BRIDGE_SERVER__HOST=0.0.0.0
 COPY --from=build /wheels /wheels
+COPY --from=build /src/constraints.txt /tmp/constraints.txt
 RUN pip install --no-cache-dir --disable-pip-version-check --no-index --find-links=/wheels \
-        lance-bridge \
-    && rm -rf /wheels \
+        -c /tmp/constraints.txt lance-bridge \
+    && rm -rf /wheels /tmp/constraints.txt \
     && groupadd --system --gid 10001 lance \
     && useradd --system --uid 10001 --gid lance --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin lance \
@@ -28,8 +33,12 @@ RUN pip install --no-cache-dir --disable-pip-version-check --no-index --find-lin
     && chown lance:lance /data
 WORKDIR /data
 VOLUME /data
-USER lance
+# Numeric, so a runtime that checks runAsNonRoot can tell without reading /etc/passwd.
+USER 10001:10001
 EXPOSE 8080
+# Reads the config as serve does (/data/lance-bridge.toml, LANCE_BRIDGE_*), so a port set in
+# the file is the one checked. A container started with `serve -c FILE` checks the same file:
+# `docker run --health-cmd "lance-bridge healthcheck -c FILE" ...`.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LANCE_BRIDGE_SERVER__PORT', '8080') + '/healthz', timeout=4)"]
+    CMD ["lance-bridge", "healthcheck"]
 CMD ["lance-bridge", "serve"]

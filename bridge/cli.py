@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     check = command("check-config", "validate the config")
     check.add_argument("--online", action="store_true", help="also check Lance and connectors")
     command("status", "counts by state, oldest in-flight age, dead deliveries, last poll")
+    command("healthcheck", "exit 0 if the daemon of this config answers /healthz, else 1")
     sim = command("simulate", "run the Lance simulator alone")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8900)
@@ -259,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except errors.BridgeError as exc:
         print(f"lance-bridge {args.command}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, errors.ConfigError) else EXIT_FAILED
+        # Docker reserves a health check's exit code 2: a broken config is simply unhealthy.
+        usage = isinstance(exc, errors.ConfigError) and args.command != "healthcheck"
+        return EXIT_USAGE if usage else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 
@@ -318,6 +321,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "status": commands.status,
         "enrichments": commands.enrichments,
         "deliveries": commands.deliveries,
+        "healthcheck": commands.healthcheck,
     }[args.command]
     return asyncio.run(runner(settings, args))
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -283,3 +284,34 @@ async def simulate(args: argparse.Namespace) -> int:
     finally:
         await runner.cleanup()
     return EXIT_OK
+
+
+HEALTHCHECK_TIMEOUT_S = 4.0  # inside the image's HEALTHCHECK --timeout of 5 s
+# serve's wildcard binds, and the loopback address that reaches each.
+_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - read, not bound
+
+
+def healthz_url(settings: settings_mod.Settings) -> str:
+    """Where ``serve`` with these settings answers ``/healthz`` from this machine."""
+    host = settings.server.host
+    host = _WILDCARD_HOSTS.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.server.port}/healthz"
+
+
+async def healthcheck(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
+    """0 if the daemon these settings describe answers ``/healthz``, else 1 with one line."""
+    url = healthz_url(settings)
+    timeout = aiohttp.ClientTimeout(total=HEALTHCHECK_TIMEOUT_S)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as answer:
+            if answer.status == 200:
+                return EXIT_OK
+            problem = f"HTTP {answer.status}"
+    except aiohttp.ClientConnectorError as exc:
+        problem = f"nothing answers ({exc.os_error.strerror or exc.os_error})"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        problem = str(exc) or type(exc).__name__
+    print(f"lance-bridge healthcheck: {url}: {problem}", file=sys.stderr)
+    return EXIT_FAILED
