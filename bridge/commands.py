@@ -287,8 +287,8 @@ async def simulate(args: argparse.Namespace) -> int:
 
 
 HEALTHCHECK_TIMEOUT_S = 4.0  # inside the image's HEALTHCHECK --timeout of 5 s
-# serve's wildcard binds, and the loopback address that reaches each.
-_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - read, not bound
+# serve's wildcard binds, and the loopback address that reaches each (read here, not bound).
+_WILDCARD_HOSTS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 
 
 def healthz_url(settings: settings_mod.Settings) -> str:

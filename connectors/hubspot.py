@@ -400,7 +400,7 @@ class HubSpotConnector(connector.Connector):
             raise HookError(
                 400,
                 "invalid_body",
-                "a workflow call needs the record id: objectId, vid or hs_object_id",
+                "a workflow call needs the record id (a number): objectId, vid or hs_object_id",
             )
         name = self.settings.objects()[object_type].lance_id_property
         if properties is payload and name not in payload:

@@ -651,12 +651,12 @@ BAD_WORKFLOW_CALLS: dict[str, tuple[str, dict[str, Any], str]] = {
     "customised, no record id": (
         HOOK,
         {"lance_person_id": PERSON},
-        "needs the record id: objectId, vid or hs_object_id",
+        "needs the record id (a number): objectId, vid or hs_object_id",
     ),
     "all properties, no record id": (
         HOOK,
         {"properties": {"lance_person_id": PERSON}},
-        "needs the record id: objectId, vid or hs_object_id",
+        "needs the record id (a number): objectId, vid or hs_object_id",
     ),
     "record id not a number": (
         HOOK,
