@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -26,6 +27,7 @@ SENDS = 14  # each a batch read and a batch update: 28 requests, 3 to 4 windows
 @pytest.fixture
 async def sandbox() -> AsyncIterator[tuple[hs.HubSpotSandbox, str]]:
     state = hs.HubSpotSandbox(
+        clock=time.monotonic,  # the connector's clock: a wall-clock step cannot skew the count
         rate_limit=LIMIT,
         rate_window_s=WINDOW_S,
         latency_s=(0.0, 0.12),
