@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 
 from bridge import logs
+from bridge.sim import hubspot as hs
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import API_TOKEN, SECRET, BridgeFactory, auth, drain, make_settings, tasks_for
 
 LANCE_TOKEN = "sim-token"
+HUBSPOT_TOKEN = "pat-sandbox"
+HUBSPOT_SECRET = "hubspot-app-client-secret"
 
 
 class Capture(logging.Handler):
@@ -65,16 +68,34 @@ async def test_a_pipeline_at_debug_level_logs_no_enriched_value_and_no_secret(
 ) -> None:
     _, lance_url = simulator
     receiver, sink_url = sink
-    client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
-    tasks = tasks_for(5, "emails") + tasks_for(5, "phones")
-    response = await client.post("/v1/triggers", json={"tasks": tasks}, headers=auth())
-    assert response.status == 202
-    await drain(client)
+    crm = hs.HubSpotSandbox(client_secret=HUBSPOT_SECRET, rate_limit=0)
+    runner = await hs.serve(crm)
+    try:
+        hook = {"name": "hook", "type": "webhook", "url": f"{sink_url}/hook", "secret": SECRET}
+        hubspot = {"name": "hubspot", "type": "hubspot", "base_url": hs.base_url(runner),
+                   "access_token": HUBSPOT_TOKEN, "client_secret": HUBSPOT_SECRET}  # fmt: skip
+        settings = make_settings(tmp_path, lance_url, connectors=[hook, hubspot])
+        client = await make_bridge(settings)
+        contacts = [crm.add_record("contacts") for _ in range(5)]
+        to_crm = [
+            {"connector": "hubspot", "objectType": "contacts", "objectId": c} for c in contacts
+        ]
+        tasks = [
+            task | {"targets": [{"connector": "hook"}, target]}
+            for task, target in zip(tasks_for(5, "emails"), to_crm, strict=True)
+        ] + tasks_for(5, "phones")
+        response = await client.post("/v1/triggers", json={"tasks": tasks}, headers=auth())
+        assert response.status == 202, await response.text()
+        await drain(client)
+    finally:
+        await runner.cleanup()
     personal = set().union(*(_personal(p["data"]["values"]) for p in receiver.received.values()))
 
     assert len(personal) >= 10, "the simulator found emails and phones"
+    assert all(crm.record("contacts", c).get("email") for c in contacts), "HubSpot written"
     assert logging.getLogger("bridge").isEnabledFor(logging.DEBUG), "debug is on"
-    forbidden = personal | {API_TOKEN, LANCE_TOKEN, SECRET, SECRET.removeprefix("whsec_")}
+    secrets = {API_TOKEN, LANCE_TOKEN, SECRET, SECRET.removeprefix("whsec_")}
+    forbidden = personal | secrets | {HUBSPOT_TOKEN, HUBSPOT_SECRET}
     leaks = {
         (name, value) for name, text in debug_logs.texts for value in forbidden if value in text
     }
