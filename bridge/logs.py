@@ -11,6 +11,10 @@ import logging
 import sys
 from typing import Any
 
+# Libraries that write the values they handle at DEBUG: aiosqlite logs every statement with
+# its parameters (enriched emails and phones). They stay at WARNING whatever ``log.level`` is.
+VALUE_LOGGERS = ("aiosqlite",)
+
 # Attributes every LogRecord has; anything else came in through ``extra``.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -60,3 +64,5 @@ def configure(level: str, fmt: str) -> None:
     # which is by design) at WARNING; the supervisor counts skips instead.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name in VALUE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

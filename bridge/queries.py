@@ -237,5 +237,8 @@ async def counts(store: ledger.Ledger) -> dict[str, Any]:
         "deliveries": deliveries,
         "oldestInFlightCreatedAt": oldest[0][0] if oldest else None,
         "lastPollAt": await store.get_meta("last_poll_at"),
-        "triggersHeld": await store.get_meta("trigger_held") or None,
+        # Nothing queued, nothing held: a hold left by a process that stopped means nothing.
+        "triggersHeld": (await store.get_meta("trigger_held") or None)
+        if by_state.get("queued")
+        else None,
     }

@@ -17,6 +17,7 @@ from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
 HOLD_META_KEY = "trigger_held"
+_UNPUBLISHED = "\0unknown"  # never a hold reason
 
 
 @dataclasses.dataclass(slots=True)
@@ -52,7 +53,9 @@ class Triggerer:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.gate = pacing.Gate(self.rng)
         self.hold_reason: str | None = None
-        self._published: str | None = None
+        # What the ledger says is unknown at start: it may hold the hold of a process that
+        # crashed, so the first run always writes the current state over it.
+        self._published: str | None = _UNPUBLISHED
 
     async def run_once(self) -> TriggerReport:
         """Trigger queued rows, oldest first, one request per 100 ids of a field."""

@@ -670,13 +670,13 @@ class HubSpotConnector(connector.Connector):
 
     async def _request(self, method: str, path: str, body: Any) -> _Answer:
         token = await self._access_token()
-        await self.budget.acquire()
         endpoint = f"{method} {path}"
-        try:
-            answer = await self._send_request(method, path, body, token)
-        except BaseException:
-            self.remote_requests[(endpoint, "none")] += 1
-            raise
+        async with self.budget.slot():  # held until the answer is read: see ratelimit
+            try:
+                answer = await self._send_request(method, path, body, token)
+            except BaseException:
+                self.remote_requests[(endpoint, "none")] += 1
+                raise
         self.remote_requests[(endpoint, str(answer.status))] += 1
         return answer
 
@@ -730,11 +730,13 @@ class HubSpotConnector(connector.Connector):
                 "client_id": settings.client_id,
                 "client_secret": settings.client_secret.get_secret_value(),
             }
-            await self.budget.acquire()
             try:
-                async with self.session.post(
-                    settings.base_url + "/oauth/v1/token", data=form, timeout=self._timeout
-                ) as response:
+                async with (
+                    self.budget.slot(),
+                    self.session.post(
+                        settings.base_url + "/oauth/v1/token", data=form, timeout=self._timeout
+                    ) as response,
+                ):
                     raw = await response.read()
                     status = response.status
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -5,8 +5,11 @@ The sandbox serves, under one base URL, what a HubSpot connector calls: the OAut
 update of contacts and companies (``/crm/v3/...``). It follows the contract in
 ``crm-apis.md`` §1.5 to 1.7: every value a string, at most 100 inputs per batch, 207 with one
 ``StandardError`` per failed input, HubSpot's error bodies, bearer auth with 30-minute OAuth
-tokens, and a per-token rolling rate limit with the ``X-HubSpot-RateLimit-*`` headers. Faults
-(429, 423, 477, 5xx) can be injected per request, all on an injectable clock.
+tokens, and the ``TEN_SECONDLY_ROLLING`` burst limit with the ``X-HubSpot-RateLimit-*`` headers:
+requests counted as they arrive, in a true rolling window, per private app (token) and for all
+OAuth tokens of the account together (§1.7). Faults (429, 423, 477, 5xx) can be injected per
+request, all on an injectable clock; ``latency_s`` delays each API request on its way in, as a
+network does, before it is counted.
 
 Example::
 
@@ -43,12 +46,14 @@ coerce numbers: it catches clients that would depend on that.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
 import hmac
 import itertools
 import json
+import random
 import secrets
 import time
 import urllib.parse
@@ -315,8 +320,12 @@ class HubSpotSandbox:
         client_secret: The OAuth app's client secret.
         refresh_tokens: Refresh tokens ``/oauth/v1/token`` accepts.
         token_lifetime_s: Lifetime of issued access tokens (HubSpot: 1800).
-        rate_limit: Requests allowed per token per window; 0 disables limiting.
+        rate_limit: Requests allowed per window, per private-app token and for the OAuth
+            tokens together; 0 disables limiting.
         rate_window_s: The rolling window (HubSpot: 10 s).
+        latency_s: ``(low, high)``: each API request arrives a random time in this range after
+            it was sent (it waits before being counted and served).
+        rng: The source of those random delays.
 
     Attributes:
         objects: Record properties per object type (``contacts``, ``companies``) and record id.
@@ -338,6 +347,8 @@ class HubSpotSandbox:
         token_lifetime_s: float = 1800,
         rate_limit: int = 100,
         rate_window_s: float = 10.0,
+        latency_s: tuple[float, float] = (0.0, 0.0),
+        rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
         self.portal_id = portal_id
@@ -345,6 +356,8 @@ class HubSpotSandbox:
         self.token_lifetime_s = token_lifetime_s
         self.rate_limit = rate_limit
         self.rate_window_s = rate_window_s
+        self.latency_s = latency_s
+        self._rng = rng or random.Random()  # noqa: S311 - simulated latency, not security
         self.objects: dict[str, dict[str, Properties]] = {t: {} for t in DEFAULT_SCHEMAS}
         self.schemas: dict[str, set[str]] = {t: set(s) for t, s in DEFAULT_SCHEMAS.items()}
         self.requests: list[Recorded] = []
@@ -483,8 +496,17 @@ class HubSpotSandbox:
             "X-HubSpot-RateLimit-Remaining": str(remaining),
         }
 
+    async def _travel(self) -> None:
+        low, high = self.latency_s
+        if high > 0:
+            await asyncio.sleep(self._rng.uniform(low, high))
+
     def _admit(self, token: str) -> dict[str, str]:
-        """Take one request from ``token``'s window; returns the rate-limit headers.
+        """Count one arriving request in its window; returns the rate-limit headers.
+
+        HubSpot's burst limit is per private app and, for OAuth, per installing account: a
+        refreshed access token does not start a new window. A request arriving at ``now`` is
+        refused while ``rate_limit`` others arrived in ``(now - rate_window_s, now]``.
 
         Raises:
             ApiError: 429 once the window is full; refused requests do not fill it.
@@ -492,7 +514,8 @@ class HubSpotSandbox:
         if self.rate_limit <= 0:
             return {}
         now = self.clock()
-        window = self._windows.setdefault(token, deque())
+        account = token if token in self._private_tokens else "oauth"
+        window = self._windows.setdefault(account, deque())
         while window and window[0] <= now - self.rate_window_s:
             window.popleft()
         if len(window) >= self.rate_limit:
@@ -700,6 +723,7 @@ async def _api(
 ) -> web.StreamResponse:
     rate_headers: dict[str, str] = {}
     if request.path.startswith(CRM_PREFIX):
+        await sandbox._travel()
         try:
             sandbox._authenticate(token)
             assert token is not None
