@@ -141,14 +141,17 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
-        if data and self._header_timer is None and self._awaiting_head():
-            self._arm_header_timer()
+        head_starts = bool(data) and self._header_timer is None and self._awaiting_head()
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed and self._messages:
             self._cancel(self._header_timer)
             self._header_timer = None
             self._watch_body(self._messages[-1][1])
+        elif head_starts and self.transport is not None:
+            # Only a partial head needs a deadline (most requests arrive whole in one read):
+            # it is counted from this first byte, and later bytes do not extend it.
+            self._arm_header_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel(self._header_timer)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from bridge import server as server_mod
 from tests.acceptance import test_serve as serve_mod
 from tests.conftest import API_TOKEN
 
@@ -224,3 +227,59 @@ async def test_sigterm_with_a_stalled_hook_body_exits_within_drain_seconds(
     assert code == 0
     assert time.monotonic() - started < DRAIN_S + 1
     assert b"Traceback" not in (tmp_path / "drain.log").read_bytes()
+
+
+# Runs its arguments as a program under a lower RLIMIT_NOFILE (exec, so the pid is serve's).
+_WITH_FD_LIMIT = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+async def test_more_clients_than_file_descriptors_are_refused_not_logged_as_a_flood(
+    tmp_path: Path,
+) -> None:
+    # Soft 290, hard 320: serve raises the soft limit and keeps 256 descriptors in reserve.
+    soft, hard = 290, 320
+    cap = hard - server_mod.FD_RESERVE
+    port = serve_mod._free_port()
+    config = _config(tmp_path, port, LIMITS | {"max_connections": 1000})
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WITH_FD_LIMIT.format(soft=soft, hard=hard),
+            *serve_mod._cli(),
+            "serve",
+            "-c",
+            str(config),
+            stdout=out,
+            stderr=out,
+            env={k: v for k, v in os.environ.items() if not k.startswith("LANCE_BRIDGE_")},
+        )
+    slow = serve_mod.Serve(config, port, log)
+    slow.process = process
+    try:
+        await serve_mod._eventually(slow.ready, "readyz", 20)
+        clients = [await _connect(slow) for _ in range(hard + 80)]  # past the process's limit
+        for _, writer in clients:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n")
+        answers = await asyncio.gather(*(_until_closed(r, 3 * SLACK_S) for r, _ in clients))
+        refused = sum(answer.startswith(b"HTTP/1.1 503") for answer, _ in answers)
+        assert refused >= len(clients) - cap
+        assert (await _healthz(slow)).startswith(b"HTTP/1.1 200")
+        for _, writer in clients:
+            writer.close()
+        assert await slow.stop(signal.SIGTERM) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    text = log.read_text()
+    assert f"server.max_connections lowered to {cap}: the file-descriptor limit is {hard}" in text
+    assert "out of system resource" not in text
+    assert "Traceback" not in text
+    assert len(text) < 4096, text[-2000:]
