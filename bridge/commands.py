@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 
 from bridge import app as app_mod
 from bridge import connector, errors, lance, ledger, queries
+from bridge import server as server_mod
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -27,25 +27,23 @@ MAX_REPLAY = 1_000_000  # dead deliveries one `retry --all-dead` replays
 
 
 async def serve(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
-    """Run the HTTP API and the jobs until SIGTERM/SIGINT, then drain; 1 if a job died."""
-    app = app_mod.create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    """Run the HTTP API and the jobs until SIGTERM/SIGINT, then drain; 1 if a job died.
+
+    The drain ends within ``server.drain_seconds`` whatever clients do: the jobs drain while
+    the HTTP server finishes (or cuts) the requests in progress, not one after the other.
+    """
+    http = server_mod.HttpServer(app_mod.create_app(settings), settings.server)
     try:
         # Inside the try: if a later startup step fails, cleanup closes what the earlier ones
         # opened (the ledger's threads would otherwise keep the process from ever exiting).
-        await runner.setup()
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            where = f"{settings.server.host}:{settings.server.port}"
-            raise errors.ConfigError(f"server: cannot listen on {where}: {exc.strerror}") from exc
+        await http.start()
+        app = http.app
         supervisor = app[app_mod.BRIDGE].supervisor
         assert supervisor is not None
         logger.info(
             "serving on http://%s:%s",
             settings.server.host,
-            settings.server.port,
+            http.port,
             extra={"event": "serve.started", "ledger": str(settings.ledger.path)},
         )
         stopped = asyncio.Event()
@@ -55,8 +53,9 @@ async def serve(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
         await _first(stopped.wait(), supervisor.failed.wait())
         failed = supervisor.failed.is_set()
         logger.info("draining", extra={"event": "serve.draining"})
+        supervisor.begin_stop(settings.server.drain_seconds)
     finally:
-        await runner.cleanup()
+        await http.stop()
     logger.info("stopped", extra={"event": "serve.stopped"})
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -71,6 +71,7 @@ class Supervisor:
         self._scheduler.add_listener(self._on_skip, events.EVENT_JOB_MAX_INSTANCES)
         self.failed = asyncio.Event()
         self.failure: BaseException | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -127,8 +128,25 @@ class Supervisor:
                 "%s ran in %.1f ms", name, duration_ms, extra=fields | _report_fields(report)
             )
 
+    def begin_stop(self, grace_s: float) -> None:
+        """Start :meth:`stop` now, without waiting for it (``serve`` calls it at SIGTERM).
+
+        The jobs then drain while the HTTP server closes its connections, both within
+        ``drain_seconds``; the later :meth:`stop` of the app's cleanup waits for this drain.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+
     async def stop(self, grace_s: float) -> None:
-        """Stop scheduling, wait up to ``grace_s`` for running jobs, then cancel the rest."""
+        """Stop scheduling, wait up to ``grace_s`` for running jobs, then cancel the rest.
+
+        A drain already begun (:meth:`begin_stop`) is waited for, not started again.
+        """
+        self.begin_stop(grace_s)
+        assert self._stopping is not None
+        await self._stopping
+
+    async def _stop(self, grace_s: float) -> None:
         if self._scheduler.running:
             self._scheduler.pause()
         running = set(self._running)

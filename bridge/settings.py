@@ -65,6 +65,12 @@ class ServerSettings(_Section):
     public_url: str = ""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     drain_seconds: float = Field(default=10.0, ge=0)
+    # A client that stalls is disconnected (DESIGN §14): CRMs and API clients send a whole
+    # request in well under a second, so none of these waits is longer than 30 s.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    keepalive_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_connections: int = Field(default=1000, ge=1)
 
     @pydantic.field_validator("api_tokens", mode="before")
     @classmethod

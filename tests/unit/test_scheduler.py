@@ -37,3 +37,27 @@ async def test_each_run_is_observed_and_summarized_in_one_debug_line(
     assert (fields["due"], fields["requests"], fields["terminal"]) == (400, 2, 390)
     assert fields["duration_ms"] >= 0
     assert not supervisor.failed.is_set()
+
+
+async def test_a_drain_begun_at_sigterm_is_the_one_the_cleanup_waits_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()  # never finishes on its own
+
+    supervisor = scheduler.Supervisor({"deliver": (3600.0, stuck)})
+    supervisor.start()
+    await started.wait()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    supervisor.begin_stop(0.2)  # serve, at the signal
+    await asyncio.sleep(0.1)  # the HTTP server shuts down meanwhile
+    await supervisor.stop(grace_s=10.0)  # the app's cleanup, with the full drain_seconds
+
+    assert loop.time() - began < 1.0  # one grace period, counted from the signal
+    cancelled = [r for r in caplog.records if getattr(r, "event", None) == "job.cancelled"]
+    assert len(cancelled) == 1
