@@ -58,3 +58,18 @@ class GroupCommit(Generic[Item, Result]):
         """Wait for the flush in progress, if any."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+async def finish_within(write: Awaitable[None], timeout_s: float) -> bool:
+    """Complete ``write`` although its caller is being cancelled, waiting at most ``timeout_s``.
+
+    A job run cancelled by shutdown still records what the remote side had already told it
+    (DESIGN §14). Shielded, so the cancellation cannot cut the write short; bounded, so
+    shutdown still ends in time when the ledger is stuck. Returns whether it completed; if not,
+    it goes on in the background and the ledger's close waits for it.
+    """
+    try:
+        await asyncio.wait_for(asyncio.shield(write), timeout_s)
+    except TimeoutError:
+        return False
+    return True
