@@ -25,9 +25,6 @@ OUTCOMES = {"delivered": "delivered", "pending": "retry", "dead": "dead"}
 # Outcomes are written while the run goes on, once this many arrived (a transaction each): a
 # run cut short keeps them, and a run of a thousand events costs ten commits, not a thousand.
 RECORD_EVERY = 100
-# A run cancelled by shutdown writes the outcomes it holds, waiting no longer than this: drain
-# must end within ``server.drain_seconds`` (and a second) whatever the ledger does.
-FINAL_WRITE_S = 0.5
 
 
 @dataclasses.dataclass(slots=True)
@@ -223,18 +220,8 @@ class _Outcomes:
 
     async def save_before_exit(self) -> None:
         """:meth:`finish` for a run being cancelled: shielded, bounded, never raising."""
-        try:
-            if await batching.finish_within(self.finish(), FINAL_WRITE_S):
-                return
-            problem = f"not written within {FINAL_WRITE_S} s"
-        except Exception as exc:  # the run is ending anyway; say what is lost, once
-            problem = f"{type(exc).__name__}: {exc}"
-        logger.warning(
-            "delivery outcomes of a cancelled run were not recorded (%s); those deliveries"
-            " will be sent again",
-            problem,
-            extra={"event": "delivery.unrecorded", "count": len(self._waiting)},
-        )
+        unrecorded = f"outcomes of {len(self._waiting)} deliveries (to be sent again)"
+        await batching.finish_within(self.finish(), unrecorded)
 
     def _start_writer(self) -> None:
         # A failed write stays for finish() to raise; no later write is started after it.

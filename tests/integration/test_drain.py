@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bridge import app as app_mod
 from bridge import scheduler
@@ -82,12 +85,19 @@ async def stalling() -> AsyncIterator[tuple[StallingReceiver, str]]:
     await runner.cleanup()
 
 
-async def _cancel_like_drain(task: asyncio.Task[Any]) -> None:
-    """What ``Supervisor.stop`` does to a run still busy after the grace period."""
-    supervisor = scheduler.Supervisor({})
-    supervisor._running.add(task)  # the supervisor's own bookkeeping of its running jobs
-    await supervisor.stop(grace_s=0.0)
-    assert task.cancelled()
+def _supervise(name: str, run_once: Callable[[], Awaitable[Any]]) -> scheduler.Supervisor:
+    """One job on the real supervisor: it runs at once, then not again for an hour."""
+    supervisor = scheduler.Supervisor({name: (3600.0, run_once)})
+    supervisor.start()
+    return supervisor
+
+
+async def _drain(supervisor: scheduler.Supervisor, caplog: pytest.LogCaptureFixture) -> None:
+    """Shutdown with no grace period: the busy run is cancelled, as drain does once it ends."""
+    with caplog.at_level(logging.WARNING):
+        await supervisor.stop(grace_s=0.0)
+    assert any(getattr(r, "event", None) == "job.cancelled" for r in caplog.records)
+    assert not supervisor.failed.is_set()
 
 
 async def test_a_cancelled_delivery_run_records_its_acknowledgements_and_never_resends_them(
@@ -96,11 +106,12 @@ async def test_a_cancelled_delivery_run_records_its_acknowledgements_and_never_r
     stalling: tuple[StallingReceiver, str],
     tmp_path: Path,
     clock: Clock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, lance_url = simulator
     receiver, receiver_url = stalling
-    hook = {"name": "hook", "type": "webhook", "url": f"{receiver_url}/hook", "secret": SECRET}
-    hook |= {"max_concurrency": CONCURRENCY, "timeout_seconds": 60.0}
+    hook: dict[str, Any] = {"name": "hook", "type": "webhook", "secret": SECRET}
+    hook |= {"url": f"{receiver_url}/hook", "max_concurrency": CONCURRENCY, "timeout_seconds": 60}
     client = await make_bridge(make_settings(tmp_path, lance_url, connectors=[hook]))
     await client.post("/v1/triggers", json={"tasks": tasks_for(EVENTS, "emails")}, headers=auth())
     jobs = jobs_of(client)
@@ -114,12 +125,22 @@ async def test_a_cancelled_delivery_run_records_its_acknowledgements_and_never_r
             break
     assert pending == EVENTS
 
-    run = asyncio.create_task(jobs.dispatcher.run_once())
+    supervisor = _supervise("deliver", jobs.dispatcher.run_once)
     # Every slot held open: each acknowledgement before them has reached the dispatcher.
     await receiver.wait_stalled(CONCURRENCY)
-    [(written,)] = await store.fetch("SELECT count(*) FROM deliveries WHERE state = 'delivered'")
-    assert written >= 100, "outcomes are written while the run goes on"
-    await _cancel_like_drain(run)
+
+    async def written() -> int:
+        [(rows,)] = await store.fetch("SELECT count(*) FROM deliveries WHERE state = 'delivered'")
+        return int(rows)
+
+    # While the run goes on (its group commit is a thread away: poll it, bounded).
+    for _ in range(500):
+        if await written() >= 100:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("outcomes are written while the run goes on")
+    await _drain(supervisor, caplog)
 
     acknowledged = set(receiver.acknowledged)
     assert len(acknowledged) == ACK_FIRST
@@ -137,3 +158,138 @@ async def test_a_cancelled_delivery_run_records_its_acknowledgements_and_never_r
     assert sum(receiver.arrivals.values()) <= EVENTS + CONCURRENCY  # only the held ones twice
     [(left,)] = await store.fetch("SELECT count(*) FROM deliveries WHERE state != 'delivered'")
     assert left == 0
+
+
+class HeldAnswers:
+    """A middleware for the Lance simulator: on the paths ``matches`` picks, Lance acts (it
+    charges a trigger, reads an entity) but only the first ``answer_first`` answers go back;
+    later ones are held until :meth:`release`.
+
+    Attributes:
+        calls: Requests per path.
+        held: Answers being held now.
+    """
+
+    def __init__(self, matches: Callable[[str], bool], answer_first: int) -> None:
+        self.matches = matches
+        self.answer_first = answer_first
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.answered: list[str] = []
+        self.held = 0
+        self._released = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait_held(self, count: int, timeout_s: float = 30.0) -> None:
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: self.held >= count)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self.matches(request.path):
+            return await handler(request)
+        self.calls[request.path] += 1
+        response = await handler(request)
+        if len(self.answered) >= self.answer_first and not self._released.is_set():
+            async with self._changed:
+                self.held += 1
+                self._changed.notify_all()
+            try:
+                await self._released.wait()
+            finally:
+                self.held -= 1
+        self.answered.append(request.path)
+        return response
+
+
+@contextlib.asynccontextmanager
+async def _lance_with(lance_sim: sim.LanceSimulator, held: HeldAnswers) -> AsyncIterator[str]:
+    app = lance_sim.create_app()  # the same simulated Lance, behind one more middleware
+    app.middlewares.append(held.middleware)
+    runner = await _http.serve_app(app, "127.0.0.1", 0)
+    try:
+        yield _http.base_url(runner)
+    finally:
+        held.release()
+        await runner.cleanup()
+
+
+async def _settle_until(
+    jobs: scheduler.Jobs, clock: Clock, done: Callable[[], Awaitable[bool]]
+) -> None:
+    for _ in range(10):
+        if await done():
+            return
+        for job in (jobs.triggerer, jobs.poller):
+            await job.run_once()
+        clock.advance(2.0)
+    raise AssertionError("the rows did not get there")
+
+
+async def test_a_cancelled_fetch_run_stores_the_values_it_had_read(
+    make_bridge: BridgeFactory,
+    sim_config: sim.SimConfig,
+    tmp_path: Path,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    held = HeldAnswers(lambda path: path.startswith("/api/v1/entities/"), answer_first=6)
+    async with _lance_with(sim.LanceSimulator(sim_config), held) as lance_url:
+        client = await make_bridge(make_settings(tmp_path, lance_url, fetch={"concurrency": 2}))
+        await client.post("/v1/triggers", json={"tasks": tasks_for(10, "emails")}, headers=auth())
+        jobs = jobs_of(client)
+        store = client.app[app_mod.BRIDGE].ledger
+
+        async def waiting_for_values() -> bool:
+            [(rows,)] = await store.fetch("SELECT count(*) FROM enrichments WHERE needs_fetch = 1")
+            return bool(rows == 10)
+
+        await _settle_until(jobs, clock, waiting_for_values)
+        supervisor = _supervise("fetch", jobs.fetcher.run_once)
+        await held.wait_held(2)  # six entities read and answered, two answers held
+        await _drain(supervisor, caplog)
+
+        [(stored,)] = await store.fetch(
+            "SELECT count(*) FROM enrichments WHERE needs_fetch = 0 AND enriched IS NOT NULL"
+        )
+        assert stored == 6, "the values read before the cancellation are stored"
+        read = set(held.answered)
+        held.release()
+        report = await jobs.fetcher.run_once()
+        assert report.stored == 4
+        assert all(held.calls[path] == 1 for path in read), "an entity already read is read again"
+
+
+async def test_a_trigger_cancelled_while_its_answer_is_on_the_way_is_never_paid_twice(
+    make_bridge: BridgeFactory,
+    sim_config: sim.SimConfig,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lance_sim = sim.LanceSimulator(sim_config)
+    held = HeldAnswers(lambda path: path == sim.BATCH, answer_first=0)
+    async with _lance_with(lance_sim, held) as lance_url:
+        client = await make_bridge(make_settings(tmp_path, lance_url))
+        await client.post("/v1/triggers", json={"tasks": tasks_for(50, "emails")}, headers=auth())
+        jobs = jobs_of(client)
+        store = client.app[app_mod.BRIDGE].ledger
+        supervisor = _supervise("trigger", jobs.triggerer.run_once)
+        await held.wait_held(1)  # Lance charged the trigger; its answer never arrives
+        await _drain(supervisor, caplog)
+        assert sum(lance_sim.charges.values()) == 50
+        [(marked,)] = await store.fetch(
+            "SELECT count(*) FROM enrichments WHERE state = 'queued' AND trigger_sent_at > 0"
+        )
+        assert marked == 50, "the trigger was recorded as sent before it went"
+
+        held.release()
+        await jobs.triggerer.run_once()  # after the restart: ask Lance (free), do not trigger
+        assert held.calls[sim.BATCH] == 1
+        assert max(lance_sim.charges.values()) == 1
+        assert sum(lance_sim.charges.values()) == 50
+        [(taken,)] = await store.fetch(
+            "SELECT count(*) FROM enrichments WHERE state != 'queued' AND lance_id IS NOT NULL"
+        )
+        assert taken == 50, "Lance's records of the cut trigger are taken over"
