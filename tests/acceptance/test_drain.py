@@ -136,3 +136,6 @@ async def test_sigterm_mid_delivery_then_restart_sends_no_acknowledged_event_twi
     twice = {message for message, seen in receiver.arrivals.items() if seen > 1}
     assert not twice & acknowledged, f"{len(twice & acknowledged)} acknowledged events re-sent"
     assert len(twice) <= CONCURRENCY, "only requests never answered may be sent again"
+    log = (tmp_path / "serve.log").read_text()
+    assert "cancelling deliver after the grace period" in log
+    assert "Traceback" not in log, "a drain that cancels a run is one warning line"

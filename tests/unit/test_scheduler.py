@@ -37,3 +37,24 @@ async def test_each_run_is_observed_and_summarized_in_one_debug_line(
     assert (fields["due"], fields["requests"], fields["terminal"]) == (400, 2, 390)
     assert fields["duration_ms"] >= 0
     assert not supervisor.failed.is_set()
+
+
+async def test_a_run_cancelled_by_drain_is_one_warning_naming_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()  # a remote that never answers
+
+    supervisor = scheduler.Supervisor({"deliver": (3600.0, stuck)})
+    caplog.set_level(logging.DEBUG)
+    supervisor.start()
+    await started.wait()
+    await supervisor.stop(grace_s=0.0)
+
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in problems] == ["cancelling deliver after the grace period"]
+    assert problems[0].exc_info is None
+    assert not supervisor.failed.is_set()
