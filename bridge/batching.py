@@ -8,8 +8,14 @@ many callers' work, which is what SQLite's per-commit cost rewards.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+# A job run cancelled by shutdown writes what it was told, waiting no longer than this: drain
+# must end within ``server.drain_seconds`` (and a second) whatever the ledger does.
+FINAL_WRITE_S = 0.5
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -58,3 +64,31 @@ class GroupCommit(Generic[Item, Result]):
         """Wait for the flush in progress, if any."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+async def finish_within(
+    write: Awaitable[None], what: str, timeout_s: float = FINAL_WRITE_S
+) -> bool:
+    """Complete ``write`` although its caller is being cancelled, waiting at most ``timeout_s``.
+
+    A job run cancelled by shutdown still records what the remote side had already told it
+    (DESIGN §14). Shielded, so the cancellation cannot cut the write short; bounded, so
+    shutdown still ends in time when the ledger is stuck. Never raises: the run is ending
+    anyway, so a failure is one warning naming ``what`` was not recorded.
+
+    Returns:
+        Whether the write completed. If it timed out it goes on in the background, and the
+        ledger's close waits for it.
+    """
+    try:
+        await asyncio.wait_for(asyncio.shield(write), timeout_s)
+    except TimeoutError:
+        problem = f"not written within {timeout_s} s"
+    except Exception as exc:  # reported in one line: the run is ending anyway
+        problem = f"{type(exc).__name__}: {exc}"
+    else:
+        return True
+    logger.warning(
+        "%s of a cancelled run not recorded (%s)", what, problem, extra={"event": "job.unrecorded"}
+    )
+    return False

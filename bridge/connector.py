@@ -175,6 +175,9 @@ async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
     return raw.decode("utf-8", "replace")
 
 
+# Told the outcomes of one chunk as they arrive: (indexes into the events sent, outcomes).
+OutcomesCallback = Callable[[Sequence[int], Sequence[Outcome]], None]
+
 # What a record lookup found: the tasks to accept, or why there are none.
 Lookup = tuple[ledger.Task, ...] | str
 
@@ -311,21 +314,35 @@ class Connector(abc.ABC):
         """
         return dict.fromkeys(records, "this connector reads no records")
 
-    async def send(self, events: Sequence[Event]) -> list[Outcome]:
+    async def send(
+        self, events: Sequence[Event], *, on_outcomes: OutcomesCallback | None = None
+    ) -> list[Outcome]:
         """Deliver ``events`` in chunks of :attr:`max_batch`; one outcome per event, in order.
 
         An unexpected exception in a chunk is classified (and logged) instead of escaping, so
         one bad chunk never loses the outcomes of the others.
+
+        Args:
+            events: The events to deliver.
+            on_outcomes: Called with the indexes and outcomes of each chunk as soon as its
+                answer arrives, once per event: the caller records acknowledgements as they
+                come, so a run cancelled midway (drain) still knows what was delivered.
         """
-        groups = self.batches(events)
-        results = await asyncio.gather(
-            *(self._send_guarded([events[i] for i in group]) for group in groups)
-        )
         outcomes: list[Outcome | None] = [None] * len(events)
-        for group, chunk_outcomes in zip(groups, results, strict=True):
-            for index, outcome in zip(group, chunk_outcomes, strict=True):
+
+        def settle(indexes: Sequence[int], results: Sequence[Outcome]) -> None:
+            fresh = [(i, o) for i, o in zip(indexes, results, strict=True) if outcomes[i] is None]
+            for index, outcome in fresh:
                 outcomes[index] = outcome
-        if any(outcome is None for outcome in outcomes):
+            if fresh and on_outcomes is not None:
+                on_outcomes([i for i, _ in fresh], [o for _, o in fresh])
+
+        async def deliver(group: list[int]) -> None:
+            settle(group, await self._send_guarded([events[i] for i in group]))
+
+        await asyncio.gather(*(deliver(group) for group in self.batches(events)))
+        missed = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        if missed:
             # A batches() that left events out: like a miscounting _send, retry them rather
             # than raise out of the delivery run (which would re-send the others' events).
             logger.error(
@@ -333,8 +350,9 @@ class Connector(abc.ABC):
                 self.name,
                 extra={"event": "connector.error", "connector": self.name},
             )
-        missed = Outcome("retry", None, "internal error: no outcome for this event")
-        return [missed if outcome is None else outcome for outcome in outcomes]
+            retry = Outcome("retry", None, "internal error: no outcome for this event")
+            settle(missed, [retry] * len(missed))
+        return [outcome for outcome in outcomes if outcome is not None]  # all settled now
 
     def batches(self, events: Sequence[Event]) -> list[list[int]]:
         """How ``events`` are split into requests: lists of indexes, each one :meth:`_send`.

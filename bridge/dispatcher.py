@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 
-from bridge import connector, ledger, outbox, pacing
+from bridge import batching, connector, ledger, outbox, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 HOLD_STEP_S = 0.5
 # The outcome an attempt's new delivery state records (metrics label).
 OUTCOMES = {"delivered": "delivered", "pending": "retry", "dead": "dead"}
+# Outcomes are written while the run goes on, once this many arrived (a transaction each): a
+# run cut short keeps them, and a run of a thousand events costs ten commits, not a thousand.
+RECORD_EVERY = 100
 
 
 @dataclasses.dataclass(slots=True)
@@ -77,17 +80,17 @@ class Dispatcher:
         if held:
             # Held rows step aside (they are the oldest due): the next run reads newer ones.
             await self.store.defer(held, now + HOLD_STEP_S)
-        groups = await asyncio.gather(
-            *(self._send(name, items) for name, items in by_connector.items())
-        )
-        attempts = [attempt for group in groups for attempt in group]
-        await self.store.record_attempts(attempts, self.clock())
-        for name, group in zip(by_connector, groups, strict=True):
-            self.attempts.update(
-                (name, OUTCOMES[a.state], "none" if a.status is None else str(a.status))
-                for a in group
+        outcomes = _Outcomes(self.store, self.clock, self.attempts)
+        try:
+            await asyncio.gather(
+                *(self._send(name, items, outcomes) for name, items in by_connector.items())
             )
-        return _report(attempts)
+            await outcomes.finish()
+        except asyncio.CancelledError:
+            # Drain cancelled the run: what the remotes acknowledged must not be sent again.
+            await outcomes.save_before_exit()
+            raise
+        return _report(outcomes.recorded)
 
     async def _ready(
         self, name: str, items: list[outbox.Delivery], now: float
@@ -125,15 +128,21 @@ class Dispatcher:
             groups = groups[:full]
         return [delivery for group in groups for delivery in group]
 
-    async def _send(self, name: str, items: Sequence[outbox.Delivery]) -> list[outbox.Attempt]:
+    async def _send(self, name: str, items: Sequence[outbox.Delivery], outcomes: _Outcomes) -> None:
         target = self.connectors.get(name)
         if target is None:
             reason = f"connector {name!r} is not configured"
-            return [outbox.Attempt(d.id, "dead", None, reason, None) for d in items]
-        events = [_event(d) for d in items]
-        outcomes = await target.send(events)
-        now = self.clock()
-        return [self._attempt(d, o, now) for d, o in zip(items, outcomes, strict=True)]
+            outcomes.add(name, [outbox.Attempt(d.id, "dead", None, reason, None) for d in items])
+            return
+
+        def received(indexes: Sequence[int], results: Sequence[connector.Outcome]) -> None:
+            now = self.clock()
+            attempts = [
+                self._attempt(items[i], o, now) for i, o in zip(indexes, results, strict=True)
+            ]
+            outcomes.add(name, attempts)
+
+        await target.send([_event(d) for d in items], on_outcomes=received)
 
     def _attempt(
         self, delivery: outbox.Delivery, outcome: connector.Outcome, now: float
@@ -165,6 +174,74 @@ class Dispatcher:
             },
         )
         return outbox.Attempt(delivery.id, "dead", None, error, outcome.status)
+
+
+class _Outcomes:
+    """The attempts of one run, written to the ledger as they arrive, in group commits.
+
+    At most one write is in progress; outcomes arriving meanwhile wait for the next, so the
+    ledger sees a few transactions per run however fast the answers come.
+
+    Attributes:
+        recorded: The attempts written so far.
+    """
+
+    def __init__(
+        self,
+        store: ledger.Ledger,
+        clock: Callable[[], float],
+        counts: collections.Counter[tuple[str, str, str]],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._counts = counts
+        self._waiting: list[tuple[str, outbox.Attempt]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._final = False  # set by finish(): from then on, write whatever waits
+        self.recorded: list[outbox.Attempt] = []
+
+    def add(self, name: str, attempts: Sequence[outbox.Attempt]) -> None:
+        """Take the attempts of connector ``name``; start a write once enough wait."""
+        self._waiting += [(name, attempt) for attempt in attempts]
+        if len(self._waiting) >= RECORD_EVERY:
+            self._start_writer()
+
+    async def finish(self) -> None:
+        """Write everything still waiting (raising what a write raised).
+
+        Writes run in a task of their own: a caller cancelled meanwhile does not cut one
+        short (its transaction would roll back, losing outcomes already taken from the queue).
+        """
+        self._final = True
+        if self._waiting:
+            self._start_writer()
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def save_before_exit(self) -> None:
+        """:meth:`finish` for a run being cancelled: shielded, bounded, never raising."""
+        unrecorded = f"outcomes of {len(self._waiting)} deliveries (to be sent again)"
+        await batching.finish_within(self.finish(), unrecorded)
+
+    def _start_writer(self) -> None:
+        # A failed write stays for finish() to raise; no later write is started after it.
+        task = self._writer
+        if task is None or (task.done() and not task.cancelled() and not task.exception()):
+            self._writer = asyncio.create_task(self._write_waiting())
+
+    async def _write_waiting(self) -> None:
+        while self._waiting and (self._final or len(self._waiting) >= RECORD_EVERY):
+            await self._write()
+
+    async def _write(self) -> None:
+        batch, self._waiting = self._waiting, []
+        attempts = [attempt for _, attempt in batch]
+        await self._store.record_attempts(attempts, self._clock())
+        self.recorded += attempts
+        self._counts.update(
+            (name, OUTCOMES[a.state], "none" if a.status is None else str(a.status))
+            for name, a in batch
+        )
 
 
 def _event(delivery: outbox.Delivery) -> connector.Event:

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bridge import errors, lance, ledger, outbox, pacing
+from bridge import batching, errors, lance, ledger, outbox, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -55,13 +55,24 @@ class Fetcher:
             self.config.batch_size, hold_after=self.clock() - self.config.merge_wait_seconds
         )
         slots = asyncio.Semaphore(self.config.concurrency)
-        results = await asyncio.gather(
-            *(self._read(entity, rows, slots) for entity, rows in waiting.items())
-        )
-        values = [item for result in results if result is not None for item in result]
+        values: list[tuple[int, dict[str, Any]]] = []
+
+        async def read(entity: tuple[str, str], rows: Sequence[tuple[int, str]]) -> bool:
+            found = await self._read(entity, rows, slots)
+            values.extend(found or ())
+            return found is not None
+
+        try:
+            results = await asyncio.gather(
+                *(read(entity, rows) for entity, rows in waiting.items())
+            )
+        except asyncio.CancelledError:
+            # Shutdown cancelled the run: keep the values already read rather than ask again.
+            stored = self.store.store_values(values, self.clock())
+            await batching.finish_within(stored, f"values read for {len(values)} enrichments")
+            raise
         await self.store.store_values(values, self.clock())
-        failed = sum(result is None for result in results)
-        return FetchReport(entities=len(waiting), stored=len(values), failed=failed)
+        return FetchReport(entities=len(waiting), stored=len(values), failed=results.count(False))
 
     async def _read(
         self,

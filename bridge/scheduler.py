@@ -66,7 +66,8 @@ class Supervisor:
         self._schedule = schedule
         self._observe = observe
         self._scheduler = AsyncIOScheduler()
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: dict[asyncio.Task[Any], str] = {}  # job name of each running run
+        self._draining = False  # set once stop() begins: a cancelled run is the drain's
         self.skipped: collections.Counter[str] = collections.Counter()
         self._scheduler.add_listener(self._on_skip, events.EVENT_JOB_MAX_INSTANCES)
         self.failed = asyncio.Event()
@@ -101,12 +102,16 @@ class Supervisor:
         async def run() -> None:
             task = asyncio.current_task()
             assert task is not None
-            self._running.add(task)
+            self._running[task] = name
             started = time.perf_counter()
             try:
                 report = await run_once()
             except asyncio.CancelledError:
-                raise
+                if not self._draining:
+                    raise
+                # Cut by stop() after the grace period, which logged it: the end of a drain,
+                # not a failure for the scheduler to report with a traceback.
+                return
             except Exception as exc:
                 logger.exception("job %s died", name, extra={"event": "job.died", "job": name})
                 self.failure = exc
@@ -114,7 +119,7 @@ class Supervisor:
             else:
                 self._ran(name, report, time.perf_counter() - started)
             finally:
-                self._running.discard(task)
+                self._running.pop(task, None)
 
         return run
 
@@ -149,14 +154,16 @@ class Supervisor:
     async def _stop(self, grace_s: float) -> None:
         if self._scheduler.running:
             self._scheduler.pause()
-        running = set(self._running)
+        self._draining = True
+        running = dict(self._running)
         if running:
             _, late = await asyncio.wait(running, timeout=grace_s)
             for task in late:
+                # Each job records what its run had already been told before it ends.
                 logger.warning(
                     "cancelling %s after the grace period",
-                    task.get_name(),
-                    extra={"event": "job.cancelled"},
+                    running[task],
+                    extra={"event": "job.cancelled", "job": running[task]},
                 )
                 task.cancel()
             if late:

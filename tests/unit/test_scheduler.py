@@ -61,3 +61,24 @@ async def test_a_drain_begun_at_sigterm_is_the_one_the_cleanup_waits_for(
     assert loop.time() - began < 1.0  # one grace period, counted from the signal
     cancelled = [r for r in caplog.records if getattr(r, "event", None) == "job.cancelled"]
     assert len(cancelled) == 1
+
+
+async def test_a_run_cancelled_by_drain_is_one_warning_naming_the_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()  # a remote that never answers
+
+    supervisor = scheduler.Supervisor({"deliver": (3600.0, stuck)})
+    caplog.set_level(logging.DEBUG)
+    supervisor.start()
+    await started.wait()
+    await supervisor.stop(grace_s=0.0)
+
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in problems] == ["cancelling deliver after the grace period"]
+    assert problems[0].exc_info is None
+    assert not supervisor.failed.is_set()
