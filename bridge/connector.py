@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import email.utils
 import functools
+import hmac
 import json
 import logging
 import time
@@ -197,6 +198,22 @@ class HookRequest:
     headers: Mapping[str, str]
     body: bytes
     now: float
+
+
+def wire_bytes(text: str) -> bytes:
+    """A header value (or a URL made of the Host header and path) as the bytes received.
+
+    aiohttp decodes those bytes as UTF-8 with ``surrogateescape``, so bytes that are not text
+    (a lone 0xff, say) arrive as lone surrogates, which a plain ``str.encode()`` refuses.
+    Encoding them back the same way gives exactly the bytes sent, which then compare or sign
+    like any others, and simply do not match.
+    """
+    return text.encode("utf-8", "surrogateescape")
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Whether a credential taken from a request header is ``expected``, in constant time."""
+    return hmac.compare_digest(wire_bytes(presented), expected.encode())
 
 
 class HookError(errors.BridgeError):

@@ -534,9 +534,7 @@ class SalesforceConnector(connector.Connector):
             )
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         expected = self.settings.flow_token.get_secret_value()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), expected.encode()
-        ):
+        if scheme.lower() != "bearer" or not connector.same_secret(given.strip(), expected):
             raise _JsonRefusal(
                 401, "unauthorized", "missing or wrong Authorization: Bearer <flow_token>"
             )
