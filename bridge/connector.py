@@ -26,7 +26,7 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from bridge import errors, ledger
+from bridge import errors, jsonbody, ledger
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ class HookRequest:
         headers: The request headers (case-insensitive).
         body: The exact bytes received; signatures are checked against these.
         now: The bridge clock, in Unix seconds.
+        max_json_depth: How deeply a JSON body may nest (``server.max_json_depth``).
     """
 
     method: str
@@ -198,6 +199,18 @@ class HookRequest:
     headers: Mapping[str, str]
     body: bytes
     now: float
+    max_json_depth: int = jsonbody.DEFAULT_MAX_DEPTH
+
+    def json(self) -> Any:
+        """The body decoded as JSON, through the bridge's depth-limited parser.
+
+        Raises:
+            HookError: 400 ``invalid_json``: not JSON, or nested deeper than allowed.
+        """
+        try:
+            return jsonbody.loads(self.body, max_depth=self.max_json_depth)
+        except jsonbody.JsonBodyError as exc:
+            raise HookError(400, "invalid_json", exc.message) from None
 
 
 def wire_bytes(text: str) -> bytes:

@@ -15,7 +15,17 @@ import pydantic
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import connector, inbound, ledger, metrics, openapi, outbox, queries, schemas
+from bridge import (
+    connector,
+    inbound,
+    jsonbody,
+    ledger,
+    metrics,
+    openapi,
+    outbox,
+    queries,
+    schemas,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +119,13 @@ async def _body(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
     except web.RequestPayloadError:
         # A body that is not what its Content-Encoding says (bad gzip/deflate) is the client's.
         fail(400, "invalid_body", "request body could not be decoded as its Content-Encoding says")
+    depth = request.app[app_mod.SETTINGS].server.max_json_depth
     try:
-        return model.model_validate_json(raw)
+        return jsonbody.validate(raw, model, max_depth=depth)
+    except jsonbody.JsonBodyError as exc:
+        fail(400, "invalid_json", exc.message)
     except pydantic.ValidationError as exc:
         problems = exc.errors(include_url=False, include_context=False, include_input=False)
-        if any(p["type"] == "json_invalid" for p in problems):
-            fail(400, "invalid_json", "request body is not valid JSON")
         details = [{"loc": [str(x) for x in p["loc"]], "msg": p["msg"]} for p in problems]
         first = details[0]
         fail(
@@ -284,6 +295,7 @@ async def post_hook(request: web.Request) -> web.Response:
         candidates,
         bridge.ledger,
         public_url=bridge.settings.server.public_url,
+        max_json_depth=bridge.settings.server.max_json_depth,
         now=bridge.clock(),
     )
 

@@ -330,8 +330,8 @@ class HubSpotConnector(connector.Connector):
         if wanted is None:
             return
         try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            payload = request.json()
+        except HookError:
             return  # parse_hook answers malformed bodies
         events = payload if isinstance(payload, list) else [payload]
         portals = {e.get("portalId", e.get("portal-id")) for e in events if isinstance(e, dict)}
@@ -342,10 +342,7 @@ class HubSpotConnector(connector.Connector):
 
     def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
         """App webhook events (a JSON array) or one workflow record (a JSON object)."""
-        try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise HookError(400, "invalid_json", "request body is not valid JSON") from None
+        payload = request.json()
         if isinstance(payload, list):
             if not 1 <= len(payload) <= MAX_EVENTS:
                 raise HookError(

@@ -1,8 +1,10 @@
-"""Requests no well-behaved client sends: header bytes that are not text.
+"""Requests no well-behaved client sends: header bytes that are not text, JSON nested deep
+enough to blow a parser's stack.
 
 Header bytes are written on a raw socket (aiohttp's client refuses to send them) to the real app
 on loopback with a real SQLite ledger. Every request must get a precise 4xx, leave the ledger as
-it was, and log one line at most: no traceback, nothing at ERROR.
+it was, and log one line at most: no traceback, nothing at ERROR. (A client that leaves
+mid-body needs the server as ``serve`` runs it: ``tests/acceptance/test_client_gone.py``.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from defusedxml import ElementTree as SafeElementTree
+from hubspot.utils.signature import Signature
 
 from bridge import app as app_mod
 from bridge.sim import salesforce as sf
@@ -57,12 +60,16 @@ def connectors(**hubspot: Any) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture
-async def client(make_bridge: BridgeFactory, tmp_path: Path) -> Client:
+async def start(make_bridge: BridgeFactory, tmp_path: Path, **server: Any) -> Client:
     settings = make_settings(
-        tmp_path, NOWHERE, connectors=connectors(), server={"api_tokens": [API_TOKEN]}
+        tmp_path, NOWHERE, connectors=connectors(), server={"api_tokens": [API_TOKEN], **server}
     )
     return await make_bridge(settings)
+
+
+@pytest.fixture
+async def client(make_bridge: BridgeFactory, tmp_path: Path) -> Client:
+    return await start(make_bridge, tmp_path)
 
 
 async def send_raw(client: Client, head: bytes, body: bytes = b"") -> tuple[int, bytes, bytes]:
@@ -277,3 +284,104 @@ async def test_a_correct_credential_still_passes_beside_bytes_that_are_not_text(
 
     assert answer == 202, payload
     assert (await stored(client))[0] == 1
+
+
+# -- JSON nested deeper than server.max_json_depth ---------------------------------------------
+
+
+def hubspot_headers(client: Client, body: bytes) -> dict[str, str]:
+    """Headers of a request HubSpot signed (v3, with HubSpot's own SDK)."""
+    now_ms = str(int(client.app[app_mod.BRIDGE].clock() * 1000))
+    url = str(client.make_url("/hooks/hubspot"))
+    signature = Signature.get_signature(
+        HUBSPOT_SECRET, body.decode(), "v3", http_uri=url, http_method="POST", timestamp=now_ms
+    )
+    return {
+        "Content-Type": "application/json",
+        "X-HubSpot-Request-Timestamp": now_ms,
+        "X-HubSpot-Signature-v3": signature,
+    }
+
+
+async def post_json(client: Client, route: str, body: bytes) -> Any:
+    """``body`` to ``route`` with the credentials it needs: bearer token or HubSpot signature."""
+    if route == "/hooks/hubspot":
+        headers = hubspot_headers(client, body)
+    else:
+        token = FLOW_TOKEN if route == "/hooks/salesforce" else API_TOKEN
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    return await client.post(route, data=body, headers=headers)
+
+
+JSON_ROUTES = ["/v1/triggers", "/v1/enrichments/query", "/hooks/hubspot", "/hooks/salesforce"]
+DEEP_BODIES = {
+    "200,000 [ unclosed": b"[" * 200_000,
+    "2,000 levels balanced": b"[" * 2000 + b"]" * 2000,
+    "65 levels, below orjson's 1024": b'{"a": ' * 64 + b"[]" + b"}" * 64,
+    "65 levels inside strings and escapes": b'["[{\\"", ' * 64 + b"[]" + b', "]}"]' * 64,
+}
+
+
+@pytest.mark.parametrize("route", JSON_ROUTES)
+@pytest.mark.parametrize("deep", list(DEEP_BODIES))
+async def test_json_nested_deeper_than_the_limit_is_400_on_every_route(
+    client: Client, caplog: pytest.LogCaptureFixture, route: str, deep: str
+) -> None:
+    before = await stored(client)
+    caplog.set_level(logging.INFO)
+
+    response = await post_json(client, route, DEEP_BODIES[deep])
+
+    assert response.status == 400, await response.text()
+    error = json_error(await response.read())
+    assert error["code"] == "invalid_json"
+    assert error["message"] == ("request body nests deeper than 64 levels (server.max_json_depth)")
+    assert await stored(client) == before
+    assert_quiet(caplog)
+
+
+def workflow_call(depth: int) -> bytes:
+    """A legacy workflow call for contact 1 nesting ``depth`` levels (3 or 4)."""
+    value: dict[str, Any] = {"value": lance_id()} | ({"versions": []} if depth == 4 else {})
+    return json.dumps({"objectId": 1, "properties": {"lance_person_id": value}}).encode()
+
+
+def flow_records(depth: int) -> bytes:
+    """A Flow callout of one record nesting ``depth`` levels (3 or 4)."""
+    record = json.loads(flow_body()) | {"fields": ["phones"]}
+    return json.dumps([record] if depth == 3 else [[record]]).encode()
+
+
+def triggers(depth: int) -> bytes:
+    """A trigger of one task nesting ``depth`` levels (3 or 4)."""
+    task: dict[str, Any] = {"entityId": lance_id(), "field": "emails"}
+    if depth == 4:
+        task["targets"] = []
+    return json.dumps({"tasks": [task]}).encode()
+
+
+AT_THE_LIMIT = {
+    "/v1/triggers": (triggers, 202),
+    "/hooks/hubspot": (workflow_call, 200),
+    "/hooks/salesforce": (flow_records, 200),
+}
+
+
+@pytest.mark.parametrize("route", list(AT_THE_LIMIT))
+async def test_a_body_exactly_at_the_limit_is_taken_and_one_level_more_is_not(
+    make_bridge: BridgeFactory, tmp_path: Path, route: str
+) -> None:
+    client = await start(make_bridge, tmp_path, max_json_depth=3)
+    build, status = AT_THE_LIMIT[route]
+
+    deeper = await post_json(client, route, build(4))
+    before = await stored(client)
+    at_limit = await post_json(client, route, build(3))
+
+    assert deeper.status == 400, await deeper.text()
+    assert json_error(await deeper.read())["message"] == (
+        "request body nests deeper than 3 levels (server.max_json_depth)"
+    )
+    assert before == (0, 0, 0, 0)
+    assert at_limit.status == status, await at_limit.text()
+    assert (await stored(client))[0] > 0
