@@ -81,6 +81,15 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[app_mod.SETTINGS].server.max_body_bytes
         fail(413, "body_too_large", f"request body exceeds {limit} bytes")
+    except ConnectionResetError:
+        if not _client_gone(request):
+            _internal_error(request)
+        # Nobody is left to answer, and it is the client's doing: one line, not a traceback.
+        logger.info(
+            "client disconnected before its request was read",
+            extra={"event": "http.client_gone", "path": request.path},
+        )
+        fail(400, "client_gone", "the client closed the connection before sending its body")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -88,8 +97,18 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
         fail(exc.status, code, exc.reason, headers=kept)
     except Exception:
-        logger.exception("request failed", extra={"event": "http.error", "path": request.path})
-        fail(500, "internal_error", "the bridge failed to handle this request; see its log")
+        _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> NoReturn:
+    """Log the exception being handled, with its traceback, and answer 500."""
+    logger.exception("request failed", extra={"event": "http.error", "path": request.path})
+    fail(500, "internal_error", "the bridge failed to handle this request; see its log")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 # aiohttp's own errors carry headers clients rely on (405 must say what is allowed).
