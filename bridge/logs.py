@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Any
 
+from aiohttp import http_exceptions
+
 # Attributes every LogRecord has; anything else came in through ``extra``.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -49,6 +51,28 @@ class ConsoleFormatter(logging.Formatter):
         return f"{text} [{extras}]" if extras else text
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp's report of a request it cannot parse, as one line without its data.
+
+    A request line or header that is not HTTP (a NUL or a 0xff byte in ``Authorization``, say)
+    is answered 400 by aiohttp itself, which logs it at ERROR with a traceback whose message
+    quotes the offending line: a log flood anyone can cause, carrying that client's token.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a parse failure in place; keep it only if INFO is logged."""
+        problem = record.exc_info[1] if record.exc_info else None
+        if not isinstance(problem, http_exceptions.HttpProcessingError):
+            return True
+        # The first line names the problem; the lines after it quote the client's bytes.
+        what = problem.message.splitlines()[0].rstrip(": ") if problem.message else "malformed"
+        record.msg, record.args = "refused a request that is not valid HTTP: %s", (what,)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.event = "http.malformed"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
 def configure(level: str, fmt: str) -> None:
     """Send logs to stderr in ``fmt`` (``console`` or ``json``) at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -60,3 +84,5 @@ def configure(level: str, fmt: str) -> None:
     # which is by design) at WARNING; the supervisor counts skips instead.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [MalformedRequestFilter()]

@@ -4,7 +4,7 @@ enough to blow a parser's stack.
 Header bytes are written on a raw socket (aiohttp's client refuses to send them) to the real app
 on loopback with a real SQLite ledger. Every request must get a precise 4xx, leave the ledger as
 it was, and log one line at most: no traceback, nothing at ERROR. (A client that leaves
-mid-body needs the server as ``serve`` runs it: ``tests/acceptance/test_client_gone.py``.)
+mid-body needs the server as ``serve`` runs it: ``tests/acceptance/test_misbehaving_clients.py``.)
 """
 
 from __future__ import annotations

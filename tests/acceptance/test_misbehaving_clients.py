@@ -1,7 +1,8 @@
-"""A client that leaves mid-body, against ``lance-bridge serve`` as a subprocess.
+"""Clients that leave mid-body or send what is not HTTP, against ``lance-bridge serve``.
 
-The in-process test server cancels a handler whose client is gone, so only the real ``serve``
-shows what an operator reads: its stderr, checked here.
+The in-process test server cancels a handler whose client is gone, and its logging is not the
+one ``serve`` sets up, so only the real ``serve`` shows what an operator reads: its stderr,
+checked here. Each misbehaving request is one INFO line, never a traceback or an ERROR.
 """
 
 from __future__ import annotations
@@ -111,3 +112,44 @@ async def test_clients_leaving_mid_body_are_one_info_line_each_and_serving_goes_
     lines = [line for line in log.splitlines() if "client disconnected" in line]
     assert len(lines) == len(ROUTES)
     assert all(" INFO " in line for line in lines), lines
+
+
+MALFORMED = [
+    # A NUL in a header value, a 0xff in a header name, a 0xff in the query: aiohttp refuses
+    # each before any handler runs.
+    b"GET /v1/enrichments HTTP/1.1\r\nHost: bridge\r\n"
+    b"Authorization: Bearer " + API_TOKEN.encode() + b"\x00\r\n\r\n",
+    b"GET /v1/enrichments HTTP/1.1\r\nHost: bridge\r\nX-Trace\xff: 1\r\n\r\n",
+    b"GET /v1/enrichments?state=\xff HTTP/1.1\r\nHost: bridge\r\n\r\n",
+]
+
+
+async def _send(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_requests_that_are_not_http_are_400_and_one_line_without_their_bytes(
+    serve: Serve,
+) -> None:
+    port = int(serve.url.rsplit(":", 1)[1])
+
+    answers = [await _send(port, request) for request in MALFORMED]
+
+    async def all_logged() -> bool:
+        return serve.log.read_text().count("not valid HTTP") == len(MALFORMED)
+
+    await _eventually(all_logged, "the refusals in the log", timeout_s=10)
+    assert await serve.stop(signal.SIGTERM) == 0
+    assert all(answer.startswith(b"HTTP/1.0 400 ") for answer in answers), answers
+    log = serve.log.read_text()
+    assert "Traceback" not in log, log
+    assert "ERROR" not in log, log
+    assert API_TOKEN not in log, log
+    lines = [line for line in log.splitlines() if "not valid HTTP" in line]
+    assert all(" INFO " in line and "event=http.malformed" in line for line in lines), lines
