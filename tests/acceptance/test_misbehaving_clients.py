@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -63,11 +64,14 @@ flow_token = "{FLOW_TOKEN}"
 
 
 @pytest.fixture
-async def serve(tmp_path: Path) -> Serve:
+async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
     port = _free_port()
     process = Serve(_config(tmp_path, port), port, tmp_path / "serve.log")
     await process.start()
-    return process
+    yield process
+    if process.process is not None and process.process.returncode is None:
+        process.process.kill()  # the test failed before its own SIGTERM
+        await process.process.wait()
 
 
 async def _leave_mid_body(port: int, route: str, credentials: bytes) -> None:
