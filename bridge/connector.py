@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import email.utils
 import functools
+import hmac
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from bridge import errors, ledger
+from bridge import errors, jsonbody, ledger
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class HookRequest:
         headers: The request headers (case-insensitive).
         body: The exact bytes received; signatures are checked against these.
         now: The bridge clock, in Unix seconds.
+        max_json_depth: How deeply a JSON body may nest (``server.max_json_depth``).
     """
 
     method: str
@@ -200,6 +202,34 @@ class HookRequest:
     headers: Mapping[str, str]
     body: bytes
     now: float
+    max_json_depth: int = jsonbody.DEFAULT_MAX_DEPTH
+
+    def json(self) -> Any:
+        """The body decoded as JSON, through the bridge's depth-limited parser.
+
+        Raises:
+            HookError: 400 ``invalid_json``: not JSON, or nested deeper than allowed.
+        """
+        try:
+            return jsonbody.loads(self.body, max_depth=self.max_json_depth)
+        except jsonbody.JsonBodyError as exc:
+            raise HookError(400, "invalid_json", exc.message) from None
+
+
+def wire_bytes(text: str) -> bytes:
+    """A header value (or a URL made of the Host header and path) as the bytes received.
+
+    aiohttp decodes those bytes as UTF-8 with ``surrogateescape``, so bytes that are not text
+    (a lone 0xff, say) arrive as lone surrogates, which a plain ``str.encode()`` refuses.
+    Encoding them back the same way gives exactly the bytes sent, which then compare or sign
+    like any others, and simply do not match.
+    """
+    return text.encode("utf-8", "surrogateescape")
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Whether a credential taken from a request header is ``expected``, in constant time."""
+    return hmac.compare_digest(wire_bytes(presented), expected.encode())
 
 
 class HookError(errors.BridgeError):

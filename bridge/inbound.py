@@ -44,6 +44,7 @@ async def handle_hook(
     store: ledger.Ledger,
     *,
     public_url: str,
+    max_json_depth: int,
     now: float,
 ) -> web.Response:
     """Verify, parse and store one inbound request; answer as the CRM expects.
@@ -51,6 +52,7 @@ async def handle_hook(
     Args:
         candidates: The connectors this path may belong to; the first whose verification
             passes takes the request (several HubSpot apps can share ``/hooks/hubspot``).
+        max_json_depth: How deeply a JSON body may nest (``server.max_json_depth``).
     """
     try:
         body = await request.read()
@@ -62,6 +64,7 @@ async def handle_hook(
         headers=request.headers,
         body=body or b"",
         now=now,
+        max_json_depth=max_json_depth,
     )
     if body is None:
         error = connector.HookError(400, "invalid_body", "request body could not be decoded")

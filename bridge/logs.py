@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Any
 
+from aiohttp import http_exceptions
+
 # Libraries that write the values they handle at DEBUG: aiosqlite logs every statement with
 # its parameters (enriched emails and phones). They stay at WARNING whatever ``log.level`` is.
 VALUE_LOGGERS = ("aiosqlite",)
@@ -53,6 +55,28 @@ class ConsoleFormatter(logging.Formatter):
         return f"{text} [{extras}]" if extras else text
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp's report of a request it cannot parse, as one line without its data.
+
+    A request line or header that is not HTTP (a NUL or a 0xff byte in ``Authorization``, say)
+    is answered 400 by aiohttp itself, which logs it at ERROR with a traceback whose message
+    quotes the offending line: a log flood anyone can cause, carrying that client's token.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a parse failure in place; keep it only if INFO is logged."""
+        problem = record.exc_info[1] if record.exc_info else None
+        if not isinstance(problem, http_exceptions.HttpProcessingError):
+            return True
+        # The first line names the problem; the lines after it quote the client's bytes.
+        what = problem.message.splitlines()[0].rstrip(": ") if problem.message else "malformed"
+        record.msg, record.args = "refused a request that is not valid HTTP: %s", (what,)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.event = "http.malformed"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
 def configure(level: str, fmt: str) -> None:
     """Send logs to stderr in ``fmt`` (``console`` or ``json``) at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -66,3 +90,5 @@ def configure(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     for name in VALUE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [MalformedRequestFilter()]

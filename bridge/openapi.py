@@ -59,8 +59,8 @@ _TRIGGER_422 = (
     " `unknown_connector`: a target names no configured connector"
 )
 _BODY_400 = (
-    "`invalid_json`: the body is not JSON; `invalid_body`: it does not decode as its"
-    " Content-Encoding says"
+    "`invalid_json`: the body is not JSON, or nests deeper than server.max_json_depth;"
+    " `invalid_body`: it does not decode as its Content-Encoding says"
 )
 
 

@@ -20,7 +20,7 @@ import pydantic
 import pydantic_settings
 from pydantic import Field, SecretStr
 
-from bridge import connector, errors
+from bridge import connector, errors, jsonbody
 
 ENV_PREFIX = "LANCE_BRIDGE_"
 DEFAULT_CONFIG_PATH = Path("lance-bridge.toml")
@@ -64,6 +64,7 @@ class ServerSettings(_Section):
     api_tokens: tuple[SecretStr, ...] = ()
     public_url: str = ""
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_json_depth: int = Field(default=jsonbody.DEFAULT_MAX_DEPTH, ge=1, le=jsonbody.MAX_DEPTH)
     drain_seconds: float = Field(default=10.0, ge=0)
     # A client that stalls is disconnected (DESIGN §14): CRMs and API clients send a whole
     # request in well under a second, so none of these waits is longer than 30 s.

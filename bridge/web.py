@@ -5,7 +5,6 @@ A rejected request stores nothing: bodies are fully validated before the ledger 
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,7 +15,17 @@ import pydantic
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import connector, inbound, ledger, metrics, openapi, outbox, queries, schemas
+from bridge import (
+    connector,
+    inbound,
+    jsonbody,
+    ledger,
+    metrics,
+    openapi,
+    outbox,
+    queries,
+    schemas,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +81,15 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[app_mod.SETTINGS].server.max_body_bytes
         fail(413, "body_too_large", f"request body exceeds {limit} bytes")
+    except ConnectionResetError:
+        if not _client_gone(request):
+            _internal_error(request)
+        # Nobody is left to answer, and it is the client's doing: one line, not a traceback.
+        logger.info(
+            "client disconnected before its request was read",
+            extra={"event": "http.client_gone", "path": request.path},
+        )
+        fail(400, "client_gone", "the client closed the connection before sending its body")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -79,8 +97,18 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
         fail(exc.status, code, exc.reason, headers=kept)
     except Exception:
-        logger.exception("request failed", extra={"event": "http.error", "path": request.path})
-        fail(500, "internal_error", "the bridge failed to handle this request; see its log")
+        _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> NoReturn:
+    """Log the exception being handled, with its traceback, and answer 500."""
+    logger.exception("request failed", extra={"event": "http.error", "path": request.path})
+    fail(500, "internal_error", "the bridge failed to handle this request; see its log")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 # aiohttp's own errors carry headers clients rely on (405 must say what is allowed).
@@ -99,9 +127,8 @@ def _authorize(request: web.Request) -> None:
 
 
 def _token_ok(presented: str, tokens: tuple[pydantic.SecretStr, ...]) -> bool:
-    given = presented.encode()
     # Compare against every token, in constant time each, so timing reveals nothing.
-    matches = [hmac.compare_digest(given, t.get_secret_value().encode()) for t in tokens]
+    matches = [connector.same_secret(presented, t.get_secret_value()) for t in tokens]
     return any(matches)
 
 
@@ -111,12 +138,13 @@ async def _body(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
     except web.RequestPayloadError:
         # A body that is not what its Content-Encoding says (bad gzip/deflate) is the client's.
         fail(400, "invalid_body", "request body could not be decoded as its Content-Encoding says")
+    depth = request.app[app_mod.SETTINGS].server.max_json_depth
     try:
-        return model.model_validate_json(raw)
+        return jsonbody.validate(raw, model, max_depth=depth)
+    except jsonbody.JsonBodyError as exc:
+        fail(400, "invalid_json", exc.message)
     except pydantic.ValidationError as exc:
         problems = exc.errors(include_url=False, include_context=False, include_input=False)
-        if any(p["type"] == "json_invalid" for p in problems):
-            fail(400, "invalid_json", "request body is not valid JSON")
         details = [{"loc": [str(x) for x in p["loc"]], "msg": p["msg"]} for p in problems]
         first = details[0]
         fail(
@@ -286,6 +314,7 @@ async def post_hook(request: web.Request) -> web.Response:
         candidates,
         bridge.ledger,
         public_url=bridge.settings.server.public_url,
+        max_json_depth=bridge.settings.server.max_json_depth,
         now=bridge.clock(),
     )
 

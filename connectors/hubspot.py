@@ -206,7 +206,8 @@ def v3_uri(uri: str) -> str:
 
 def signature_v3(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:
     """``X-HubSpot-Signature-v3``: base64 HMAC-SHA256 of method + URI + body + timestamp."""
-    message = method.encode() + v3_uri(uri).encode() + body + timestamp.encode()
+    # The URI holds the Host header and path as received, bytes that are not text included.
+    message = method.encode() + connector.wire_bytes(v3_uri(uri)) + body + timestamp.encode()
     digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
     return base64.b64encode(digest).decode()
 
@@ -218,11 +219,12 @@ def signature_v1(secret: str, body: bytes) -> str:
 
 def signature_v2(secret: str, method: str, uri: str, body: bytes) -> str:
     """``X-HubSpot-Signature`` v2: SHA-256 hex of secret + method + URI + body (workflows)."""
-    return hashlib.sha256(secret.encode() + method.encode() + uri.encode() + body).hexdigest()
+    signed = secret.encode() + method.encode() + connector.wire_bytes(uri) + body
+    return hashlib.sha256(signed).hexdigest()
 
 
 def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.strip().encode(), expected.encode())
+    return connector.same_secret(given.strip(), expected)
 
 
 # -- the connector -------------------------------------------------------------------------------
@@ -330,8 +332,8 @@ class HubSpotConnector(connector.Connector):
         if wanted is None:
             return
         try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            payload = request.json()
+        except HookError:
             return  # parse_hook answers malformed bodies
         events = payload if isinstance(payload, list) else [payload]
         portals = {e.get("portalId", e.get("portal-id")) for e in events if isinstance(e, dict)}
@@ -342,10 +344,7 @@ class HubSpotConnector(connector.Connector):
 
     def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
         """App webhook events (a JSON array) or one workflow record (a JSON object)."""
-        try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise HookError(400, "invalid_json", "request body is not valid JSON") from None
+        payload = request.json()
         if isinstance(payload, list):
             if not 1 <= len(payload) <= MAX_EVENTS:
                 raise HookError(

@@ -534,9 +534,7 @@ class SalesforceConnector(connector.Connector):
             )
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         expected = self.settings.flow_token.get_secret_value()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), expected.encode()
-        ):
+        if scheme.lower() != "bearer" or not connector.same_secret(given.strip(), expected):
             raise _JsonRefusal(
                 401, "unauthorized", "missing or wrong Authorization: Bearer <flow_token>"
             )
@@ -544,7 +542,7 @@ class SalesforceConnector(connector.Connector):
     def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
         """The notifications of an Outbound Message, or the records of a Flow callout."""
         if _media_type(request.headers) == JSON_MEDIA_TYPE:
-            return self._flow_events(request.body)
+            return self._flow_events(request)
         notifications = _notifications(request.body)
         items = notifications.findall(f"{{{OUTBOUND_NS}}}Notification")
         if not 1 <= len(items) <= MAX_NOTIFICATIONS:
@@ -588,11 +586,11 @@ class SalesforceConnector(connector.Connector):
             return ledger.Inbound(key, skipped=tasks, record=(object_type, canonical))
         return ledger.Inbound(key, tasks=tasks, record=(object_type, canonical))
 
-    def _flow_events(self, body: bytes) -> list[ledger.Inbound]:
+    def _flow_events(self, request: HookRequest) -> list[ledger.Inbound]:
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _JsonRefusal(400, "invalid_json", "request body is not valid JSON") from None
+            payload = request.json()
+        except HookError as exc:
+            raise _JsonRefusal(exc.status, exc.code, exc.message) from None
         items = payload if isinstance(payload, list) else [payload]
         if not isinstance(payload, list | dict) or not 1 <= len(items) <= MAX_FLOW_RECORDS:
             raise _JsonRefusal(
@@ -600,7 +598,7 @@ class SalesforceConnector(connector.Connector):
                 "invalid_body",
                 f"expected a record object or a list of 1 to {MAX_FLOW_RECORDS} of them",
             )
-        digest = hashlib.sha256(body).hexdigest()
+        digest = hashlib.sha256(request.body).hexdigest()
         events = []
         for index, item in enumerate(items):
             where = f"[{index}]" if isinstance(payload, list) else ""

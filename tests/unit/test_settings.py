@@ -313,6 +313,12 @@ ERROR_CASES: list[tuple[str, str | None, dict[str, str], str]] = [
     ("port-out-of-range", "[server]\nport = 70000\n", {}, "server.port:"),
     ("tiny-body-limit", "[server]\nmax_body_bytes = 10\n", {}, "server.max_body_bytes:"),
     (
+        "json-depth-beyond-the-parsers",
+        "[server]\nmax_json_depth = 500\n",
+        {},
+        "server.max_json_depth: Input should be less than or equal to 200",
+    ),
+    (
         "trigger-batch-over-lance-limit",
         "[lance]\ntrigger_batch_size = 101\n",
         {},
