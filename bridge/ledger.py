@@ -679,13 +679,21 @@ def _lock(path: Path) -> IO[str]:
 async def _connect(path: Path, synchronous: str, cache_kib: int) -> aiosqlite.Connection:
     try:
         db = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+    try:
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute(f"PRAGMA cache_size = -{cache_kib}")
-    except sqlite3.Error as exc:
-        raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+    except BaseException as exc:
+        # A connection left open keeps aiosqlite's (non-daemon) thread, and so the process,
+        # alive after the error is printed: a corrupt file must not hang the CLI.
+        await db.close()
+        if isinstance(exc, sqlite3.Error):
+            raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+        raise
     return db
 
 
@@ -697,7 +705,10 @@ def _migrations() -> list[str]:
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
     scripts = _migrations()
-    rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    try:
+        rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    except sqlite3.Error as exc:
+        raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
     version = int(rows[0][0])
     if version > len(scripts):
         raise errors.LedgerTooNewError(
