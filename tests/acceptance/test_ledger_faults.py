@@ -34,7 +34,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "command", [("serve",), ("status",), ("enrichments", "list")], ids=lambda c: "-".join(c)
+    "command", [("serve",), ("status",), ("enrichments", "list")], ids="-".join
 )
 def test_a_corrupt_ledger_is_one_line_and_the_process_exits(
     tmp_path: Path, command: tuple[str, ...]
