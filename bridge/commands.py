@@ -25,9 +25,9 @@ EXIT_OK, EXIT_FAILED = 0, 1
 MAX_REPLAY = 1_000_000  # dead deliveries one `retry --all-dead` replays
 
 
-async def serve(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
+async def serve(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     """Run the HTTP API and the jobs until SIGTERM/SIGINT, then drain; 1 if a job died."""
-    app = app_mod.create_app(settings)
+    app = app_mod.create_app(settings, init_ledger=args.init_ledger)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         # Inside the try: if a later startup step fails, cleanup closes what the earlier ones

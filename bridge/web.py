@@ -16,7 +16,7 @@ import pydantic
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import connector, inbound, ledger, metrics, openapi, outbox, queries, schemas
+from bridge import connector, errors, inbound, ledger, metrics, openapi, outbox, queries, schemas
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError:
         raise
+    except errors.LedgerUnavailableError:
+        # The ledger logged the failure once, when it began; a line per request would flood.
+        fail(503, "ledger_unavailable", LEDGER_UNAVAILABLE, headers={"Retry-After": "5"})
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[app_mod.SETTINGS].server.max_body_bytes
         fail(413, "body_too_large", f"request body exceeds {limit} bytes")
@@ -83,6 +86,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         fail(500, "internal_error", "the bridge failed to handle this request; see its log")
 
 
+LEDGER_UNAVAILABLE = "the bridge cannot store work right now; nothing was stored, retry later"
 # aiohttp's own errors carry headers clients rely on (405 must say what is allowed).
 _KEPT_HEADERS = frozenset(("allow", "retry-after"))
 
@@ -296,8 +300,11 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The ledger is open and the jobs are running."""
+    """The ledger is open and usable, and the jobs are running."""
     bridge = request.app.get(app_mod.BRIDGE)
+    problem = None if bridge is None else bridge.ledger.check()
+    if problem is not None:
+        return _json({"status": "ledger_unavailable", "detail": problem}, status=503)
     ready = bridge is not None and bridge.ready()
     return _json({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
 
