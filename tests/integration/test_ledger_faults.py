@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bridge import app as app_mod
-from bridge import errors, ledger, scheduler
+from bridge import errors, ledger, scheduler, schemas
 from tests.conftest import BridgeFactory, auth, make_settings
 
 NOW = 1_800_000_000.0
@@ -102,7 +102,7 @@ async def test_a_ledger_file_gone_while_serving_answers_503_and_is_not_ready(
     assert (await response.json())["error"]["code"] == "ledger_unavailable"
     ready = await client.get("/readyz")
     assert ready.status == 503
-    assert (await ready.json())["status"] == "ledger_unavailable"
+    assert schemas.NotReady.model_validate(await ready.json()).status == "ledger_unavailable"
     # Every later write is refused before it is attempted, and the watch job says stop.
     assert (await client.post("/v1/triggers", json=_body(), headers=auth())).status == 503
     store = client.app[app_mod.BRIDGE].ledger
