@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +198,61 @@ async def test_a_lost_ledger_stops_the_supervised_jobs(tmp_path: Path) -> None:
         assert isinstance(supervisor.failure, errors.LedgerLostError)
     finally:
         await store.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs): needs root, as CI has; skipped elsewhere."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill_disk(folder: Path) -> Path:
+    filler = folder / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    return filler
+
+
+async def test_a_really_full_disk_answers_503_and_recovers_when_space_returns(
+    small_filesystem: Path,
+    make_bridge: BridgeFactory,
+    simulator: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, lance_url = simulator
+    settings = make_settings(tmp_path, lance_url, ledger={"path": small_filesystem / "l.db"})
+    client = await make_bridge(settings)
+    assert (await client.post("/v1/triggers", json=_body(), headers=auth())).status == 202
+    filler = _fill_disk(small_filesystem)
+    caplog.set_level(logging.DEBUG)
+
+    statuses = [
+        (await client.post("/v1/triggers", json=_body(500), headers=auth())).status
+        for _ in range(5)
+    ]
+    assert statuses[-1] == 503, statuses
+    assert set(statuses) <= {202, 503}  # what fitted in the WAL's last pages was stored
+    assert (await client.get("/readyz")).status == 503
+    assert len(_records(caplog, "ledger.unavailable")) == 1
+    assert not any(r.exc_info for r in caplog.records)
+
+    filler.unlink()  # space returns
+    store = client.app[app_mod.BRIDGE].ledger
+    assert await store.watch() is None
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.post("/v1/triggers", json=_body(500), headers=auth())).status == 202
