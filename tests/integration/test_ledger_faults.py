@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -17,9 +18,13 @@ import pytest
 
 from bridge import app as app_mod
 from bridge import errors, ledger, scheduler, schemas
+from bridge.sim import salesforce as sf
 from tests.conftest import BridgeFactory, auth, make_settings
+from tests.integration import test_salesforce as sf_tests
+from tests.integration.test_salesforce import rsa_keys, salesforce  # noqa: F401 - fixtures
 
 NOW = 1_800_000_000.0
+LANCE_ID = "Lance_Person_Id__c"
 
 
 def _task() -> ledger.Task:
@@ -256,3 +261,22 @@ async def test_a_really_full_disk_answers_503_and_recovers_when_space_returns(
     assert await store.watch() is None
     assert (await client.get("/readyz")).status == 200
     assert (await client.post("/v1/triggers", json=_body(500), headers=auth())).status == 202
+
+
+async def test_a_crm_hook_on_a_full_ledger_answers_503_so_the_crm_retries(
+    make_bridge: BridgeFactory,
+    simulator: Any,
+    salesforce: tuple[sf.SalesforceSandbox, str],  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+) -> None:
+    sandbox, sf_url = salesforce
+    client = await sf_tests.start(make_bridge, tmp_path, simulator[1], sf_tests.sf_table(sf_url))
+    callout = [
+        {"recordId": i, "objectType": "Contact", "lanceId": sandbox.record("Contact", i)[LANCE_ID]}
+        for i in sf_tests.people(sandbox, 200)
+    ]
+    await _fill(client.app[app_mod.BRIDGE].ledger)
+    body = json.dumps(callout).encode()
+    response = await client.post(sf_tests.HOOK, data=body, headers=sf_tests.flow_headers())
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "ledger_unavailable"
