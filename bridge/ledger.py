@@ -308,11 +308,12 @@ class Ledger:
                     "INSERT OR REPLACE INTO meta VALUES ('write_probe', zeroblob(8192))"
                 )
                 await db.execute("DELETE FROM meta WHERE key = 'write_probe'")
-            await self._reader.execute_fetchall("SELECT count(*) FROM meta")
+            await self._fetch("SELECT count(*) FROM meta")
         return self.problem
 
     def _file_moved(self) -> str | None:
-        assert self._file_fd is not None
+        if self._file_fd is None:
+            return None  # closed: nothing of ours to compare
         try:
             named = os.stat(self.path)
         except FileNotFoundError:
@@ -362,7 +363,8 @@ class Ledger:
 
     def _stored(self) -> None:
         """After a commit: it only counts if it went to the file at the path."""
-        if self.check() is not None and self._lost is not None:
+        self.check()
+        if self._lost is not None:
             raise errors.LedgerLostError(f"{self.path}: {self._lost}")
         self._recovered()
 
@@ -835,7 +837,13 @@ def _open_or_create(path: Path) -> tuple[int, bool]:
     try:
         return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
     except FileExistsError:
+        pass
+    try:
         return os.open(path, flags), False
+    except PermissionError:
+        # A file this user may only read: the descriptor is for the lock and the identity
+        # check, which need no write access; SQLite reports what it cannot do itself.
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
 
 
 def _lock_holder(file_fd: int) -> str:
