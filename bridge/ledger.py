@@ -195,13 +195,13 @@ class Ledger:
         path: Path,
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
-        file_fd: int,
+        file: _File,
         router: outbox.Router,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self._file_fd: int | None = file_fd
+        self._file: _File | None = file
         self._problem: str | None = None  # why the ledger is unavailable now, if it is
         self._lost: str | None = None  # set once the file at the path is no longer ours
         self._write_lock = asyncio.Lock()
@@ -242,11 +242,11 @@ class Ledger:
             errors.LedgerTooNewError: the file was written by a newer version.
             errors.LedgerError: the file is empty, or not a ledger SQLite can read.
         """
-        file_fd, created = _open_file(path, exclusive=exclusive)
+        file = _File.open(path, exclusive=exclusive)
         opened: list[aiosqlite.Connection] = []
         try:
-            if not created and not initialize:
-                _refuse_empty(path, file_fd)
+            if not file.created and not initialize:
+                _refuse_empty(path, file.fd)
             opened.append(await _connect(path, synchronous, WRITER_CACHE_KIB))
             await _migrate(opened[0], path)
             opened.append(await _connect(path, synchronous, READER_CACHE_KIB))
@@ -255,10 +255,10 @@ class Ledger:
             # descriptor goes last: closing it drops SQLite's own POSIX locks on the file.
             for db in opened:
                 await db.close()
-            os.close(file_fd)
+            file.release()
             raise
         writer, reader = opened
-        return cls(path, writer, reader, file_fd, router or outbox.Router(()))
+        return cls(path, writer, reader, file, router or outbox.Router(()))
 
     async def close(self) -> None:
         """Close both connections and release the file lock."""
@@ -267,9 +267,9 @@ class Ledger:
         async with self._write_lock:
             await self._reader.close()
             await self._writer.close()
-        if self._file_fd is not None:
-            os.close(self._file_fd)
-            self._file_fd = None
+        if self._file is not None:
+            self._file.release()
+            self._file = None
 
     # -- health ---------------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class Ledger:
         return self.problem
 
     def _file_moved(self) -> str | None:
-        if self._file_fd is None:
+        if self._file is None:
             return None  # closed: nothing of ours to compare
         try:
             named = os.stat(self.path)
@@ -320,7 +320,7 @@ class Ledger:
             return "the ledger file was deleted"
         except OSError as exc:
             return f"the ledger file cannot be checked: {exc.strerror}"
-        ours = os.fstat(self._file_fd)
+        ours = os.fstat(self._file.fd)
         if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino):
             return "the ledger file was replaced by another file"
         if ours.st_nlink == 0:
@@ -805,31 +805,91 @@ async def _in_flight_ids(
     return found
 
 
-def _open_file(path: Path, *, exclusive: bool) -> tuple[int, bool]:
-    """A descriptor of the database file, locked if ``exclusive``; and whether it was created.
+@dataclasses.dataclass(slots=True)
+class _Shared:
+    fd: int
+    users: int = 0
+    locked: bool = False
+
+
+# One descriptor per database file per process, shared by every Ledger on it. Closing any
+# descriptor of a file drops all of the process's POSIX locks on it, SQLite's included; so
+# ours is only closed once no Ledger of this process uses the file any more.
+_SHARED: dict[tuple[int, int], _Shared] = {}
+
+
+@dataclasses.dataclass(slots=True)
+class _File:
+    """One Ledger's use of the database file: its descriptor, and the ``serve`` lock if held.
 
     The lock is a ``flock`` on the database file itself, so it follows the file, not its
     name: a hard link, a symlink or ``x/../ledger.db`` reaches the same lock. It cannot
     disturb SQLite's own locking, which uses POSIX record locks (``fcntl``) on byte ranges;
     on Linux the two kinds never conflict.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file_fd, created = _open_or_create(path)
-    except OSError as exc:
-        raise errors.LedgerError(f"{path}: cannot create the ledger: {exc.strerror}") from exc
-    if not exclusive:
-        return file_fd, created
-    try:
-        fcntl.flock(file_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _lock_holder(file_fd)
-        os.close(file_fd)
+
+    key: tuple[int, int]
+    created: bool
+    exclusive: bool
+
+    @property
+    def fd(self) -> int:
+        """The process's descriptor of the file."""
+        return _SHARED[self.key].fd
+
+    @classmethod
+    def open(cls, path: Path, *, exclusive: bool) -> _File:
+        """Open (creating it if missing) and, if ``exclusive``, lock the file at ``path``."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            known = _identity(os.stat(path)) if path.exists() else None
+            if known is not None and known in _SHARED:
+                key, created = known, False
+            else:
+                fd, created = _open_or_create(path)
+                key = _identity(os.fstat(fd))
+                _SHARED[key] = _Shared(fd)
+        except OSError as exc:
+            raise errors.LedgerError(f"{path}: cannot create the ledger: {exc.strerror}") from exc
+        _SHARED[key].users += 1
+        file = cls(key, created, exclusive=False)
+        if exclusive:
+            file.lock(path)
+        return file
+
+    def lock(self, path: Path) -> None:
+        """Take the ``serve`` lock, or release the file and refuse."""
+        shared = _SHARED[self.key]
+        if shared.locked:
+            holder = str(os.getpid())  # another Ledger of this very process holds it
+        else:
+            try:
+                fcntl.flock(shared.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(shared.fd)
+            else:
+                shared.locked = self.exclusive = True
+                return
+        self.release()
         raise errors.LedgerLockedError(
             f"{path}: ledger in use by another lance-bridge process (pid {holder});"
             " stop it or point ledger.path elsewhere"
-        ) from None
-    return file_fd, created
+        )
+
+    def release(self) -> None:
+        """Give the lock back and, if no other Ledger of this process uses it, the file."""
+        shared = _SHARED[self.key]
+        if self.exclusive:
+            fcntl.flock(shared.fd, fcntl.LOCK_UN)
+            shared.locked = self.exclusive = False
+        shared.users -= 1
+        if shared.users == 0:
+            del _SHARED[self.key]
+            os.close(shared.fd)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
 
 
 def _open_or_create(path: Path) -> tuple[int, bool]:

@@ -280,3 +280,31 @@ async def test_a_crm_hook_on_a_full_ledger_answers_503_so_the_crm_retries(
     response = await client.post(sf_tests.HOOK, data=body, headers=sf_tests.flow_headers())
     assert response.status == 503
     assert (await response.json())["error"]["code"] == "ledger_unavailable"
+
+
+def _posix_locks(path: Path) -> list[str]:
+    st = path.stat()
+    identity = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    text = Path("/proc/locks").read_text(encoding="ascii")
+    return [line for line in text.splitlines() if identity in line and " POSIX " in line]
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+async def test_closing_a_second_ledger_on_the_file_keeps_sqlites_own_locks(
+    tmp_path: Path,
+) -> None:
+    # Closing any descriptor of a file drops the process's POSIX locks on it, SQLite's too
+    # (then another process could checkpoint and delete the WAL under the running serve).
+    path = tmp_path / "ledger.db"
+    serving = await ledger.Ledger.open(path)
+    try:
+        await serving.fetch("SELECT count(*) FROM meta")
+        held = _posix_locks(path)
+        assert held  # WAL mode: each connection holds a shared lock on the database file
+        reader = await ledger.Ledger.open(path, exclusive=False)
+        await reader.close()
+        with pytest.raises(errors.LedgerLockedError):
+            await ledger.Ledger.open(path)
+        assert _posix_locks(path) == held
+    finally:
+        await serving.close()
