@@ -49,8 +49,8 @@ class Bridge:
     supervisor: scheduler.Supervisor | None = None
 
     def ready(self) -> bool:
-        """Ledger open and jobs running (or driven by hand when no scheduler is used)."""
-        if self.jobs is None:
+        """Ledger open and usable, and jobs running (or driven by hand without a scheduler)."""
+        if self.jobs is None or self.ledger.check() is not None:
             return False
         return self.supervisor is None or self.supervisor.running
 
@@ -90,6 +90,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     run_jobs: bool = True,
     rng: random.Random | None = None,
+    init_ledger: bool = False,
 ) -> web.Application:
     """Build the aiohttp application.
 
@@ -98,6 +99,7 @@ def create_app(
         clock: Wall-clock source (tests pass a controllable one).
         run_jobs: Start the scheduler; tests pass ``False`` and call each job's ``run_once()``.
         rng: Randomness for jitter (tests pass a seeded one).
+        init_ledger: Start a new ledger in an existing empty file (``serve --init-ledger``).
     """
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -105,7 +107,7 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics.Metrics()
-    app.cleanup_ctx.append(_ledger_ctx(clock))
+    app.cleanup_ctx.append(_ledger_ctx(clock, init_ledger))
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     app.cleanup_ctx.append(_jobs_ctx(run_jobs, rng or random.Random()))  # noqa: S311 - jitter
@@ -114,7 +116,7 @@ def create_app(
 
 
 def _ledger_ctx(
-    clock: Callable[[], float],
+    clock: Callable[[], float], init_ledger: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -122,6 +124,7 @@ def _ledger_ctx(
             settings.ledger.path,
             router=router_for(settings),
             synchronous=settings.ledger.synchronous,
+            initialize=init_ledger,
         )
         try:
             app[BRIDGE] = Bridge(settings, clock, store)
@@ -184,6 +187,7 @@ def _jobs_ctx(
                 "fetch": (s.fetch.interval_seconds, bridge.jobs.fetcher.run_once),
                 "deliver": (s.delivery.interval_seconds, bridge.jobs.dispatcher.run_once),
                 "resolve": (s.inbound.interval_seconds, bridge.jobs.resolver.run_once),
+                "ledger": (ledger.WATCH_INTERVAL_S, bridge.ledger.watch),
             },
             observe=app[METRICS].job_ran,
         )

@@ -91,7 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, text: str) -> _Parser:
         return _command(commands, name, text)
 
-    command("serve", "run the daemon until SIGTERM/SIGINT, then drain and exit 0")
+    serve = command("serve", "run the daemon until SIGTERM/SIGINT, then drain and exit 0")
+    serve.add_argument(
+        "--init-ledger",
+        action="store_true",
+        help="start a new, empty ledger in an existing empty (0-byte) ledger file, which is"
+        " otherwise refused as a truncated ledger",
+    )
     demo = command("demo", "the whole pipeline on this machine with the bundled simulator")
     demo.add_argument("--count", type=int, default=200, help="enrichments to run (default 200)")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after seconds")

@@ -26,13 +26,14 @@ EXIT_OK, EXIT_FAILED = 0, 1
 MAX_REPLAY = 1_000_000  # dead deliveries one `retry --all-dead` replays
 
 
-async def serve(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
+async def serve(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     """Run the HTTP API and the jobs until SIGTERM/SIGINT, then drain; 1 if a job died.
 
     The drain ends within ``server.drain_seconds`` whatever clients do: the jobs drain while
     the HTTP server finishes (or cuts) the requests in progress, not one after the other.
     """
-    http = server_mod.HttpServer(app_mod.create_app(settings), settings.server)
+    app = app_mod.create_app(settings, init_ledger=args.init_ledger)
+    http = server_mod.HttpServer(app, settings.server)
     try:
         # Inside the try: if a later startup step fails, cleanup closes what the earlier ones
         # opened (the ledger's threads would otherwise keep the process from ever exiting).

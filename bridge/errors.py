@@ -31,6 +31,14 @@ class LedgerLockedError(LedgerError):
     """Another lance-bridge process already has this ledger open."""
 
 
+class LedgerUnavailableError(LedgerError):
+    """The ledger cannot store work right now (disk full, I/O error, corrupt file)."""
+
+
+class LedgerLostError(LedgerUnavailableError):
+    """The ledger file was deleted or replaced while open; restart to open the file at the path."""
+
+
 class LedgerTooNewError(LedgerError):
     """The ledger was written by a newer lance-bridge; upgrade before opening it."""
 

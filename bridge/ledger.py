@@ -13,20 +13,22 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import typing
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiosqlite
 import orjson
 
 from bridge import batching, errors, outbox
 
+logger = logging.getLogger(__name__)
 IN_FLIGHT = ("queued", "pending")
 TERMINAL = ("finished", "failed", "timeout", "cancelled", "lost", "expired")
 BUSY_TIMEOUT_MS = 10_000
@@ -35,6 +37,25 @@ WRITER_CACHE_KIB = 32_768
 READER_CACHE_KIB = 8_192
 # SQLite's bound-parameter limit is 32766; stay well under it.
 MAX_PARAMS = 30_000
+# How often the ledger watch job checks that the file is still there and, after a failure,
+# whether it can be written again.
+WATCH_INTERVAL_S = 1.0
+# sqlite3 result codes that mean the file, not the statement, is at fault: the ledger is then
+# unavailable (503, /readyz failing) rather than the request being a bug (500).
+_UNAVAILABLE_CODES = frozenset(
+    (
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOMEM,
+    )
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,20 +184,26 @@ class PollRow(typing.NamedTuple):
 
 
 class Ledger:
-    """The SQLite ledger. Open it with :meth:`open`; close it with :meth:`close`."""
+    """The SQLite ledger. Open it with :meth:`open`; close it with :meth:`close`.
+
+    It keeps a descriptor of the database file itself: the ``serve`` lock is taken on it, and
+    comparing it with what the path names now tells a deleted or replaced file.
+    """
 
     def __init__(
         self,
         path: Path,
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
-        lock_file: IO[str] | None,
+        file: _File,
         router: outbox.Router,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self._lock_file = lock_file
+        self._file: _File | None = file
+        self._problem: str | None = None  # why the ledger is unavailable now, if it is
+        self._lost: str | None = None  # set once the file at the path is no longer ours
         self._write_lock = asyncio.Lock()
         self.router = router
         self._accepts = batching.GroupCommit(self._accept_groups)
@@ -193,35 +220,45 @@ class Ledger:
         router: outbox.Router | None = None,
         synchronous: str = "normal",
         exclusive: bool = True,
+        initialize: bool = False,
     ) -> Ledger:
         """Open (creating and migrating) the ledger at ``path``.
+
+        A path where no file exists gets a new ledger. An existing empty file is refused
+        unless ``initialize``: it is most likely a ledger that was truncated, and starting
+        afresh in it would silently forget everything it held.
 
         Args:
             path: The SQLite file.
             router: Decides which deliveries a completion causes (default: none).
             synchronous: SQLite's ``synchronous`` in WAL mode: ``normal`` survives a process
                 crash, ``full`` also a power loss.
-            exclusive: Take the per-file lock that keeps a second ``serve`` away.
+            exclusive: Take the lock that keeps a second ``serve`` away from this file, by
+                whatever path (hard link, symlink) it is named.
+            initialize: Start a new ledger in an existing empty file (``serve --init-ledger``).
 
         Raises:
             errors.LedgerLockedError: another process holds the lock.
             errors.LedgerTooNewError: the file was written by a newer version.
+            errors.LedgerError: the file is empty, or not a ledger SQLite can read.
         """
-        lock_file = _lock(path) if exclusive else None
+        file = _File.open(path, exclusive=exclusive)
         opened: list[aiosqlite.Connection] = []
         try:
+            if not file.created and not initialize:
+                _refuse_empty(path, file.fd)
             opened.append(await _connect(path, synchronous, WRITER_CACHE_KIB))
             await _migrate(opened[0], path)
             opened.append(await _connect(path, synchronous, READER_CACHE_KIB))
         except BaseException:
-            # Close what was opened: a connection left open keeps its thread alive.
+            # Close what was opened: a connection left open keeps its thread alive. The file's
+            # descriptor goes last: closing it drops SQLite's own POSIX locks on the file.
             for db in opened:
                 await db.close()
-            if lock_file is not None:
-                lock_file.close()
+            file.release()
             raise
         writer, reader = opened
-        return cls(path, writer, reader, lock_file, router or outbox.Router(()))
+        return cls(path, writer, reader, file, router or outbox.Router(()))
 
     async def close(self) -> None:
         """Close both connections and release the file lock."""
@@ -230,22 +267,133 @@ class Ledger:
         async with self._write_lock:
             await self._reader.close()
             await self._writer.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._file is not None:
+            self._file.release()
+            self._file = None
+
+    # -- health ---------------------------------------------------------------------------
+
+    @property
+    def problem(self) -> str | None:
+        """Why the ledger cannot store work now (``None`` when it can); no path, no data."""
+        return self._lost or self._problem
+
+    def check(self) -> str | None:
+        """:attr:`problem`, after checking the file at the path is still the one opened.
+
+        Two ``stat`` calls: cheap enough for every readiness check and every commit.
+        """
+        if self._lost is None:
+            moved = self._file_moved()
+            if moved is not None:
+                self._lose(moved)
+        return self.problem
+
+    async def watch(self) -> str | None:
+        """The ledger watch job's single pass: notice a lost file; after a failure, try a
+        write and recover if it succeeds.
+
+        Raises:
+            errors.LedgerLostError: the file was deleted or replaced; the process should exit.
+        """
+        if self.check() is None:
+            return None
+        if self._lost is not None:
+            raise errors.LedgerLostError(f"{self.path}: {self._lost}")
+        with contextlib.suppress(errors.LedgerUnavailableError):
+            async with self.transaction() as db:
+                # A page's worth written and removed: it fails while the disk (or
+                # max_page_count) is full, and leaves nothing behind when it succeeds.
+                await db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('write_probe', zeroblob(8192))"
+                )
+                await db.execute("DELETE FROM meta WHERE key = 'write_probe'")
+            await self._fetch("SELECT count(*) FROM meta")
+        return self.problem
+
+    def _file_moved(self) -> str | None:
+        if self._file is None:
+            return None  # closed: nothing of ours to compare
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return "the ledger file was deleted"
+        except OSError as exc:
+            return f"the ledger file cannot be checked: {exc.strerror}"
+        ours = os.fstat(self._file.fd)
+        if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino):
+            return "the ledger file was replaced by another file"
+        if ours.st_nlink == 0:
+            return "the ledger file was deleted"
+        return None
+
+    def _lose(self, why: str) -> None:
+        self._lost = why
+        logger.error(
+            "ledger %s: %s while open; what it held went with that file, and nothing has"
+            " been accepted since (503); exiting so that a restart opens the file now at the"
+            " path",
+            self.path,
+            why,
+            extra={"event": "ledger.lost", "ledger": str(self.path)},
+        )
+
+    def _unavailable(self, exc: sqlite3.Error) -> errors.LedgerUnavailableError:
+        """The translation of a driver error that means the file is at fault (logged once)."""
+        why = str(exc)
+        if self._problem is None:
+            logger.error(
+                "ledger %s unavailable: %s; writes answer 503 and /readyz fails until it can"
+                " be written again",
+                self.path,
+                why,
+                extra={"event": "ledger.unavailable", "ledger": str(self.path)},
+            )
+        self._problem = why
+        return errors.LedgerUnavailableError(f"{self.path}: {why}")
+
+    def _recovered(self) -> None:
+        if self._problem is not None:
+            self._problem = None
+            logger.warning(
+                "ledger %s writable again",
+                self.path,
+                extra={"event": "ledger.recovered", "ledger": str(self.path)},
+            )
+
+    def _stored(self) -> None:
+        """After a commit: it only counts if it went to the file at the path."""
+        self.check()
+        if self._lost is not None:
+            raise errors.LedgerLostError(f"{self.path}: {self._lost}")
+        self._recovered()
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """The one seam where sqlite3 errors become :class:`errors.LedgerUnavailableError`."""
+        if self._lost is not None:
+            raise errors.LedgerLostError(f"{self.path}: {self._lost}")
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", -1) & 0xFF not in _UNAVAILABLE_CODES:
+                raise  # a statement the ledger got wrong: a bug, not an unusable file
+            raise self._unavailable(exc) from exc
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: everything inside commits together or not at all."""
         async with self._write_lock:
-            try:
-                await self._writer.execute("BEGIN IMMEDIATE")
-                yield self._writer
-                await self._writer.commit()
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._writer.rollback()
-                raise
+            with self._translated():
+                try:
+                    await self._writer.execute("BEGIN IMMEDIATE")
+                    yield self._writer
+                    await self._writer.commit()
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._writer.rollback()
+                    raise
+            self._stored()
 
     # -- accepting work -------------------------------------------------------------------
 
@@ -269,7 +417,10 @@ class Ledger:
             # to the ledger's thread (the usual single-task trigger). What follows it only
             # reads, under the same lock, so no other write can come between.
             async with self._write_lock:
-                return await _accept_in(self._writer, groups)
+                with self._translated():
+                    accepted = await _accept_in(self._writer, groups)
+                self._stored()
+                return accepted
         async with self.transaction() as db:
             return await _accept_in(db, groups)
 
@@ -521,8 +672,10 @@ class Ledger:
         # at once; API reads use the reader and never wait for a write transaction.
         if writer:
             async with self._write_lock:
-                return list(await self._writer.execute_fetchall(sql, params))
-        return list(await self._reader.execute_fetchall(sql, params))
+                with self._translated():
+                    return list(await self._writer.execute_fetchall(sql, params))
+        with self._translated():
+            return list(await self._reader.execute_fetchall(sql, params))
 
 
 def _new_row(task: Task, now: float) -> tuple[Any, ...]:
@@ -652,40 +805,154 @@ async def _in_flight_ids(
     return found
 
 
-def _lock(path: Path) -> IO[str]:
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = lock_path.open("a+")
-    except OSError as exc:
-        raise errors.LedgerError(f"{path}: cannot create the ledger: {exc.strerror}") from exc
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
+@dataclasses.dataclass(slots=True)
+class _Shared:
+    fd: int
+    users: int = 0
+    locked: bool = False
+
+
+# One descriptor per database file per process, shared by every Ledger on it. Closing any
+# descriptor of a file drops all of the process's POSIX locks on it, SQLite's included; so
+# ours is only closed once no Ledger of this process uses the file any more.
+_SHARED: dict[tuple[int, int], _Shared] = {}
+
+
+@dataclasses.dataclass(slots=True)
+class _File:
+    """One Ledger's use of the database file: its descriptor, and the ``serve`` lock if held.
+
+    The lock is a ``flock`` on the database file itself, so it follows the file, not its
+    name: a hard link, a symlink or ``x/../ledger.db`` reaches the same lock. It cannot
+    disturb SQLite's own locking, which uses POSIX record locks (``fcntl``) on byte ranges;
+    on Linux the two kinds never conflict.
+    """
+
+    key: tuple[int, int]
+    created: bool
+    exclusive: bool
+
+    @property
+    def fd(self) -> int:
+        """The process's descriptor of the file."""
+        return _SHARED[self.key].fd
+
+    @classmethod
+    def open(cls, path: Path, *, exclusive: bool) -> _File:
+        """Open (creating it if missing) and, if ``exclusive``, lock the file at ``path``."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            known = _identity(os.stat(path)) if path.exists() else None
+            if known is not None and known in _SHARED:
+                key, created = known, False
+            else:
+                fd, created = _open_or_create(path)
+                key = _identity(os.fstat(fd))
+                _SHARED[key] = _Shared(fd)
+        except OSError as exc:
+            raise errors.LedgerError(f"{path}: cannot create the ledger: {exc.strerror}") from exc
+        _SHARED[key].users += 1
+        file = cls(key, created, exclusive=False)
+        if exclusive:
+            file.lock(path)
+        return file
+
+    def lock(self, path: Path) -> None:
+        """Take the ``serve`` lock, or release the file and refuse."""
+        shared = _SHARED[self.key]
+        if shared.locked:
+            holder = str(os.getpid())  # another Ledger of this very process holds it
+        else:
+            try:
+                fcntl.flock(shared.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(shared.fd)
+            else:
+                shared.locked = self.exclusive = True
+                return
+        self.release()
         raise errors.LedgerLockedError(
             f"{path}: ledger in use by another lance-bridge process (pid {holder});"
             " stop it or point ledger.path elsewhere"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
+        )
+
+    def release(self) -> None:
+        """Give the lock back and, if no other Ledger of this process uses it, the file."""
+        shared = _SHARED[self.key]
+        if self.exclusive:
+            fcntl.flock(shared.fd, fcntl.LOCK_UN)
+            shared.locked = self.exclusive = False
+        shared.users -= 1
+        if shared.users == 0:
+            del _SHARED[self.key]
+            os.close(shared.fd)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _open_or_create(path: Path) -> tuple[int, bool]:
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        pass
+    try:
+        return os.open(path, flags), False
+    except PermissionError:
+        # A file this user may only read: the descriptor is for the lock and the identity
+        # check, which need no write access; SQLite reports what it cannot do itself.
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+
+
+def _lock_holder(file_fd: int) -> str:
+    """The pid holding a ``flock`` on the file, from Linux's ``/proc/locks``, or ``unknown``.
+
+    The kernel knows it by the file's identity, whatever name the holder opened it by.
+    """
+    st = os.fstat(file_fd)
+    identity = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return "unknown"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF"; blocked waiters have "->" first.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == identity:
+            return fields[4]
+    return "unknown"
+
+
+def _refuse_empty(path: Path, file_fd: int) -> None:
+    """An existing file of zero bytes is a truncated ledger until the operator says not."""
+    if os.fstat(file_fd).st_size == 0:
+        raise errors.LedgerError(
+            f"{path}: the ledger file is empty (0 bytes), as a truncated ledger would be;"
+            " restore it from a backup, or run `lance-bridge serve --init-ledger` once to"
+            " start a new, empty ledger in it"
+        )
 
 
 async def _connect(path: Path, synchronous: str, cache_kib: int) -> aiosqlite.Connection:
     try:
         db = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+    try:
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute(f"PRAGMA cache_size = -{cache_kib}")
-    except sqlite3.Error as exc:
-        raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+    except BaseException as exc:
+        # A connection left open keeps aiosqlite's (non-daemon) thread, and so the process,
+        # alive after the error is printed: a corrupt file must not hang the CLI.
+        await db.close()
+        if isinstance(exc, sqlite3.Error):
+            raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+        raise
     return db
 
 
@@ -697,7 +964,10 @@ def _migrations() -> list[str]:
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
     scripts = _migrations()
-    rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    try:
+        rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    except sqlite3.Error as exc:
+        raise errors.LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
     version = int(rows[0][0])
     if version > len(scripts):
         raise errors.LedgerTooNewError(

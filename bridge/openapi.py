@@ -52,7 +52,10 @@ _ERROR_TEXT = {
     422: "`validation_error` or `unknown_connector`: the body is JSON but not a valid request;"
     " `details` locates each problem of the shape",
     500: "`internal_error`: the bridge failed to handle the request; see its log",
+    503: "`ledger_unavailable`: the ledger cannot be used now (disk full, I/O error, file"
+    " deleted); nothing was stored, retry later",
 }
+_METRICS_503 = "`starting`: the ledger is not open yet; `ledger_unavailable`: it cannot be read now"
 _TRIGGER_422 = (
     "`validation_error`: not a valid request (`details` locates each problem of the shape);"
     " only person phones/emails can be triggered, and a CRM target needs objectType and objectId."
@@ -166,7 +169,9 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
                 "requestBody": _body(ref(schemas.TriggerRequest)),
                 "responses": {
                     "202": _json(ref(schemas.TriggerAnswer), "the ledger rows, one per task"),
-                    **_errors(error, 400, 401, 413, 422, texts={400: _BODY_400, 422: _TRIGGER_422}),
+                    **_errors(
+                        error, 400, 401, 413, 422, 503, texts={400: _BODY_400, 422: _TRIGGER_422}
+                    ),
                 },
             }
         },
@@ -181,7 +186,7 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
                         {"type": "array", "items": ref(schemas.QueryRecord)},
                         "the newest record of each task that has one, in task order",
                     ),
-                    **_errors(error, 400, 401, 413, 422, texts={400: _BODY_400}),
+                    **_errors(error, 400, 401, 413, 422, 503, texts={400: _BODY_400}),
                 },
             }
         },
@@ -193,7 +198,7 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
                 "parameters": _page_params(enrichment_states),
                 "responses": {
                     "200": _json(ref(schemas.EnrichmentPage), "a page"),
-                    **_errors(error, 400, 401),
+                    **_errors(error, 400, 401, 503),
                 },
             }
         },
@@ -205,7 +210,7 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
                 "parameters": [_ID],
                 "responses": {
                     "200": _json(ref(schemas.EnrichmentWithDeliveries), "the enrichment"),
-                    **_errors(error, 401, 404),
+                    **_errors(error, 401, 404, 503),
                 },
             }
         },
@@ -220,7 +225,7 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(ref(schemas.DeliveryPage), "a page"),
-                    **_errors(error, 400, 401),
+                    **_errors(error, 400, 401, 503),
                 },
             }
         },
@@ -232,7 +237,7 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
                 "parameters": [_ID],
                 "responses": {
                     "200": _json(ref(schemas.Delivery), "the delivery, pending again"),
-                    **_errors(error, 401, 404, 409),
+                    **_errors(error, 401, 404, 409, 503),
                 },
             }
         },
@@ -299,6 +304,7 @@ def _hook_paths(error: dict[str, Any]) -> dict[str, Any]:
                             (404, "no connector takes events at this path"),
                             (413, "the body exceeds server.max_body_bytes"),
                             (415, "a content type the CRM does not send"),
+                            (503, "the ledger cannot store the events now; nothing was stored"),
                             (500, "the bridge failed to handle the request; see its log"),
                         )
                     },
@@ -333,13 +339,13 @@ def _service_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
             "Readiness: the ledger is open and the jobs run",
             {
                 "200": _json(ref(schemas.Ready), "ready"),
-                "503": _json(ref(schemas.NotReady), "starting"),
+                "503": _json(ref(schemas.NotReady), "starting, or the ledger is unavailable"),
             },
         ),
         "/metrics": get(
             "metrics",
             "Prometheus metrics",
-            {"200": metrics, "503": _json(error, "`starting`: the ledger is not open yet")},
+            {"200": metrics, "503": _json(error, _METRICS_503)},
         ),
         "/openapi.json": get(
             "openapi",

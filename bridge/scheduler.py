@@ -4,6 +4,10 @@ Each job runs at most one instance at a time (a slow run makes the next one be s
 stacked). A job that raises unexpectedly stops the process with a non-zero exit rather than
 leave work that nobody processes; shutdown waits a grace period, then cancels and logs. Each run
 is timed for the metrics and summarized in one debug log line (never one per row).
+
+A job that finds the ledger unavailable (disk full, I/O error) skips that run: /readyz fails
+meanwhile and the ledger watch job recovers when a write succeeds again. A ledger file deleted
+or replaced while open stops the process with a non-zero exit, like a dead job.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from apscheduler import events  # type: ignore[import-untyped]
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
-from bridge import dispatcher, fetcher, inbound, poller, triggerer
+from bridge import dispatcher, errors, fetcher, inbound, poller, triggerer
 
 logger = logging.getLogger(__name__)
 # Keys a LogRecord already has: a report field of that name must not be passed as ``extra``.
@@ -112,6 +116,13 @@ class Supervisor:
                 # Cut by stop() after the grace period, which logged it: the end of a drain,
                 # not a failure for the scheduler to report with a traceback.
                 return
+            except errors.LedgerLostError as exc:
+                # The ledger logged it; the work it held is gone, so stop and be restarted.
+                self.failure = exc
+                self.failed.set()
+            except errors.LedgerUnavailableError:
+                # Logged once by the ledger; /readyz fails, and the next run tries again.
+                logger.debug("%s skipped: ledger unavailable", name, extra={"job": name})
             except Exception as exc:
                 logger.exception("job %s died", name, extra={"event": "job.died", "job": name})
                 self.failure = exc

@@ -242,6 +242,7 @@ class Ready(_Out):
 
 
 class NotReady(_Out):
-    """``GET /readyz`` while the bridge is starting (503)."""
+    """``GET /readyz`` while the bridge is starting, or its ledger is unavailable (503)."""
 
-    status: Literal["starting"]
+    status: Literal["starting", "ledger_unavailable"]
+    detail: str | None = None  # why the ledger is unavailable (no path, no data)

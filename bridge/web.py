@@ -17,6 +17,7 @@ from aiohttp import web
 from bridge import app as app_mod
 from bridge import (
     connector,
+    errors,
     inbound,
     jsonbody,
     ledger,
@@ -78,6 +79,9 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError:
         raise
+    except errors.LedgerUnavailableError:
+        # The ledger logged the failure once, when it began; a line per request would flood.
+        fail(503, "ledger_unavailable", LEDGER_UNAVAILABLE, headers={"Retry-After": "5"})
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[app_mod.SETTINGS].server.max_body_bytes
         fail(413, "body_too_large", f"request body exceeds {limit} bytes")
@@ -111,6 +115,7 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+LEDGER_UNAVAILABLE = "the bridge cannot store work right now; nothing was stored, retry later"
 # aiohttp's own errors carry headers clients rely on (405 must say what is allowed).
 _KEPT_HEADERS = frozenset(("allow", "retry-after"))
 
@@ -325,8 +330,11 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The ledger is open and the jobs are running."""
+    """The ledger is open and usable, and the jobs are running."""
     bridge = request.app.get(app_mod.BRIDGE)
+    problem = None if bridge is None else bridge.ledger.check()
+    if problem is not None:
+        return _json({"status": "ledger_unavailable", "detail": problem}, status=503)
     ready = bridge is not None and bridge.ready()
     return _json({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
 
