@@ -15,6 +15,8 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field
 
+from bridge import model
+
 _SOURCE = re.compile(r"^(?:(emails|phones)(?:\[(\d+)(:)?\])?|summary|state|enriched_at)$")
 Policy = Literal["fill_if_empty", "overwrite", "never"]
 
@@ -56,7 +58,7 @@ class PropertyMap(pydantic.BaseModel):
             return state if isinstance(state, str) and state else None
         if self.source == "enriched_at":
             stamp = event.get("timestamp")
-            finished = data.get("state") == "finished"
+            finished = data.get("state") == model.EnrichmentState.FINISHED
             return stamp if finished and isinstance(stamp, str) and stamp else None
         values = data.get("values") or {}
         if self.source == "summary":
