@@ -77,7 +77,6 @@ class Event:
     event_type: str
     body: bytes
     target: Mapping[str, Any] | None
-    attempt: int
 
     def payload(self) -> dict[str, Any]:
         """The decoded event body."""
@@ -266,10 +265,6 @@ class Connector(abc.ABC):
     def name(self) -> str:
         """The configured, unique connector name."""
         return self.config.name
-
-    def wants(self, event_type: str) -> bool:
-        """Whether this connector subscribes to ``event_type``."""
-        return event_type in self.config.events
 
     async def open(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Acquire what the connector needs (tokens, caches). Called once at start."""

@@ -256,7 +256,6 @@ def _event(delivery: outbox.Delivery) -> connector.Event:
         event_type=delivery.event_type,
         body=delivery.body,
         target=delivery.target(),
-        attempt=delivery.attempts,
     )
 
 
