@@ -709,7 +709,7 @@ class HubSpotConnector(connector.Connector):
         )
 
     async def _access_token(self) -> str:
-        if self._token is None or time.time() >= self._token_expires_at:
+        if self._token is None or self.clock() >= self._token_expires_at:
             await self._refresh(stale=False)
         assert self._token is not None
         return self._token
@@ -721,7 +721,7 @@ class HubSpotConnector(connector.Connector):
             return
         seen = self._token
         async with self._refresh_lock:
-            if self._token != seen or (not stale and time.time() < self._token_expires_at):
+            if self._token != seen or (not stale and self.clock() < self._token_expires_at):
                 return  # another caller refreshed meanwhile
             form = {
                 "grant_type": "refresh_token",
@@ -760,7 +760,7 @@ class HubSpotConnector(connector.Connector):
                     f" without a token: {text}"
                 ) from None
             self._token = token
-            self._token_expires_at = time.time() + max(
+            self._token_expires_at = self.clock() + max(
                 lifetime - settings.token_refresh_margin_seconds, lifetime / 2
             )
 
