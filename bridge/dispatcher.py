@@ -20,11 +20,12 @@ logger = logging.getLogger(__name__)
 # A delivery held back (to merge with its record's other results, or to fill a batch) is
 # looked at again this much later.
 HOLD_STEP_S = 0.5
-# Bound once: an enum attribute lookup costs more than the comparison on Python 3.11, and
-# these are read for every delivery of a run.
-_PENDING = model.DeliveryState.PENDING
-_DELIVERED = model.DeliveryState.DELIVERED
-_DEAD = model.DeliveryState.DEAD
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_PENDING = model.DeliveryState.PENDING.value
+_DELIVERED = model.DeliveryState.DELIVERED.value
+_DEAD = model.DeliveryState.DEAD.value
 # The outcome an attempt's new delivery state records (metrics label).
 OUTCOMES = {_DELIVERED: "delivered", _PENDING: "retry", _DEAD: "dead"}
 # Outcomes are written while the run goes on, once this many arrived (a transaction each): a

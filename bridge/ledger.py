@@ -32,14 +32,15 @@ WRITER_CACHE_KIB = 32_768
 READER_CACHE_KIB = 8_192
 # SQLite's bound-parameter limit is 32766; stay well under it.
 MAX_PARAMS = 30_000
-# Members bound once: an enum attribute lookup costs more than the comparison on Python 3.11,
-# and these are read for every row of the poll, trigger and inbound paths.
-_QUEUED = model.EnrichmentState.QUEUED
-_PENDING = model.EnrichmentState.PENDING
-_FINISHED = model.EnrichmentState.FINISHED
-_TERMINAL = frozenset(model.TERMINAL)
-_LOOKUP = model.InboundState.LOOKUP
-_SKIPPED = model.InboundState.SKIPPED
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_QUEUED = model.EnrichmentState.QUEUED.value
+_PENDING = model.EnrichmentState.PENDING.value
+_FINISHED = model.EnrichmentState.FINISHED.value
+_TERMINAL = frozenset(state.value for state in model.TERMINAL)
+_LOOKUP = model.InboundState.LOOKUP.value
+_SKIPPED = model.InboundState.SKIPPED.value
 
 
 class Change(typing.NamedTuple):

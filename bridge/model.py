@@ -57,6 +57,13 @@ class InboundState(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+# Plain string values, bound once: Inbound.state is read and stored for every event received,
+# where an enum attribute lookup (Python 3.11) or binding a str subclass costs more.
+_ACCEPTED = InboundState.ACCEPTED.value
+_LOOKUP = InboundState.LOOKUP.value
+_SKIPPED = InboundState.SKIPPED.value
+
+
 EventType = Literal[
     "enrichment.finished",
     "enrichment.failed",
@@ -145,13 +152,11 @@ class Inbound:
     record: tuple[str, str] = ("", "")
 
     @property
-    def state(self) -> InboundState:
-        """How the ledger records it."""
+    def state(self) -> str:
+        """How the ledger records it: the value of an :class:`InboundState`."""
         if self.lookup is not None:
-            return InboundState.LOOKUP
-        if self.skipped is not None or not self.tasks:
-            return InboundState.SKIPPED
-        return InboundState.ACCEPTED
+            return _LOOKUP
+        return _SKIPPED if self.skipped is not None or not self.tasks else _ACCEPTED
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -112,7 +112,7 @@ class Attempt:
     """The result of one delivery attempt, as the ledger stores it."""
 
     delivery_id: int
-    state: model.DeliveryState
+    state: str  # a model.DeliveryState value, as a plain string (bound per row)
     next_attempt_at: float | None
     error: str | None
     status: int | None

@@ -17,12 +17,14 @@ from bridge import errors, lance, ledger, model, outbox, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
-# Bound once: an enum attribute lookup costs more than the comparison on Python 3.11, and
-# these are read for every row of a tick.
-_PENDING = model.EnrichmentState.PENDING
-_EXPIRED = model.EnrichmentState.EXPIRED
-_LOST = model.EnrichmentState.LOST
-_TERMINAL = frozenset(model.TERMINAL)
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_PENDING = model.EnrichmentState.PENDING.value
+_EXPIRED = model.EnrichmentState.EXPIRED.value
+_LOST = model.EnrichmentState.LOST.value
+_FAILED = model.EnrichmentState.FAILED.value
+_TERMINAL = frozenset(state.value for state in model.TERMINAL)
 
 
 @dataclasses.dataclass(slots=True)
@@ -151,7 +153,7 @@ class Poller:
         if len(rows) == 1:
             reason = f"Lance refused to report on it: {exc.message}"
             await self.store.apply(
-                [ledger.Change(rows[0].id, model.EnrichmentState.FAILED, error=reason)],
+                [ledger.Change(rows[0].id, _FAILED, error=reason)],
                 self.clock(),
             )
             return PollReport(requests=1, updated=1, terminal=1, failed_requests=1)

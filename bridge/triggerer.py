@@ -18,9 +18,11 @@ from bridge import settings as settings_mod
 logger = logging.getLogger(__name__)
 HOLD_META_KEY = "trigger_held"
 _UNPUBLISHED = "\0unknown"  # never a hold reason
-# Bound once: an enum attribute lookup costs more than building the change on Python 3.11.
-_PENDING = model.EnrichmentState.PENDING
-_FAILED = model.EnrichmentState.FAILED
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_PENDING = model.EnrichmentState.PENDING.value
+_FAILED = model.EnrichmentState.FAILED.value
 
 
 @dataclasses.dataclass(slots=True)
