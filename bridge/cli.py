@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import enum
 import gc
 import logging
 import re
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from bridge import errors, ledger, logs
+from bridge import errors, logs, model
 from bridge import settings as settings_mod
 
 EXIT_OK = 0
@@ -68,6 +69,11 @@ def moment(text: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=datetime.UTC)
     return parsed.timestamp()
+
+
+def _values(states: type[enum.StrEnum]) -> list[str]:
+    # Plain strings: argparse names a wrong choice by the repr of each allowed one.
+    return [state.value for state in states]
 
 
 def _positive(text: str) -> int:
@@ -176,7 +182,7 @@ def _inspection_commands(commands: Commands[_Parser]) -> None:
     enrichments = _command(commands, "enrichments", "inspect enrichments in the ledger")
     sub = enrichments.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = _action(sub, "list", "list enrichments")
-    listing.add_argument("--state", choices=sorted((*ledger.IN_FLIGHT, *ledger.TERMINAL)))
+    listing.add_argument("--state", choices=sorted(_values(model.EnrichmentState)))
     listing.add_argument("--entity", help="only this entity id")
     listing.add_argument(
         "--older-than",
@@ -196,7 +202,7 @@ def _inspection_commands(commands: Commands[_Parser]) -> None:
     deliveries = _command(commands, "deliveries", "inspect and replay deliveries")
     sub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = _action(sub, "list", "list deliveries")
-    listing.add_argument("--state", choices=("pending", "delivered", "dead"))
+    listing.add_argument("--state", choices=_values(model.DeliveryState))
     listing.add_argument("--connector")
     _time_range(listing)
     _list_options(listing)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge import app as app_mod
-from bridge import connector, errors, lance, ledger, queries
+from bridge import connector, errors, lance, ledger, model, queries
 from bridge import server as server_mod
 from bridge import settings as settings_mod
 
@@ -123,16 +123,15 @@ async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
     table = Table(title=f"enrichments in {settings.ledger.path}")
     table.add_column("state")
     table.add_column("count", justify="right")
-    for state in (*ledger.IN_FLIGHT, *ledger.TERMINAL):
+    for state in model.EnrichmentState:
         table.add_row(state, str(facts["enrichments"].get(state, 0)))
     console.print(table)
     deliveries = Table(title="deliveries")
-    for column in ("connector", "pending", "delivered", "dead"):
-        deliveries.add_column(column, justify="left" if column == "connector" else "right")
+    deliveries.add_column("connector", justify="left")
+    for delivery_state in model.DeliveryState:
+        deliveries.add_column(delivery_state, justify="right")
     for name, by_state in sorted(facts["deliveries"].items()):
-        deliveries.add_row(
-            name, *(str(by_state.get(s, 0)) for s in ("pending", "delivered", "dead"))
-        )
+        deliveries.add_row(name, *(str(by_state.get(s, 0)) for s in model.DeliveryState))
     console.print(deliveries)
     oldest = facts["oldestInFlightCreatedAt"]
     age = "none in flight" if oldest is None else f"{time.time() - oldest:.0f} s"
@@ -241,7 +240,7 @@ async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
     if args.all_dead:
         rows = await queries.list_deliveries(
             store,
-            state="dead",
+            state=model.DeliveryState.DEAD,
             connector=args.connector,
             limit=MAX_REPLAY,
             updated_after=args.since,

@@ -17,7 +17,6 @@ import hmac
 import json
 import logging
 import time
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, ClassVar, Literal
@@ -26,20 +25,11 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from bridge import errors, jsonbody, ledger
+from bridge import errors, jsonbody, model
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "lance_bridge.connectors"
-EventType = Literal[
-    "enrichment.finished",
-    "enrichment.failed",
-    "enrichment.timeout",
-    "enrichment.cancelled",
-    "enrichment.expired",
-    "enrichment.lost",
-]
-EVENT_TYPES: tuple[EventType, ...] = typing.get_args(EventType)
 # Throttling answers and timeouts are never retried sooner than this (DESIGN §8).
 THROTTLE_MIN_DELAY_S = 60.0
 # A remote asking for more than a day is capped: work must not be parked forever.
@@ -65,7 +55,7 @@ class ConnectorConfig(pydantic.BaseModel):
 
     name: str = pydantic.Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     type: str
-    events: tuple[EventType, ...] = EVENT_TYPES
+    events: tuple[model.EventType, ...] = model.EVENT_TYPES
     timeout_seconds: float = pydantic.Field(default=15.0, gt=0, le=120)
     max_concurrency: int = pydantic.Field(default=8, ge=1, le=256)
 
@@ -77,10 +67,9 @@ class Event:
     Attributes:
         delivery_id: The ledger's delivery id.
         message_id: Stable across retries; receivers dedupe on it (``webhook-id``).
-        event_type: One of :data:`EVENT_TYPES`.
+        event_type: One of :data:`bridge.model.EVENT_TYPES`.
         body: The exact JSON bytes of the event, stored at creation and re-sent on each retry.
         target: The CRM record to update, or ``None`` for connectors that need no record.
-        attempt: How many attempts were made before this one.
     """
 
     delivery_id: int
@@ -88,7 +77,6 @@ class Event:
     event_type: str
     body: bytes
     target: Mapping[str, Any] | None
-    attempt: int
 
     def payload(self) -> dict[str, Any]:
         """The decoded event body."""
@@ -180,7 +168,7 @@ async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
 OutcomesCallback = Callable[[Sequence[int], Sequence[Outcome]], None]
 
 # What a record lookup found: the tasks to accept, or why there are none.
-Lookup = tuple[ledger.Task, ...] | str
+Lookup = tuple[model.Task, ...] | str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,10 +266,6 @@ class Connector(abc.ABC):
         """The configured, unique connector name."""
         return self.config.name
 
-    def wants(self, event_type: str) -> bool:
-        """Whether this connector subscribes to ``event_type``."""
-        return event_type in self.config.events
-
     async def open(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Acquire what the connector needs (tokens, caches). Called once at start."""
 
@@ -307,7 +291,7 @@ class Connector(abc.ABC):
         """
         raise HookError(404, "not_found", f"connector {self.name} takes no inbound events")
 
-    def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
+    def parse_hook(self, request: HookRequest) -> list[model.Inbound]:
         """The events of a verified request, each with what it asks for.
 
         Raises:
@@ -315,7 +299,7 @@ class Connector(abc.ABC):
         """
         raise HookError(404, "not_found", f"connector {self.name} takes no inbound events")
 
-    def hook_reply(self, request: HookRequest, received: ledger.Received) -> web.Response:
+    def hook_reply(self, request: HookRequest, received: model.Received) -> web.Response:
         """The answer once the events are durable (a JSON summary unless the CRM needs more)."""
         return web.json_response(
             {

@@ -13,15 +13,21 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 
-from bridge import batching, connector, ledger, outbox, pacing
+from bridge import batching, connector, ledger, model, outbox, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
 # A delivery held back (to merge with its record's other results, or to fill a batch) is
 # looked at again this much later.
 HOLD_STEP_S = 0.5
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_PENDING = model.DeliveryState.PENDING.value
+_DELIVERED = model.DeliveryState.DELIVERED.value
+_DEAD = model.DeliveryState.DEAD.value
 # The outcome an attempt's new delivery state records (metrics label).
-OUTCOMES = {"delivered": "delivered", "pending": "retry", "dead": "dead"}
+OUTCOMES = {_DELIVERED: "delivered", _PENDING: "retry", _DEAD: "dead"}
 # Outcomes are written while the run goes on, once this many arrived (a transaction each): a
 # run cut short keeps them, and a run of a thousand events costs ten commits, not a thousand.
 RECORD_EVERY = 100
@@ -132,7 +138,7 @@ class Dispatcher:
         target = self.connectors.get(name)
         if target is None:
             reason = f"connector {name!r} is not configured"
-            outcomes.add(name, [outbox.Attempt(d.id, "dead", None, reason, None) for d in items])
+            outcomes.add(name, [outbox.Attempt(d.id, _DEAD, None, reason, None) for d in items])
             return
 
         def received(indexes: Sequence[int], results: Sequence[connector.Outcome]) -> None:
@@ -148,7 +154,7 @@ class Dispatcher:
         self, delivery: outbox.Delivery, outcome: connector.Outcome, now: float
     ) -> outbox.Attempt:
         if outcome.kind == "delivered":
-            return outbox.Attempt(delivery.id, "delivered", None, None, outcome.status)
+            return outbox.Attempt(delivery.id, _DELIVERED, None, None, outcome.status)
         if outcome.kind == "retry":
             delay = pacing.retry_delay(
                 delivery.attempts + 1,
@@ -159,7 +165,7 @@ class Dispatcher:
             )
             if delay is not None:
                 return outbox.Attempt(
-                    delivery.id, "pending", now + delay, outcome.error, outcome.status
+                    delivery.id, _PENDING, now + delay, outcome.error, outcome.status
                 )
             error = f"retries exhausted after {delivery.attempts + 1} attempts: {outcome.error}"
         else:
@@ -173,7 +179,7 @@ class Dispatcher:
                 "connector": delivery.connector,
             },
         )
-        return outbox.Attempt(delivery.id, "dead", None, error, outcome.status)
+        return outbox.Attempt(delivery.id, _DEAD, None, error, outcome.status)
 
 
 class _Outcomes:
@@ -251,16 +257,15 @@ def _event(delivery: outbox.Delivery) -> connector.Event:
         event_type=delivery.event_type,
         body=delivery.body,
         target=delivery.target(),
-        attempt=delivery.attempts,
     )
 
 
 def _report(attempts: Sequence[outbox.Attempt]) -> DeliveryReport:
     report = DeliveryReport(attempted=len(attempts))
     for attempt in attempts:
-        if attempt.state == "delivered":
+        if attempt.state == _DELIVERED:
             report.delivered += 1
-        elif attempt.state == "dead":
+        elif attempt.state == _DEAD:
             report.dead += 1
         else:
             report.retrying += 1

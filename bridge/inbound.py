@@ -1,7 +1,7 @@
 """Inbound CRM events: the ``/hooks/*`` handler and the job that reads records events name.
 
 A CRM's request is verified by the connector it belongs to, parsed into
-:class:`~bridge.ledger.Inbound` events, stored with their tasks in one transaction, and only
+:class:`~bridge.model.Inbound` events, stored with their tasks in one transaction, and only
 then answered: the CRM's retry is the safety net until the events are durable, and a retried
 or duplicated event is recognised by its key and changes nothing.
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import aiohttp
 from aiohttp import web
 
-from bridge import connector, errors, ledger
+from bridge import connector, errors, ledger, model
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -190,9 +190,9 @@ class Resolver:
             if answer is None:
                 continue
             if isinstance(answer, str):
-                resolved.append(ledger.Inbound(key, skipped=answer))
+                resolved.append(model.Inbound(key, skipped=answer))
             else:
-                resolved.append(ledger.Inbound(key, tasks=answer))
+                resolved.append(model.Inbound(key, tasks=answer))
         result = await self.store.resolve(item.name, resolved, self.clock())
         report.looked_up += len(records)
         report.accepted += len(result.accepted)

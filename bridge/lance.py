@@ -18,12 +18,20 @@ import pydantic
 from pydantic import SecretStr
 from typing_extensions import TypedDict
 
-from bridge import connector, errors
+from bridge import connector, errors, model
 
 API = "/api/v1"
 TRIGGER_BATCH_MAX = 100
 QUERY_BATCH_MAX = 200
-TERMINAL_STATUSES = frozenset({"finished", "failed", "timeout", "cancelled"})
+# Lance's own terminal statuses: the ledger records each as the state of the same name.
+TERMINAL_STATUSES = frozenset(
+    {
+        model.EnrichmentState.FINISHED,
+        model.EnrichmentState.FAILED,
+        model.EnrichmentState.TIMEOUT,
+        model.EnrichmentState.CANCELLED,
+    }
+)
 Key = tuple[str, str, str]  # (entityType, entityId, field)
 
 

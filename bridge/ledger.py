@@ -17,7 +17,6 @@ import logging
 import os
 import sqlite3
 import typing
-import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -26,11 +25,9 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from bridge import batching, errors, outbox
+from bridge import batching, errors, model, outbox
 
 logger = logging.getLogger(__name__)
-IN_FLIGHT = ("queued", "pending")
-TERMINAL = ("finished", "failed", "timeout", "cancelled", "lost", "expired")
 BUSY_TIMEOUT_MS = 10_000
 # Page caches: the writer's holds the hot index pages of a large ledger; RSS stays bounded.
 WRITER_CACHE_KIB = 32_768
@@ -56,93 +53,15 @@ _UNAVAILABLE_CODES = frozenset(
         sqlite3.SQLITE_NOMEM,
     )
 )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
-    """A place a result goes: a connector, and for CRMs the record to update."""
-
-    connector: str
-    object_type: str = ""
-    object_id: str = ""
-
-    def as_json(self) -> dict[str, str]:
-        """The API shape of the target."""
-        return outbox.target_json(self.connector, self.object_type, self.object_id)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Task:
-    """One accepted trigger task."""
-
-    entity_type: str
-    entity_id: str
-    field: str
-    mode: str = "trigger"
-    targets: tuple[Target, ...] = ()
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """(entityType, entityId, field): Lance's identity of an enrichment."""
-        return (self.entity_type, self.entity_id, self.field)
-
-    def key_bytes(self) -> bytes:
-        """The compact form of :attr:`key` the ledger indexes."""
-        return key_bytes(*self.key)
-
-
-_ENTITY_CODES = {"person": 1, "company": 2}
-_FIELD_CODES = {"emails": 1, "phones": 2, "summary": 3}
-
-
-def key_bytes(entity_type: str, entity_id: str, field: str) -> bytes:
-    """18 bytes: the entity UUID, then one byte each for the entity type and the field."""
-    codes = bytes((_ENTITY_CODES[entity_type], _FIELD_CODES[field]))
-    return uuid.UUID(entity_id).bytes + codes
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Accepted:
-    """The in-flight row a task landed on."""
-
-    id: int
-    created: bool
-    state: str
-    mode: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Inbound:
-    """One event a CRM sent to ``/hooks/*``: its identity and what it asks for.
-
-    Exactly one of: ``tasks`` to accept now; ``lookup``, a (objectType, objectId) record to
-    read before the tasks are known (a creation event carries no properties); or ``skipped``,
-    why it triggers nothing. An event whose ``key`` was already received stores nothing.
-    """
-
-    key: str
-    tasks: tuple[Task, ...] = ()
-    lookup: tuple[str, str] | None = None
-    skipped: str | None = None
-    record: tuple[str, str] = ("", "")
-
-    @property
-    def state(self) -> str:
-        """How the ledger records it: ``accepted``, ``lookup`` or ``skipped``."""
-        if self.lookup is not None:
-            return "lookup"
-        return "skipped" if self.skipped is not None or not self.tasks else "accepted"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Received:
-    """What one inbound request did."""
-
-    events: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    lookups: int = 0
-    accepted: tuple[Accepted, ...] = ()
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_QUEUED = model.EnrichmentState.QUEUED.value
+_PENDING = model.EnrichmentState.PENDING.value
+_FINISHED = model.EnrichmentState.FINISHED.value
+_TERMINAL = frozenset(state.value for state in model.TERMINAL)
+_LOOKUP = model.InboundState.LOOKUP.value
+_SKIPPED = model.InboundState.SKIPPED.value
 
 
 class Change(typing.NamedTuple):
@@ -397,7 +316,7 @@ class Ledger:
 
     # -- accepting work -------------------------------------------------------------------
 
-    async def accept(self, tasks: Sequence[Task], now: float) -> list[Accepted]:
+    async def accept(self, tasks: Sequence[model.Task], now: float) -> list[model.Accepted]:
         """Record ``tasks`` durably; a task already in flight attaches its targets to that row.
 
         Concurrent calls share one transaction (group commit); each returns once its tasks are
@@ -409,8 +328,8 @@ class Ledger:
         return await self._accepts.submit((tasks, now))
 
     async def _accept_groups(
-        self, groups: Sequence[tuple[Sequence[Task], float]]
-    ) -> list[list[Accepted]]:
+        self, groups: Sequence[tuple[Sequence[model.Task], float]]
+    ) -> list[list[model.Accepted]]:
         tasks = [task for group, _ in groups for task in group]
         if len(tasks) <= _INSERT_CHUNK and not any(task.targets for task in tasks):
             # One INSERT ... RETURNING is atomic by itself: no BEGIN and COMMIT round trips
@@ -426,7 +345,9 @@ class Ledger:
 
     # -- inbound CRM events ---------------------------------------------------------------
 
-    async def receive(self, source: str, events: Sequence[Inbound], now: float) -> Received:
+    async def receive(
+        self, source: str, events: Sequence[model.Inbound], now: float
+    ) -> model.Received:
         """Record the events a CRM sent and accept their tasks, in one transaction.
 
         An event whose ``key`` this source already sent (a retry, a duplicate) changes
@@ -437,11 +358,11 @@ class Ledger:
             fresh = await _insert_inbound(db, source, unique, now)
             new = [event for event in unique if event.key in fresh]
             accepted = await _accept_in(db, [(event.tasks, now) for event in new])
-        return Received(
+        return model.Received(
             events=len(events),
             duplicates=len(events) - len(new),
-            skipped=sum(event.state == "skipped" for event in new),
-            lookups=sum(event.state == "lookup" for event in new),
+            skipped=sum(event.state == _SKIPPED for event in new),
+            lookups=sum(event.state == _LOOKUP for event in new),
             accepted=tuple(row for rows in accepted for row in rows),
         )
 
@@ -455,10 +376,12 @@ class Ledger:
         )
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
-    async def resolve(self, source: str, resolved: Sequence[Inbound], now: float) -> Received:
+    async def resolve(
+        self, source: str, resolved: Sequence[model.Inbound], now: float
+    ) -> model.Received:
         """Settle looked-up events: accept their tasks or record why they were skipped."""
         if not resolved:
-            return Received()
+            return model.Received()
         async with self.transaction() as db:
             await db.executemany(
                 "UPDATE inbound SET state = ?, detail = ?, updated_at = ?"
@@ -466,9 +389,9 @@ class Ledger:
                 [(event.state, event.skipped, now, source, event.key) for event in resolved],
             )
             accepted = await _accept_in(db, [(event.tasks, now) for event in resolved])
-        return Received(
+        return model.Received(
             events=len(resolved),
-            skipped=sum(event.state == "skipped" for event in resolved),
+            skipped=sum(event.state == _SKIPPED for event in resolved),
             accepted=tuple(row for rows in accepted for row in rows),
         )
 
@@ -533,8 +456,8 @@ class Ledger:
             await self._applies.submit((changes, now))
 
     async def _apply_groups(self, groups: Sequence[tuple[Sequence[Change], float]]) -> list[None]:
-        moving = [(c, now) for changes, now in groups for c in changes if c.state in TERMINAL]
-        staying = [(c, now) for changes, now in groups for c in changes if c.state == "pending"]
+        moving = [(c, now) for changes, now in groups for c in changes if c.state in _TERMINAL]
+        staying = [(c, now) for changes, now in groups for c in changes if c.state == _PENDING]
         async with self.transaction() as db:
             # `state` is only written when it changes: each write of it costs index updates.
             still = [_pending_params(c, n) for c, n in staying if not c.from_queue]
@@ -678,15 +601,15 @@ class Ledger:
             return list(await self._reader.execute_fetchall(sql, params))
 
 
-def _new_row(task: Task, now: float) -> tuple[Any, ...]:
+def _new_row(task: model.Task, now: float) -> tuple[Any, ...]:
     key = task.key_bytes()
     if task.mode == "track":
-        return (*task.key, key, "track", "pending", now, now, now, now)
-    return (*task.key, key, "trigger", "queued", now, now, None, None)
+        return (*task.key, key, "track", _PENDING, now, now, now, now)
+    return (*task.key, key, "trigger", _QUEUED, now, now, None, None)
 
 
 def _needs_fetch(change: Change) -> bool:
-    return change.state == "finished" and bool((change.record or {}).get("dataFound"))
+    return change.state == _FINISHED and bool((change.record or {}).get("dataFound"))
 
 
 # State updates take their rows as one VALUES list per statement (c.column1 = the row id):
@@ -790,7 +713,7 @@ async def _insert_new(
 async def _in_flight_ids(
     db: aiosqlite.Connection, keys: set[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], tuple[int, str, str]]:
-    wanted = {key_bytes(*key): key for key in keys}
+    wanted = {model.key_bytes(*key): key for key in keys}
     ordered = sorted(wanted)
     found: dict[tuple[str, str, str], tuple[int, str, str]] = {}
     for start in range(0, len(ordered), MAX_PARAMS):
@@ -982,7 +905,7 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
 
 
 async def _insert_inbound(
-    db: aiosqlite.Connection, source: str, events: Sequence[Inbound], now: float
+    db: aiosqlite.Connection, source: str, events: Sequence[model.Inbound], now: float
 ) -> set[str]:
     """Insert events not seen before; returns the keys that were new."""
     fresh: set[str] = set()
@@ -1013,8 +936,8 @@ async def _insert_inbound(
 
 
 async def _accept_in(
-    db: aiosqlite.Connection, groups: Sequence[tuple[Sequence[Task], float]]
-) -> list[list[Accepted]]:
+    db: aiosqlite.Connection, groups: Sequence[tuple[Sequence[model.Task], float]]
+) -> list[list[model.Accepted]]:
     """Accept each group's tasks inside the caller's transaction."""
     new_rows: dict[tuple[str, str, str], tuple[Any, ...]] = {}
     for tasks, now in groups:
@@ -1041,7 +964,9 @@ async def _accept_in(
         result = []
         for task in tasks:
             row_id, state, mode = ids[task.key]
-            result.append(Accepted(row_id, row_id in created and row_id not in seen, state, mode))
+            result.append(
+                model.Accepted(row_id, row_id in created and row_id not in seen, state, mode)
+            )
             seen.add(row_id)
         results.append(result)
     return results

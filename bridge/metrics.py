@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from bridge import ledger, outbox
+from bridge import ledger, model, outbox
 
 logger = logging.getLogger(__name__)
 PREFIX = "lance_bridge_"
@@ -38,7 +38,7 @@ CHARGE_CHUNK_IDS = 100_000
 # a cost figure need not be fresher: they are recounted at most this often.
 CHARGES_CACHE_S = 60.0
 JOB_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-DELIVERY_STATES = ("pending", "delivered", "dead")
+DELIVERY_STATES = tuple(model.DeliveryState)
 
 # One statement, so every figure comes from the same snapshot of the ledger: counted in two
 # statements, a commit in between (a state change with its deliveries) could show up in one
@@ -193,9 +193,9 @@ class _Snapshot:
 
     def events(self, router: outbox.Router) -> collections.Counter[str]:
         """Delivery rows per connector that the terminal rows call for."""
-        due = {s: self.states.get(s, 0) for s in ledger.TERMINAL}
+        due: dict[str, int] = {s: self.states.get(s, 0) for s in model.TERMINAL}
         # Only `finished` rows wait for values; their events are written with the values.
-        due["finished"] -= self.awaiting
+        due[model.EnrichmentState.FINISHED] -= self.awaiting
         return expected_events(router, due, self.targets)
 
     def deficits(self, router: outbox.Router) -> dict[str, int]:
@@ -208,7 +208,7 @@ class _Snapshot:
 
     def unknown_states(self) -> int:
         """Rows in a state the bridge does not know (which no count of the invariant covers)."""
-        known = {*ledger.IN_FLIGHT, *ledger.TERMINAL}
+        known = frozenset(model.EnrichmentState)
         return sum(n for s, n in self.states.items() if s not in known) + sum(
             n for (_, s), n in self.deliveries.items() if s not in DELIVERY_STATES
         )
@@ -360,7 +360,7 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
 
 def _ledger_families(figures: LedgerFigures, connectors: tuple[str, ...]) -> Iterator[Metric]:
     states = _gauge("enrichments", "Enrichments in the ledger by state.", ("state",))
-    known = dict.fromkeys((*ledger.IN_FLIGHT, *ledger.TERMINAL), 0)
+    known = dict.fromkeys(model.EnrichmentState, 0)
     for state, n in (known | figures.enrichments).items():
         states.add_metric([state], n)
     awaiting = _gauge(

@@ -17,6 +17,8 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from bridge import model
+
 DELIVERY_COLUMNS = (
     "id, enrichment_id, connector, object_type, object_id, event_type, message_id, body, attempts,"
     " created_at"
@@ -102,15 +104,7 @@ class Delivery:
         """The CRM record this delivery updates, if any."""
         if not (self.object_type or self.object_id):
             return None
-        return target_json(self.connector, self.object_type, self.object_id)
-
-
-def target_json(connector: str, object_type: str = "", object_id: str = "") -> dict[str, str]:
-    """The API and event shape of a target: the record's keys only when there is a record."""
-    shape = {"connector": connector}
-    if object_type or object_id:
-        shape |= {"objectType": object_type, "objectId": object_id}
-    return shape
+        return model.target_json(self.connector, self.object_type, self.object_id)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,7 +112,7 @@ class Attempt:
     """The result of one delivery attempt, as the ledger stores it."""
 
     delivery_id: int
-    state: str  # pending | delivered | dead
+    state: str  # a model.DeliveryState value, as a plain string (bound per row)
     next_attempt_at: float | None
     error: str | None
     status: int | None
@@ -204,7 +198,7 @@ def _event_body(
             "reason": error,
             "enrichment": lance_record,
             "values": json.loads(enriched) if enriched else {},
-            "target": target_json(*target),
+            "target": model.target_json(*target),
         },
     }
     return orjson.dumps(event)

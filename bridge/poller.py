@@ -13,10 +13,18 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from bridge import errors, lance, ledger, outbox, pacing
+from bridge import errors, lance, ledger, model, outbox, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_PENDING = model.EnrichmentState.PENDING.value
+_EXPIRED = model.EnrichmentState.EXPIRED.value
+_LOST = model.EnrichmentState.LOST.value
+_FAILED = model.EnrichmentState.FAILED.value
+_TERMINAL = frozenset(state.value for state in model.TERMINAL)
 
 
 @dataclasses.dataclass(slots=True)
@@ -47,9 +55,9 @@ def interpret(
         return ledger.Change(row_id, str(status), record, None, record.get("error"))
     if age_s >= config.expire_after_seconds:
         reason = f"still pending at Lance after {age_s:.0f} s"
-        return ledger.Change(row_id, "expired", record, None, reason)
+        return ledger.Change(row_id, _EXPIRED, record, None, reason)
     delay = pacing.poll_delay(age_s, config, rng)
-    return ledger.Change(row_id, "pending", record, now + delay)
+    return ledger.Change(row_id, _PENDING, record, now + delay)
 
 
 def missing(
@@ -63,10 +71,8 @@ def missing(
     """The change for a row Lance returned no record for: wait, then call it ``lost``."""
     if age_s >= config.lost_after_seconds:
         reason = f"Lance kept no record after {age_s:.0f} s"
-        return ledger.Change(row_id, "lost", error=reason)
-    return ledger.Change(
-        row_id, "pending", next_poll_at=now + pacing.poll_delay(age_s, config, rng)
-    )
+        return ledger.Change(row_id, _LOST, error=reason)
+    return ledger.Change(row_id, _PENDING, next_poll_at=now + pacing.poll_delay(age_s, config, rng))
 
 
 class Poller:
@@ -135,7 +141,7 @@ class Poller:
         now = self.clock()
         changes = [self._change(row, found.get(_key(row)), now) for row in rows]
         await self.store.apply(changes, now)
-        terminal = sum(change.state in ledger.TERMINAL for change in changes)
+        terminal = sum(change.state in _TERMINAL for change in changes)
         return PollReport(requests=1, updated=len(changes), terminal=terminal)
 
     async def _isolate(self, rows: Sequence[ledger.PollRow], exc: errors.LanceError) -> PollReport:
@@ -147,7 +153,8 @@ class Poller:
         if len(rows) == 1:
             reason = f"Lance refused to report on it: {exc.message}"
             await self.store.apply(
-                [ledger.Change(rows[0].id, "failed", error=reason)], self.clock()
+                [ledger.Change(rows[0].id, _FAILED, error=reason)],
+                self.clock(),
             )
             return PollReport(requests=1, updated=1, terminal=1, failed_requests=1)
         middle = len(rows) // 2
@@ -162,7 +169,7 @@ class Poller:
         if record is None:
             return missing(row.id, age_s, now, config=self.config, rng=self.rng)
         change = interpret(row.id, record, age_s, now, config=self.config, rng=self.rng)
-        if change.state == "pending" and row.has_record:
+        if change.state == _PENDING and row.has_record:
             # A still-pending record says nothing new; not rewriting it keeps the tick cheap.
             return change._replace(record=None)
         return change

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from bridge import ledger, outbox
+from bridge import ledger, model, outbox
 
 ENRICHMENT_COLUMNS = (
     "id, entity_type, entity_id, field, mode, state, lance_id, record, data_found, needs_fetch,"
@@ -22,7 +22,7 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else outbox.iso(ts)
 
 
-def enrichment_json(row: Sequence[Any], targets: Iterable[ledger.Target] = ()) -> dict[str, Any]:
+def enrichment_json(row: Sequence[Any], targets: Iterable[model.Target] = ()) -> dict[str, Any]:
     """A row of :data:`ENRICHMENT_COLUMNS` in the API shape."""
     (
         row_id,
@@ -85,7 +85,7 @@ def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
         "id": row_id,
         "enrichmentId": enrichment_id,
         "connector": name,
-        "target": outbox.target_json(name, otype, oid),
+        "target": model.target_json(name, otype, oid),
         "eventType": event_type,
         "messageId": message_id,
         "state": state,
@@ -112,14 +112,14 @@ async def enrichments(store: ledger.Ledger, ids: Sequence[int]) -> dict[int, dic
     return {int(row[0]): enrichment_json(row, targets.get(int(row[0]), ())) for row in rows}
 
 
-async def _targets(store: ledger.Ledger, id_list: str) -> dict[int, list[ledger.Target]]:
-    found: dict[int, list[ledger.Target]] = {}
+async def _targets(store: ledger.Ledger, id_list: str) -> dict[int, list[model.Target]]:
+    found: dict[int, list[model.Target]] = {}
     for row in await store.fetch(
         "SELECT enrichment_id, connector, object_type, object_id FROM targets"
         " WHERE enrichment_id IN (SELECT value FROM json_each(?))",
         (id_list,),
     ):
-        found.setdefault(int(row[0]), []).append(ledger.Target(row[1], row[2], row[3]))
+        found.setdefault(int(row[0]), []).append(model.Target(row[1], row[2], row[3]))
     return found
 
 
@@ -239,6 +239,6 @@ async def counts(store: ledger.Ledger) -> dict[str, Any]:
         "lastPollAt": await store.get_meta("last_poll_at"),
         # Nothing queued, nothing held: a hold left by a process that stopped means nothing.
         "triggersHeld": (await store.get_meta("trigger_held") or None)
-        if by_state.get("queued")
+        if by_state.get(model.EnrichmentState.QUEUED)
         else None,
     }

@@ -7,13 +7,14 @@ the response models here only describe them, and the schemathesis suite
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal, Required
 
 import pydantic
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from bridge import lance
+from bridge import lance, model
 
 MAX_TRIGGER_TASKS = 1000
 MAX_QUERY_TASKS = 200
@@ -73,13 +74,17 @@ class TriggerRequest(_Strict):
 EntityType = Literal["person", "company"]
 EnrichField = Literal["phones", "emails", "summary"]
 Mode = Literal["trigger", "track"]
-# The ledger's states (ledger.IN_FLIGHT + ledger.TERMINAL) and the outbox's; a test checks
-# they equal the sets the handlers accept as ``?state=``.
-InFlightState = Literal["queued", "pending"]
-EnrichmentState = Literal[
-    "queued", "pending", "finished", "failed", "timeout", "cancelled", "lost", "expired"
-]
-DeliveryState = Literal["pending", "delivered", "dead"]
+# The states of bridge.model, as Literals of their values: a Literal's JSON schema is an
+# inline ``enum`` list (an Enum class would become a ``$ref`` and change /openapi.json). The
+# response models only describe what the handlers write, so the type checker sees ``str``.
+if typing.TYPE_CHECKING:
+    InFlightState = str
+    EnrichmentState = str
+    DeliveryState = str
+else:
+    InFlightState = Literal[tuple(state.value for state in model.IN_FLIGHT)]
+    EnrichmentState = Literal[tuple(state.value for state in model.EnrichmentState)]
+    DeliveryState = Literal[tuple(state.value for state in model.DeliveryState)]
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 # A ``nextCursor``: the last id of a page, as the digit string the handlers read back.
 CURSOR_PATTERN = r"^[0-9]{1,18}$"

@@ -189,10 +189,6 @@ class Settings(pydantic_settings.BaseSettings):
         # name, which the stock env source cannot do), so only the merged init data is used.
         return (init_settings,)
 
-    def connector_named(self, name: str) -> connector.ConnectorConfig | None:
-        """The connector config named ``name``, if any."""
-        return next((c for c in self.connectors if c.name == name), None)
-
 
 def load(
     path: Path | None = None,

@@ -12,12 +12,17 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from bridge import errors, lance, ledger, outbox, pacing, poller
+from bridge import errors, lance, ledger, model, outbox, pacing, poller
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
 HOLD_META_KEY = "trigger_held"
 _UNPUBLISHED = "\0unknown"  # never a hold reason
+# The states' plain string values, bound once: read for every row of the hot paths, where an
+# enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
+# adapts those one by one) would cost more than the string did.
+_PENDING = model.EnrichmentState.PENDING.value
+_FAILED = model.EnrichmentState.FAILED.value
 
 
 @dataclasses.dataclass(slots=True)
@@ -139,7 +144,7 @@ class Triggerer:
     def _change(self, row_id: int, record: lance.Enrichment | None, now: float) -> ledger.Change:
         if record is None:
             # Not in the answer: poll for it; if Lance never shows a record it becomes `lost`.
-            return ledger.Change(row_id, "pending", next_poll_at=now, from_queue=True)
+            return ledger.Change(row_id, _PENDING, next_poll_at=now, from_queue=True)
         change = poller.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
         return change._replace(from_queue=True)
 
@@ -155,7 +160,7 @@ class Triggerer:
             },
         )
         reason = f"Lance rejected the trigger: {exc.message}"
-        changes = [ledger.Change(row.id, "failed", error=reason) for row in rows]
+        changes = [ledger.Change(row.id, _FAILED, error=reason) for row in rows]
         await self.store.apply(changes, self.clock())
 
     def _hold(self, exc: errors.LanceError) -> None:

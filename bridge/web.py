@@ -20,8 +20,8 @@ from bridge import (
     errors,
     inbound,
     jsonbody,
-    ledger,
     metrics,
+    model,
     openapi,
     outbox,
     queries,
@@ -31,8 +31,8 @@ from bridge import (
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ENRICHMENT_STATES = frozenset((*ledger.IN_FLIGHT, *ledger.TERMINAL))
-DELIVERY_STATES = frozenset(("pending", "delivered", "dead"))
+ENRICHMENT_STATES = frozenset(model.EnrichmentState)
+DELIVERY_STATES = frozenset(model.DeliveryState)
 MAX_PAGE = 1000
 
 
@@ -186,7 +186,7 @@ def _task(
     connectors: Mapping[str, connector.Connector],
     index: int,
     task: schemas.TriggerTask,
-) -> ledger.Task:
+) -> model.Task:
     where = f"tasks.{index}"
     if task.mode == "trigger" and (task.entityType != "person" or task.field == "summary"):
         fail(
@@ -213,8 +213,8 @@ def _task(
         problem = item.target_problem(target.objectType, target.objectId) if item else None
         if problem:
             fail(422, "validation_error", f"{where}.targets: {problem}")
-    targets = tuple(ledger.Target(t.connector, t.objectType, t.objectId) for t in task.targets)
-    return ledger.Task(task.entityType, task.entityId, task.field, task.mode, targets)
+    targets = tuple(model.Target(t.connector, t.objectType, t.objectId) for t in task.targets)
+    return model.Task(task.entityType, task.entityId, task.field, task.mode, targets)
 
 
 async def post_query(request: web.Request) -> web.Response:
@@ -236,7 +236,7 @@ def _lance_shape(row: dict[str, Any]) -> dict[str, Any]:
         "entityId": row["entityId"],
         "entityType": row["entityType"],
         "field": row["field"],
-        "status": "pending",
+        "status": model.EnrichmentState.PENDING,
         "error": None,
         "dataFound": None,
     }
@@ -288,7 +288,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
     current = await queries.delivery(bridge.ledger, delivery_id)
     if current is None:
         fail(404, "not_found", f"no delivery {delivery_id}")
-    if current["state"] != "dead":
+    if current["state"] != model.DeliveryState.DEAD:
         fail(
             409, "not_dead", f"delivery {delivery_id} is {current['state']}; only dead ones replay"
         )

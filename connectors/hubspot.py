@@ -43,7 +43,7 @@ import aiohttp
 import pydantic
 from pydantic import Field, SecretStr
 
-from bridge import connector, errors, ledger, ratelimit
+from bridge import connector, errors, model, ratelimit
 from bridge.connector import Event, HookError, HookRequest, Outcome
 from connectors import mapping
 
@@ -342,7 +342,7 @@ class HubSpotConnector(connector.Connector):
             others = ", ".join(sorted(str(p) for p in portals - {wanted}))
             raise HookError(401, "unauthorized", f"events of portal {others}, not {wanted}")
 
-    def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
+    def parse_hook(self, request: HookRequest) -> list[model.Inbound]:
         """App webhook events (a JSON array) or one workflow record (a JSON object)."""
         payload = request.json()
         if isinstance(payload, list):
@@ -355,7 +355,7 @@ class HubSpotConnector(connector.Connector):
             return [self._workflow_call(payload, request)]
         raise HookError(400, "invalid_body", "expected a JSON array of events or a record object")
 
-    def _app_event(self, index: int, item: Any) -> ledger.Inbound:
+    def _app_event(self, index: int, item: Any) -> model.Inbound:
         if not isinstance(item, dict):
             raise HookError(400, "invalid_body", f"[{index}]: an event must be an object")
         kind = item.get("subscriptionType") or item.get("eventType")
@@ -364,7 +364,7 @@ class HubSpotConnector(connector.Connector):
             # One event of a shape the bridge does not act on (an association change, say)
             # must not make HubSpot retry, and finally drop, the other 99 with it.
             digest = hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()
-            return ledger.Inbound(
+            return model.Inbound(
                 f"unparsed:{digest}", skipped="no subscriptionType and numeric objectId"
             )
         key = ":".join(
@@ -378,20 +378,20 @@ class HubSpotConnector(connector.Connector):
         )
         record = (object_type or scope, str(object_id))
         if object_type is None:
-            return ledger.Inbound(key, skipped=f"{kind}: not a contact or company", record=record)
+            return model.Inbound(key, skipped=f"{kind}: not a contact or company", record=record)
         if action == "creation":
-            return ledger.Inbound(key, lookup=record)
+            return model.Inbound(key, lookup=record)
         if action != "propertyChange":
-            return ledger.Inbound(key, skipped=f"{kind}: not an event that triggers", record=record)
+            return model.Inbound(key, skipped=f"{kind}: not an event that triggers", record=record)
         settings = self.settings.objects()[object_type]
         name = item.get("propertyName")
         if name != settings.lance_id_property:
-            return ledger.Inbound(
+            return model.Inbound(
                 key, skipped=f"change of {name}, not {settings.lance_id_property}", record=record
             )
         return self._inbound(key, object_type, str(object_id), item.get("propertyValue"))
 
-    def _workflow_call(self, payload: dict[str, Any], request: HookRequest) -> ledger.Inbound:
+    def _workflow_call(self, payload: dict[str, Any], request: HookRequest) -> model.Inbound:
         object_type = self._workflow_object_type(payload, request)
         properties = _workflow_properties(payload)
         object_id = _workflow_record_id(payload, properties)
@@ -428,12 +428,12 @@ class HubSpotConnector(connector.Connector):
 
     def _inbound(
         self, key: str, object_type: ObjectType, object_id: str, lance_id: Any
-    ) -> ledger.Inbound:
+    ) -> model.Inbound:
         record = (object_type, object_id)
         tasks = self.tasks_for(object_type, object_id, lance_id)
         if isinstance(tasks, str):
-            return ledger.Inbound(key, skipped=tasks, record=record)
-        return ledger.Inbound(key, tasks=tasks, record=record)
+            return model.Inbound(key, skipped=tasks, record=record)
+        return model.Inbound(key, tasks=tasks, record=record)
 
     def tasks_for(self, object_type: ObjectType, object_id: str, lance_id: Any) -> connector.Lookup:
         """The enrichments a record with ``lance_id`` asks for, or why there are none."""
@@ -446,9 +446,9 @@ class HubSpotConnector(connector.Connector):
         entity_type, mode = (
             ("person", "trigger") if object_type == "contacts" else ("company", "track")
         )
-        target = (ledger.Target(self.name, object_type, object_id),)
+        target = (model.Target(self.name, object_type, object_id),)
         return tuple(
-            ledger.Task(entity_type, entity_id, field, mode, target) for field in settings.enrich
+            model.Task(entity_type, entity_id, field, mode, target) for field in settings.enrich
         )
 
     async def lookup(
@@ -709,7 +709,7 @@ class HubSpotConnector(connector.Connector):
         )
 
     async def _access_token(self) -> str:
-        if self._token is None or time.time() >= self._token_expires_at:
+        if self._token is None or self.clock() >= self._token_expires_at:
             await self._refresh(stale=False)
         assert self._token is not None
         return self._token
@@ -721,7 +721,7 @@ class HubSpotConnector(connector.Connector):
             return
         seen = self._token
         async with self._refresh_lock:
-            if self._token != seen or (not stale and time.time() < self._token_expires_at):
+            if self._token != seen or (not stale and self.clock() < self._token_expires_at):
                 return  # another caller refreshed meanwhile
             form = {
                 "grant_type": "refresh_token",
@@ -760,7 +760,7 @@ class HubSpotConnector(connector.Connector):
                     f" without a token: {text}"
                 ) from None
             self._token = token
-            self._token_expires_at = time.time() + max(
+            self._token_expires_at = self.clock() + max(
                 lifetime - settings.token_refresh_margin_seconds, lifetime / 2
             )
 

@@ -15,8 +15,12 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field
 
+from bridge import model
+
 _SOURCE = re.compile(r"^(?:(emails|phones)(?:\[(\d+)(:)?\])?|summary|state|enriched_at)$")
 Policy = Literal["fill_if_empty", "overwrite", "never"]
+# A plain string bound once: read for every mapped property of every event delivered.
+_FINISHED = model.EnrichmentState.FINISHED.value
 
 
 class PropertyMap(pydantic.BaseModel):
@@ -56,7 +60,7 @@ class PropertyMap(pydantic.BaseModel):
             return state if isinstance(state, str) and state else None
         if self.source == "enriched_at":
             stamp = event.get("timestamp")
-            finished = data.get("state") == "finished"
+            finished = data.get("state") == _FINISHED
             return stamp if finished and isinstance(stamp, str) and stamp else None
         values = data.get("values") or {}
         if self.source == "summary":

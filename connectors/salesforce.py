@@ -54,7 +54,7 @@ from defusedxml import ElementTree as SafeElementTree  # type: ignore[import-unt
 from defusedxml.common import DefusedXmlException  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr
 
-from bridge import connector, errors, ledger
+from bridge import connector, errors, model
 from bridge.connector import Event, HookError, HookRequest, Outcome
 from connectors import mapping
 
@@ -539,7 +539,7 @@ class SalesforceConnector(connector.Connector):
                 401, "unauthorized", "missing or wrong Authorization: Bearer <flow_token>"
             )
 
-    def parse_hook(self, request: HookRequest) -> list[ledger.Inbound]:
+    def parse_hook(self, request: HookRequest) -> list[model.Inbound]:
         """The notifications of an Outbound Message, or the records of a Flow callout."""
         if _media_type(request.headers) == JSON_MEDIA_TYPE:
             return self._flow_events(request)
@@ -554,7 +554,7 @@ class SalesforceConnector(connector.Connector):
             )
         return [self._notification(index, item) for index, item in enumerate(items)]
 
-    def _notification(self, index: int, item: Any) -> ledger.Inbound:
+    def _notification(self, index: int, item: Any) -> model.Inbound:
         notification_id = (item.findtext(f"{{{OUTBOUND_NS}}}Id") or "").strip()
         sobject = item.find(f"{{{OUTBOUND_NS}}}sObject")
         if not notification_id or sobject is None:
@@ -567,14 +567,14 @@ class SalesforceConnector(connector.Connector):
         record_id = values.get("id", "")
         object_type = object_type_of(named)
         if object_type is None:
-            return ledger.Inbound(
+            return model.Inbound(
                 key,
                 skipped=f"sObject type {named or '(none)'}: not a Lead, Contact or Account",
                 record=(named, record_id),
             )
         canonical = id18(record_id)
         if canonical is None:
-            return ledger.Inbound(
+            return model.Inbound(
                 key,
                 skipped=f"{object_type} id {record_id[:20]!r} is not a Salesforce id",
                 record=(object_type, record_id),
@@ -583,10 +583,10 @@ class SalesforceConnector(connector.Connector):
         lance_id = values.get(lance_field.lower(), "")
         tasks = self.tasks_for(object_type, canonical, lance_id)
         if isinstance(tasks, str):
-            return ledger.Inbound(key, skipped=tasks, record=(object_type, canonical))
-        return ledger.Inbound(key, tasks=tasks, record=(object_type, canonical))
+            return model.Inbound(key, skipped=tasks, record=(object_type, canonical))
+        return model.Inbound(key, tasks=tasks, record=(object_type, canonical))
 
-    def _flow_events(self, request: HookRequest) -> list[ledger.Inbound]:
+    def _flow_events(self, request: HookRequest) -> list[model.Inbound]:
         try:
             payload = request.json()
         except HookError as exc:
@@ -615,9 +615,9 @@ class SalesforceConnector(connector.Connector):
             key = f"flow:{digest}:{index}"
             target = (record.object_type, canonical)
             if isinstance(tasks, str):
-                events.append(ledger.Inbound(key, skipped=tasks, record=target))
+                events.append(model.Inbound(key, skipped=tasks, record=target))
             else:
-                events.append(ledger.Inbound(key, tasks=tasks, record=target))
+                events.append(model.Inbound(key, tasks=tasks, record=target))
         return events
 
     def tasks_for(
@@ -642,11 +642,11 @@ class SalesforceConnector(connector.Connector):
         if not wanted:
             return f"{object_type}: enrich is empty in the connector settings"
         entity_type, mode = ("person", "trigger") if person else ("company", "track")
-        target = (ledger.Target(self.name, object_type, record_id),)
+        target = (model.Target(self.name, object_type, record_id),)
         entity_id = str(uuid.UUID(lance_id))
-        return tuple(ledger.Task(entity_type, entity_id, field, mode, target) for field in wanted)
+        return tuple(model.Task(entity_type, entity_id, field, mode, target) for field in wanted)
 
-    def hook_reply(self, request: HookRequest, received: ledger.Received) -> web.Response:
+    def hook_reply(self, request: HookRequest, received: model.Received) -> web.Response:
         """The SOAP Ack for an Outbound Message; the JSON summary for a Flow callout."""
         if _is_json(request):
             return super().hook_reply(request, received)

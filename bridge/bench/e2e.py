@@ -260,7 +260,6 @@ async def _batched_writes(app: web.Application, ids: list[str]) -> float:
                 }
             ),
             target={"connector": "hubspot", "objectType": "contacts", "objectId": i},
-            attempt=0,
         )
         for n, (i, p) in enumerate(zip(ids, _phones(len(ids), 1), strict=True))
     ]

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import app as app_mod
-from bridge import ledger
+from bridge import ledger, model
 from bridge import settings as settings_mod
 from bridge.bench import Result, procs
 from bridge.sim import _http
@@ -91,7 +91,7 @@ def _naive_app(path: Path) -> web.Application:
                 (
                     task["entityId"],
                     task["field"],
-                    ledger.key_bytes("person", task["entityId"], task["field"]),
+                    model.key_bytes("person", task["entityId"], task["field"]),
                     time.time(),
                     time.time(),
                 ),

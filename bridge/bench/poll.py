@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pydantic
 
-from bridge import lance, ledger, poller
+from bridge import lance, ledger, model, poller
 from bridge import settings as settings_mod
 from bridge.bench import Result, peak_rss_mb, procs
 
@@ -22,7 +22,7 @@ async def _fill(store: ledger.Ledger, count: int, now: float) -> None:
     """``count`` in-flight (tracked) rows, streamed in chunks so memory stays flat."""
     for start in range(0, count, ACCEPT_CHUNK):
         ids = procs.entity_ids(min(ACCEPT_CHUNK, count - start), start=start)
-        await store.accept([ledger.Task("person", i, "emails", "track") for i in ids], now)
+        await store.accept([model.Task("person", i, "emails", "track") for i in ids], now)
 
 
 async def bench_poll(count: int, folder: Path) -> Result:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import cli, ledger, outbox
+from bridge import cli, ledger, model, outbox
 from tests.acceptance.test_serve import _cli
 
 NOW = 1_800_000_000.0
@@ -136,7 +136,7 @@ def _seed_ledger(path: Path) -> int:
         store = await ledger.Ledger.open(path, router=router)
         try:
             accepted = await store.accept(
-                [ledger.Task("person", str(uuid.uuid4()), "emails") for _ in range(3)], NOW
+                [model.Task("person", str(uuid.uuid4()), "emails") for _ in range(3)], NOW
             )
             await store.apply([ledger.Change(accepted[0].id, "failed", error="boom")], NOW)
             [delivery] = await store.due_deliveries(NOW, 10)
@@ -186,7 +186,7 @@ def _seed_aged_ledger(path: Path, now: float) -> dict[str, int]:
         router = outbox.Router([outbox.Route("hook", False, frozenset({"enrichment.failed"}))])
         store = await ledger.Ledger.open(path, router=router)
         try:
-            tasks = [ledger.Task("person", str(uuid.uuid4()), "emails") for _ in range(3)]
+            tasks = [model.Task("person", str(uuid.uuid4()), "emails") for _ in range(3)]
             [old] = await store.accept(tasks[:1], now - 3 * 3600)
             young = await store.accept(tasks[1:], now - 600)
             await store.apply([ledger.Change(old.id, "failed", error="old")], now - 3 * 3600)

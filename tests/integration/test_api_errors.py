@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import app as app_mod
-from bridge import ledger
+from bridge import model
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import API_TOKEN, BridgeFactory, Clock, auth, jobs_of, make_settings
@@ -839,7 +839,7 @@ async def test_a_cursor_past_the_end_is_an_empty_last_page(paged: Client) -> Non
 
 async def test_the_default_page_size_is_bounded(client: Client, clock: Clock) -> None:
     store = client.app[app_mod.BRIDGE].ledger
-    await store.accept([ledger.Task("person", _uuid(), "emails") for _ in range(150)], clock())
+    await store.accept([model.Task("person", _uuid(), "emails") for _ in range(150)], clock())
     response = await client.get("/v1/enrichments", headers=auth())
     page = await response.json()
     assert len(page["enrichments"]) == 100

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bridge import app as app_mod
-from bridge import ledger
+from bridge import model
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings, tasks_for
@@ -211,7 +211,7 @@ async def test_a_row_lance_refuses_to_report_on_fails_alone(
     refused = str(uuid.uuid1())
     store = client.app[app_mod.BRIDGE].ledger
     await store.accept(
-        [ledger.Task("company", e, "summary", "track") for e in [*good[:4], refused, *good[4:]]],
+        [model.Task("company", e, "summary", "track") for e in [*good[:4], refused, *good[4:]]],
         clock(),
     )
 

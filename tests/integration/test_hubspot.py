@@ -1067,6 +1067,37 @@ async def test_an_expired_oauth_token_is_refreshed_once_and_nothing_is_lost(
     assert len(expired) == 1
 
 
+async def test_a_token_past_its_lifetime_on_the_bridge_clock_is_renewed_before_use(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    # The connector reads token expiry from the bridge clock it was given, so a token whose
+    # lifetime has run out (on that clock) is renewed before a request, never after a 401.
+    sandbox, hubspot_url = hubspot
+    oauth = {
+        "access_token": None,
+        "refresh_token": "refresh-sandbox",
+        "client_id": sandbox.client_id,
+    }
+    client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url, **oauth))
+    first = contacts_with_lance_ids(sandbox, 1)
+    await post_events(client, changes(sandbox, first, clock), clock)
+    await drain(client)
+    assert sandbox.token_requests == 1
+    clock.advance(sandbox.token_lifetime_s + 1)
+    second = contacts_with_lance_ids(sandbox, 1)
+
+    await post_events(client, changes(sandbox, second, clock), clock)
+    await drain(client)
+
+    assert sandbox.token_requests == 2
+    assert all(sandbox.record("contacts", i).get("email") for i in first + second)
+    assert [r for r in sandbox.requests if r.status == 401] == []
+
+
 async def test_a_refused_refresh_token_says_so_on_the_delivery(
     make_bridge: BridgeFactory,
     simulator: tuple[sim.LanceSimulator, str],

@@ -49,7 +49,7 @@ def finished(delivery_id: int, record_id: str) -> connector.Event:
     }
     target = {"objectType": "contacts", "objectId": record_id}
     return connector.Event(delivery_id, f"msg_{delivery_id}", "enrichment.finished",
-                           json.dumps(body).encode(), target, 0)  # fmt: skip
+                           json.dumps(body).encode(), target)  # fmt: skip
 
 
 async def test_many_batches_within_the_budget_get_no_429(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import errors, ledger, outbox
+from bridge import errors, ledger, model, outbox
 
 NOW = 1_800_000_000.0
 WEBHOOK = outbox.Route("hook", needs_record=False, events=frozenset({"enrichment.finished"}))
@@ -19,8 +19,8 @@ CRM = outbox.Route(
 )
 
 
-def _task(mode: str = "trigger", *targets: ledger.Target) -> ledger.Task:
-    return ledger.Task("person", str(uuid.uuid4()), "emails", mode, targets)
+def _task(mode: str = "trigger", *targets: model.Target) -> model.Task:
+    return model.Task("person", str(uuid.uuid4()), "emails", mode, targets)
 
 
 @pytest.fixture
@@ -60,8 +60,8 @@ async def test_migrations_set_the_schema_version(store: ledger.Ledger) -> None:
 async def test_one_row_in_flight_per_key_and_targets_attach(store: ledger.Ledger) -> None:
     task = _task()
     first = await store.accept([task], NOW)
-    crm = ledger.Target("crm", "contacts", "42")
-    again = await store.accept([ledger.Task(*task.key, "trigger", (crm,))], NOW + 1)
+    crm = model.Target("crm", "contacts", "42")
+    again = await store.accept([model.Task(*task.key, "trigger", (crm,))], NOW + 1)
     assert first[0].created
     assert not again[0].created
     assert first[0].id == again[0].id
@@ -92,7 +92,7 @@ async def test_a_queued_row_without_a_trigger_record_moves_to_pending(
 
 
 async def test_terminal_state_and_its_events_commit_together(store: ledger.Ledger) -> None:
-    crm = ledger.Target("crm", "contacts", "7")
+    crm = model.Target("crm", "contacts", "7")
     [accepted] = await store.accept([_task("track", crm)], NOW)
     record = {
         "id": "r1",
@@ -144,7 +144,7 @@ async def test_a_change_to_a_row_no_longer_in_flight_is_ignored(store: ledger.Le
 
 
 async def test_replay_only_touches_dead_deliveries(store: ledger.Ledger) -> None:
-    [accepted] = await store.accept([_task("track", ledger.Target("crm", "c", "1"))], NOW)
+    [accepted] = await store.accept([_task("track", model.Target("crm", "c", "1"))], NOW)
     await store.apply([ledger.Change(accepted.id, "failed", error="x")], NOW)
     [delivery] = await store.due_deliveries(NOW, 10)
     await store.record_attempts([outbox.Attempt(delivery.id, "dead", None, "HTTP 400", 400)], NOW)

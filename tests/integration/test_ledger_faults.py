@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bridge import app as app_mod
-from bridge import errors, ledger, scheduler, schemas
+from bridge import errors, ledger, model, scheduler, schemas
 from bridge.sim import salesforce as sf
 from tests.conftest import BridgeFactory, auth, make_settings
 from tests.integration import test_salesforce as sf_tests
@@ -27,8 +27,8 @@ NOW = 1_800_000_000.0
 LANCE_ID = "Lance_Person_Id__c"
 
 
-def _task() -> ledger.Task:
-    return ledger.Task("person", str(uuid.uuid4()), "emails")
+def _task() -> model.Task:
+    return model.Task("person", str(uuid.uuid4()), "emails")
 
 
 def _body(n: int = 1) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from bridge import app as app_mod
-from bridge import ledger, openapi, schemas
+from bridge import model, openapi, schemas
 from bridge import web as routes
 from bridge.sim import _http
 from bridge.sim import lance as sim
@@ -319,7 +319,7 @@ def test_documented_parameters_are_the_ones_the_handlers_read() -> None:
     for path in ("/v1/enrichments", "/v1/deliveries"):
         assert _param(path, "limit")["maximum"] == routes.MAX_PAGE
     assert set(typing.get_args(schemas.EnrichmentState)) == routes.ENRICHMENT_STATES
-    assert set(typing.get_args(schemas.InFlightState)) == set(ledger.IN_FLIGHT)
+    assert set(typing.get_args(schemas.InFlightState)) == set(model.IN_FLIGHT)
     assert set(typing.get_args(schemas.DeliveryState)) == routes.DELIVERY_STATES
 
 

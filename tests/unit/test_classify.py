@@ -333,9 +333,7 @@ class _Miscounting(connector.Connector):
 
 async def test_a_connector_miscounting_its_outcomes_gets_retries_not_an_exception() -> None:
     config = connector.ConnectorConfig(name="plugin", type="plugin")
-    events = [
-        connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None, 0) for i in range(3)
-    ]
+    events = [connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None) for i in range(3)]
     async with aiohttp.ClientSession() as session:
         outcomes = await _Miscounting(config, session).send(events)
 
@@ -357,9 +355,7 @@ class _Forgetful(connector.Connector):
 
 async def test_an_event_a_connector_never_batches_gets_a_retry_not_an_exception() -> None:
     config = connector.ConnectorConfig(name="plugin", type="plugin")
-    events = [
-        connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None, 0) for i in range(3)
-    ]
+    events = [connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None) for i in range(3)]
     async with aiohttp.ClientSession() as session:
         outcomes = await _Forgetful(config, session).send(events)
 

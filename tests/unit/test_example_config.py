@@ -9,7 +9,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from bridge import connector
+from bridge import model as bridge_model
 from bridge import settings as settings_mod
 from connectors import hubspot, salesforce, webhook
 
@@ -41,6 +41,11 @@ def _has(data: dict[str, Any], path: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def _connector(path: Path, name: str) -> Any:
+    [found] = [c for c in settings_mod.load(path, environ={}).connectors if c.name == name]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +87,7 @@ def test_the_webhook_table_documents_every_webhook_key(example: dict[str, Any]) 
 
     assert table["type"] == "webhook"
     assert set(webhook.WebhookConfig.model_fields) <= set(table)
-    assert tuple(table["events"]) == connector.EVENT_TYPES
+    assert tuple(table["events"]) == bridge_model.EVENT_TYPES
 
 
 def test_the_hubspot_table_documents_every_key_with_its_default(example: dict[str, Any]) -> None:
@@ -93,7 +98,7 @@ def test_the_hubspot_table_documents_every_key_with_its_default(example: dict[st
     # Secrets are shown commented out: they belong in the environment.
     shown = set(table) | {k for k in hubspot.HubSpotConfig.model_fields if f"# {k} = " in text}
     assert set(hubspot.HubSpotConfig.model_fields) <= shown
-    loaded = settings_mod.load(EXAMPLE, environ={}).connector_named("hubspot")
+    loaded = _connector(EXAMPLE, "hubspot")
     defaults = hubspot.HubSpotConfig(name="hubspot", access_token="x")
     assert isinstance(loaded, hubspot.HubSpotConfig)
     assert loaded.contacts == defaults.contacts
@@ -110,7 +115,7 @@ def test_the_salesforce_table_documents_every_key_with_its_default(
     fields = salesforce.SalesforceConfig.model_fields
     shown = set(table) | {k for k in fields if f"# {k} = " in text}
     assert set(fields) <= shown
-    loaded = settings_mod.load(EXAMPLE, environ={}).connector_named("salesforce")
+    loaded = _connector(EXAMPLE, "salesforce")
     assert isinstance(loaded, salesforce.SalesforceConfig)
     defaults = salesforce.SalesforceConfig(
         name="salesforce", client_id=loaded.client_id, login_url=loaded.login_url

@@ -108,8 +108,6 @@ def test_a_toml_file_is_read(tmp_path: Path) -> None:
         "webhook",
         ("enrichment.finished",),
     )
-    assert loaded.connector_named("ops-webhook") is hook
-    assert loaded.connector_named("nope") is None
 
 
 def test_the_default_file_in_the_working_directory_is_read() -> None:
@@ -135,8 +133,8 @@ def _api_tokens(loaded: settings.Settings) -> list[str]:
 
 
 def _hook_secret(loaded: settings.Settings) -> str:
-    hook = loaded.connector_named("ops-webhook")
-    assert hook is not None
+    [hook] = loaded.connectors
+    assert hook.name == "ops-webhook"
     return hook.secret.get_secret_value()  # type: ignore[attr-defined, no-any-return]
 
 
