@@ -1,14 +1,89 @@
-"""HTTP plumbing shared by the fakes in :mod:`bridge.sim`: JSON answers and serving an app."""
+"""HTTP plumbing shared by the fakes in :mod:`bridge.sim`: JSON answers, error answers, auth
+headers, injected faults and serving an app."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 # Fakes are stopped by tests; waiting the default minute for idle keep-alive clients is pointless.
 SHUTDOWN_TIMEOUT_S = 1.0
+
+
+_F = TypeVar("_F")
+
+
+class SimError(Exception):
+    """An error a fake answers in its remote's own shape: each subclass builds that answer."""
+
+    def response(self) -> web.Response:
+        """The aiohttp answer."""
+        raise NotImplementedError
+
+
+async def guarded(
+    request: web.Request,
+    handler: Handler,
+    http_error: Callable[[web.HTTPException, web.Request], web.StreamResponse],
+) -> web.StreamResponse:
+    """Run ``handler``, answering a :class:`SimError` with its response and an aiohttp
+    ``HTTPException`` (no such route or method, body too large) with ``http_error``."""
+    try:
+        return await handler(request)
+    except SimError as err:
+        return err.response()
+    except web.HTTPException as exc:
+        return http_error(exc, request)
+
+
+def split_authorization(header: str | None) -> tuple[str, str]:
+    """``(scheme in lower case, credentials)`` of an ``Authorization`` header (``""`` if absent)."""
+    scheme, _, credentials = (header or "").partition(" ")
+    return scheme.lower(), credentials
+
+
+@dataclasses.dataclass
+class _Queued(Generic[_F]):
+    remaining: int
+    fault: _F
+    route: str | None
+
+
+class FaultQueue(Generic[_F]):
+    """Injected failures, oldest first: each answers the next ``count`` requests it matches."""
+
+    def __init__(self) -> None:
+        self._queued: list[_Queued[_F]] = []
+
+    def add(self, count: int, fault: _F, route: str | None) -> None:
+        """Queue ``fault`` for ``count`` requests (none if below 1); ``None`` matches any route."""
+        if count > 0:
+            self._queued.append(_Queued(count, fault, route))
+
+    def take(self, matches: Callable[[str], bool]) -> _F | None:
+        """The oldest fault whose route is ``None`` or ``matches``, counted as used once."""
+        for queued in self._queued:
+            if queued.route is None or matches(queued.route):
+                queued.remaining -= 1
+                if queued.remaining <= 0:
+                    self._queued.remove(queued)
+                return queued.fault
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """What an injected failure answers: a status, a JSON body (``None``: the remote's default
+    for the status) and extra headers."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def json_response(

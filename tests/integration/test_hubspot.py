@@ -20,7 +20,7 @@ from hubspot.utils.signature import Signature
 from bridge import app as app_mod
 from bridge.sim import hubspot as hs
 from bridge.sim import lance as sim
-from bridge.sim.lance_state import fake_person
+from bridge.sim.lance.entities import fake_person
 from connectors import hubspot as connector
 from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings
 

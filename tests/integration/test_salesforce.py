@@ -25,7 +25,7 @@ from bridge import app as app_mod
 from bridge import errors
 from bridge.sim import lance as sim
 from bridge.sim import salesforce as sf
-from bridge.sim.lance_state import fake_person
+from bridge.sim.lance.entities import fake_person
 from connectors import salesforce as connector
 from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings
 

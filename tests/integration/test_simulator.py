@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.sim import lance, lance_state
+from bridge.sim import lance
+from bridge.sim.lance import state as lance_state
 
 AUTH = {"Authorization": "Bearer sim-token"}
 BATCH_KEY = f"POST {lance.BATCH}"

@@ -1,4 +1,4 @@
-"""The Lance simulator's state: enrichment records, credits and fake prospect entities.
+"""The Lance simulator's state: enrichment records and the credit ledger.
 
 Pure logic with no HTTP, so it can be driven directly and measured. Records are *lazy*: each one
 is created with a predetermined outcome and a due time, and its status is computed whenever it is
@@ -9,7 +9,6 @@ records cheap and lets tests move time with an injected clock.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import heapq
 import itertools
 import json
@@ -18,15 +17,11 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-PERSON = "person"
-COMPANY = "company"
-ENTITY_TYPES = frozenset({PERSON, COMPANY})
-TRIGGER_FIELDS = frozenset({"phones", "emails"})
-QUERY_FIELDS = frozenset({"phones", "emails", "summary"})
-OUTCOMES = ("found", "not_found", "failed", "timeout", "cancelled")
-CHARGE_ON = ("trigger", "success")
+from bridge.sim.lance.config import COMPANY, PERSON, SimConfig
+from bridge.sim.lance.entities import fake_company, fake_person
+
 FAILED_ERROR = "Enrichment failed: no provider could be reached"
 
 # What a record shows once terminal, per outcome: status, error, dataFound, has a
@@ -51,72 +46,6 @@ _TERMINAL_JSON = {
 # Outcomes whose record is reused by a later trigger once terminal (status "finished").
 _REUSABLE_OUTCOMES = frozenset({"found", "not_found"})
 _ISO_SECOND_CACHE_MAX = 4096
-
-
-def _default_costs() -> dict[str, int]:
-    return {"emails": 1, "phones": 2, "summary": 1}
-
-
-def _default_outcomes() -> dict[str, float]:
-    return {"found": 0.85, "not_found": 0.1, "failed": 0.03, "timeout": 0.01, "cancelled": 0.01}
-
-
-@dataclasses.dataclass
-class SimConfig:
-    """Behaviour of a :class:`~bridge.sim.lance.LanceSimulator`.
-
-    Attributes:
-        token: The accepted bearer token.
-        org_id: ``orgId`` / ``organizationId`` reported by the simulator.
-        user_id: ``createdBy`` of records created through the API.
-        credits: Starting balance.
-        cost_per_field: Credits charged per new enrichment of a field.
-        charge_on: ``"trigger"`` charges when a new record is created; ``"success"`` charges when
-            a record finishes with ``dataFound`` true (skipped if the balance cannot cover it).
-        completion_s: Range of the uniform random time from creation to the terminal state.
-            ``(0, 0)``: new records are pending in the trigger response, terminal on the next read.
-        outcomes: Relative weights of the predetermined outcomes (keys from ``OUTCOMES``).
-        fail_rate: Share of API requests answered 500 ``INTERNAL_ERROR``.
-        throttle_rate: Share of API requests answered 429 ``RATE_LIMITED``.
-        retry_after_s: ``Retry-After`` value sent with 429.
-        drop_rate: Share of API requests whose connection is closed without an answer.
-        slow_rate: Share of API requests delayed by ``slow_s`` before being handled.
-        slow_s: Delay of a slow request, in seconds.
-        wrap_trigger_response: Answer triggers with ``{"enrichments": [...]}`` instead of a bare
-            array (the docs show both).
-        seed: Seed for outcomes, durations, ids and faults; ``None`` for a random run.
-        clock: Wall clock in Unix seconds; inject one to control time in tests.
-        unknown_entities: Entity ids the prospect GET endpoints answer with 404.
-    """
-
-    token: str = "sim-token"  # noqa: S105 - a well-known test token, not a secret
-    org_id: str = "org_sim"
-    user_id: str = "user_sim"
-    credits: int = 10_000_000
-    cost_per_field: dict[str, int] = dataclasses.field(default_factory=_default_costs)
-    charge_on: str = "trigger"
-    completion_s: tuple[float, float] = (0.5, 3.0)
-    outcomes: dict[str, float] = dataclasses.field(default_factory=_default_outcomes)
-    fail_rate: float = 0.0
-    throttle_rate: float = 0.0
-    retry_after_s: int = 1
-    drop_rate: float = 0.0
-    slow_rate: float = 0.0
-    slow_s: float = 2.0
-    wrap_trigger_response: bool = False
-    seed: int | None = None
-    clock: Callable[[], float] = time.time
-    unknown_entities: set[str] = dataclasses.field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        if self.charge_on not in CHARGE_ON:
-            raise ValueError(f"charge_on must be one of {CHARGE_ON}, got {self.charge_on!r}")
-        unknown = set(self.outcomes) - set(OUTCOMES)
-        if unknown or sum(self.outcomes.values()) <= 0:
-            raise ValueError(f"outcomes needs positive weights for keys among {OUTCOMES}")
-        low, high = self.completion_s
-        if not 0 <= low <= high:
-            raise ValueError("completion_s must be (low, high) with 0 <= low <= high")
 
 
 class Record:
@@ -418,110 +347,3 @@ class EnrichmentStore:
     def company(self, company_id: str, now: float) -> dict[str, object]:
         """The prospect company JSON; ``summary`` is null until a summary was found."""
         return fake_company(company_id, summary=self.found(COMPANY, company_id, "summary", now))
-
-
-# Fake prospect data. Every value derives from the entity id, so a person looks the same in every
-# run and process; domains use the reserved ``.example`` TLD so nothing real is ever addressed.
-_FIRST_NAMES = ("Ada", "Grace", "Alan", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances")
-_LAST_NAMES = ("Lovelace", "Hopper", "Turing", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Allen")
-_JOB_TITLES = ("VP of Engineering", "Head of Sales", "CTO", "Marketing Manager", "Data Scientist")
-_SENIORITIES = ("VP", "Head", "C-Suite", "Manager", "Senior")
-_CITIES = (
-    ("San Francisco", "94105", "United States"),
-    ("New York", "10001", "United States"),
-    ("London", "EC1A 1BB", "United Kingdom"),
-    ("Paris", "75002", "France"),
-    ("Berlin", "10115", "Germany"),
-)
-_COMPANY_WORDS = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Tyrell", "Wonka")
-_COMPANY_SUFFIXES = ("Labs", "Systems", "Technologies", "Group", "Industries")
-_INDUSTRIES = ("Software", "Financial Services", "Healthcare", "Retail", "Logistics")
-_HEADCOUNTS = ("11-50", "51-200", "201-500", "501-1000", "1001-5000")
-_ENTITY_CREATED_AT = "2024-01-15T10:30:00.000Z"
-
-
-def _seeded(entity_id: str) -> random.Random:
-    return random.Random(entity_id)  # noqa: S311 - deterministic fake data, not security
-
-
-def _fake_phone(rng: random.Random) -> str:
-    return f"+1-555-{rng.randrange(100, 1000)}-{rng.randrange(10_000):04d}"
-
-
-def fake_person(person_id: str, *, emails: bool, phones: bool) -> dict[str, object]:
-    """A deterministic fake person; ``emails``/``phones`` say whether to show those values."""
-    rng = _seeded(person_id)
-    first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
-    city, postal_code, country = rng.choice(_CITIES)
-    company_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    domain = _company_domain(company_id)
-    email_values = [f"{first}.{last}@{domain}".lower(), f"{first[0]}{last}@mail.example".lower()]
-    phone_values = [_fake_phone(rng), _fake_phone(rng)]
-    counts = rng.randint(1, 2), rng.randint(1, 2)
-    return {
-        "id": person_id,
-        "createdAt": _ENTITY_CREATED_AT,
-        "updatedAt": _ENTITY_CREATED_AT,
-        "firstName": first,
-        "lastName": last,
-        "jobTitle": rng.choice(_JOB_TITLES),
-        "city": city,
-        "postalCode": postal_code,
-        "country": country,
-        "linkedinUrl": f"https://www.linkedin.com/in/{first}{last}-{person_id[:8]}".lower(),
-        "phones": phone_values[: counts[0]] if phones else [],
-        "emails": email_values[: counts[1]] if emails else [],
-        "companyId": company_id,
-        "birthDate": None,
-        "departments": ["Engineering"],
-        "subDepartments": [],
-        "functions": ["Engineering"],
-        "seniority": rng.choice(_SENIORITIES),
-        "languages": [{"language": "English", "level": "Native"}],
-        "industry": rng.choice(_INDUSTRIES),
-        "skills": ["Leadership"],
-        "educations": [],
-        "workExperiences": [],
-    }
-
-
-def _company_name(rng: random.Random) -> str:
-    return f"{rng.choice(_COMPANY_WORDS)} {rng.choice(_COMPANY_SUFFIXES)}"
-
-
-def _company_domain(company_id: str) -> str:
-    return _company_name(_seeded(company_id)).lower().replace(" ", "") + ".example"
-
-
-def fake_company(company_id: str, *, summary: bool) -> dict[str, object]:
-    """A deterministic fake company; ``summary`` says whether the summary is available."""
-    rng = _seeded(company_id)
-    name = _company_name(rng)
-    domain = name.lower().replace(" ", "") + ".example"
-    city, postal_code, country = rng.choice(_CITIES)
-    industry, headcount = rng.choice(_INDUSTRIES), rng.choice(_HEADCOUNTS)
-    text = f"{name} is a {industry.lower()} company of {headcount} people based in {city}."
-    return {
-        "id": company_id,
-        "createdAt": _ENTITY_CREATED_AT,
-        "updatedAt": _ENTITY_CREATED_AT,
-        "name": name,
-        "description": f"{name} builds things for the {industry.lower()} industry.",
-        "summary": text if summary else None,
-        "headcount": headcount,
-        "industry": industry,
-        "phones": [_fake_phone(rng)],
-        "linkedinUrl": f"https://www.linkedin.com/company/{domain.split('.')[0]}",
-        "websiteUrl": f"https://www.{domain}",
-        "domain": domain,
-        "city": city,
-        "postalCode": postal_code,
-        "country": country,
-        "logoUrl": None,
-        "baseProviderId": None,
-        "bullhornId": None,
-        "crmId": None,
-        "legalName": f"{name} Inc.",
-        "foundedYear": rng.randint(1990, 2022),
-        "revenue": None,
-    }

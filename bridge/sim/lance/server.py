@@ -1,47 +1,22 @@
-"""A faithful fake of the Lance REST API, to test lance-bridge and your own integrations.
-
-It serves, under one base URL, the enrichment endpoints (batch/single trigger, single status,
-batch-query), the prospect person/company GETs and the credits balance, with the documented
-limits, status codes and error codes. Records complete lazily from a controllable clock; faults
-(500, 429, dropped connections, slow answers) can be injected per request; an unauthenticated
-admin surface under ``/_sim/`` lets tests that only have a URL drive and inspect it.
-
-Example::
-
-    sim = LanceSimulator(SimConfig(completion_s=(0, 0), seed=1))
-    runner = await serve(sim, "127.0.0.1", 0)
-    base_url = f"http://127.0.0.1:{bound_port(runner)}"  # token: sim.config.token
-    ...
-    assert max(sim.charges.values(), default=0) <= 1
-    await runner.cleanup()
-
-Admin surface (no auth, not counted in ``requests``): ``GET /_sim/stats``,
-``POST /_sim/complete``, ``POST /_sim/enrichments`` with
-``{"entityId", "field", "entityType"?, "outcome"?, "completionS"?}``, and ``POST /_sim/faults``
-with any of ``fail_rate``, ``throttle_rate``, ``drop_rate``, ``slow_rate``, ``slow_s``,
-``retry_after_s``.
-"""
+"""The Lance simulator's HTTP side: routes, authentication, fault injection, admin surface."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bridge.sim import _http, lance_state
-
-SimConfig = lance_state.SimConfig
-bound_port = _http.bound_port
-base_url = _http.base_url
+from bridge.sim import _http
+from bridge.sim.lance import config as sim_config
+from bridge.sim.lance import state, validation
+from bridge.sim.lance.errors import ApiError, invalid
 
 API_PREFIX = "/api/v1/"
 BATCH = "/api/v1/operations/enrichment/batch"
@@ -50,15 +25,10 @@ SINGLE = "/api/v1/operations/enrichment/{personId}"
 PERSON = "/api/v1/entities/prospects/person/{id}"
 COMPANY = "/api/v1/entities/prospects/company/{id}"
 BALANCE = "/api/v1/operations/credits/balance"
-MAX_PERSON_IDS = 100
-MAX_TASKS = 200
 FAULT_SETTINGS = ("fail_rate", "throttle_rate", "drop_rate", "slow_rate", "slow_s", "retry_after_s")
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-_UUID4 = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.IGNORECASE
-)
-_OUTCOMES = frozenset(lance_state.OUTCOMES)
+_OUTCOMES = frozenset(sim_config.OUTCOMES)
 _NO_USER = "Missing user ID or organization ID"
 _NO_ORG = "User is not authenticated or not associated with an organization"
 # How each route answers a missing or wrong token. The doc pages disagree, so each entry is what
@@ -71,144 +41,14 @@ _AUTH_ERRORS: dict[str, tuple[int, str, str]] = {
 }
 
 
-@dataclasses.dataclass(eq=False)
-class ApiError(Exception):
-    """An error answer: HTTP status, documented code, message, details and extra headers."""
-
-    status: int
-    code: str
-    message: str
-    details: dict[str, object] = dataclasses.field(default_factory=dict)
-    headers: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        super().__init__(self.message)
-
-
-def error_body(code: str, message: str, details: Mapping[str, object]) -> dict[str, object]:
-    """The error envelope. The docs do not show one: this is the only place that knows it."""
-    return {"error": code, "message": message, "details": dict(details)}
-
-
-def _error_response(err: ApiError) -> web.Response:
-    return _http.json_response(
-        error_body(err.code, err.message, err.details), err.status, err.headers
-    )
-
-
-def _invalid(path: str, message: str) -> ApiError:
-    return ApiError(400, "VALIDATION_ERROR", message, {"field": path})
-
-
-async def _read_json(request: web.Request) -> object:
-    try:
-        return json.loads(await request.read())
-    except ValueError as exc:
-        raise _invalid("body", "Request body must be valid JSON") from exc
-
-
-def _object(value: object, path: str) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise _invalid(path, f"{path} must be a JSON object")
-    return value
-
-
-def _uuid4(value: object, path: str) -> str:
-    if isinstance(value, str) and _UUID4.fullmatch(value):
-        return value.lower()
-    raise _invalid(path, f"{path} must be a valid UUID v4")
-
-
-def _enum(value: object, allowed: frozenset[str], path: str) -> str:
-    if isinstance(value, str) and value in allowed:
-        return value
-    raise _invalid(path, f"{path} must be one of: {', '.join(sorted(allowed))}")
-
-
-def _sized_list(value: object, path: str, maximum: int) -> list[object]:
-    if not isinstance(value, list):
-        raise _invalid(path, f"{path} must be an array")
-    if not 1 <= len(value) <= maximum:
-        raise _invalid(path, f"{path} must contain between 1 and {maximum} items")
-    return value
-
-
-def parse_trigger(body: object) -> tuple[list[str], str]:
-    """Validate a batch trigger body; returns ``(personIds, field)``.
-
-    Raises:
-        ApiError: 400 ``VALIDATION_ERROR`` naming the offending field.
-    """
-    obj = _object(body, "body")
-    ids = _sized_list(obj.get("personIds"), "personIds", MAX_PERSON_IDS)
-    field = _enum(obj.get("field"), lance_state.TRIGGER_FIELDS, "field")
-    return [_uuid4(value, f"personIds[{i}]") for i, value in enumerate(ids)], field
-
-
-def parse_tasks(body: object) -> list[tuple[str, str, str]]:
-    """Validate a batch-query body; returns ``(entityType, entityId, field)`` per task.
-
-    Raises:
-        ApiError: 400 ``VALIDATION_ERROR`` naming the offending field.
-    """
-    tasks = _sized_list(_object(body, "body").get("tasks"), "tasks", MAX_TASKS)
-    return [_parse_task(task, i) for i, task in enumerate(tasks)]
-
-
-def _parse_task(task: object, i: int) -> tuple[str, str, str]:
-    # The hot path of the batch-query: checks inline, error paths formatted only on failure.
-    if isinstance(task, dict):
-        entity_type = task.get("entityType", lance_state.PERSON)
-        entity_id = task.get("entityId")
-        field = task.get("field")
-        if (
-            isinstance(entity_type, str)
-            and entity_type in lance_state.ENTITY_TYPES
-            and isinstance(entity_id, str)
-            and _UUID4.fullmatch(entity_id)
-            and isinstance(field, str)
-            and field in lance_state.QUERY_FIELDS
-        ):
-            return entity_type, entity_id.lower(), field
-    raise _task_error(task, f"tasks[{i}]")
-
-
-def _task_error(task: object, path: str) -> ApiError:
-    try:
-        obj = _object(task, path)
-        _enum(
-            obj.get("entityType", lance_state.PERSON),
-            lance_state.ENTITY_TYPES,
-            f"{path}.entityType",
-        )
-        _uuid4(obj.get("entityId"), f"{path}.entityId")
-        _enum(obj.get("field"), lance_state.QUERY_FIELDS, f"{path}.field")
-    except ApiError as err:
-        return err
-    return _invalid(path, f"{path} is invalid")
-
-
-async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return _error_response(err)
-    except web.HTTPException as exc:  # no such route or method, body too large
-        code = "NOT_FOUND" if exc.status == 404 else "BAD_REQUEST"
-        return _error_response(ApiError(exc.status, code, exc.reason))
+def _http_error(exc: web.HTTPException, request: web.Request) -> web.Response:
+    code = "NOT_FOUND" if exc.status == 404 else "BAD_REQUEST"
+    return ApiError(exc.status, code, exc.reason).response()
 
 
 def _decode(text: str) -> dict[str, object]:
     decoded: dict[str, object] = json.loads(text)
     return decoded
-
-
-def _number(value: object, name: str, maximum: float = 1.0) -> float:
-    if not (
-        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= maximum
-    ):
-        raise ValueError(f"{name} must be a number between 0 and {maximum}")
-    return float(value)
 
 
 class LanceSimulator:
@@ -222,11 +62,11 @@ class LanceSimulator:
         admin_requests: Requests to the admin surface (not counted in ``requests``).
     """
 
-    def __init__(self, config: SimConfig | None = None) -> None:
-        self.config = config or SimConfig()
+    def __init__(self, config: sim_config.SimConfig | None = None) -> None:
+        self.config = config or sim_config.SimConfig()
         seed = self.config.seed
         self._faults = random.Random(None if seed is None else f"faults:{seed}")  # noqa: S311
-        self._store = lance_state.EnrichmentStore(self.config)
+        self._store = state.EnrichmentStore(self.config)
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.admin_requests: Counter[str] = Counter()
@@ -274,7 +114,7 @@ class LanceSimulator:
         self,
         entity_id: str,
         field: str,
-        entity_type: str = lance_state.PERSON,
+        entity_type: str = sim_config.PERSON,
         *,
         outcome: str | None = None,
         completion_s: float | None = None,
@@ -285,7 +125,7 @@ class LanceSimulator:
             entity_id: The entity's UUID.
             field: ``phones``, ``emails`` or ``summary``.
             entity_type: ``person`` or ``company``.
-            outcome: Terminal outcome (see ``lance_state.OUTCOMES``); random if ``None``.
+            outcome: Terminal outcome (see ``config.OUTCOMES``); random if ``None``.
             completion_s: Seconds until terminal; drawn from ``config.completion_s`` if ``None``.
 
         Returns:
@@ -295,13 +135,13 @@ class LanceSimulator:
             ValueError: An argument is outside its documented values.
         """
         try:
-            eid = _uuid4(entity_id, "entityId")
-            _enum(field, lance_state.QUERY_FIELDS, "field")
-            _enum(entity_type, lance_state.ENTITY_TYPES, "entityType")
+            eid = validation.uuid4(entity_id, "entityId")
+            validation.one_of(field, sim_config.QUERY_FIELDS, "field")
+            validation.one_of(entity_type, sim_config.ENTITY_TYPES, "entityType")
             if outcome is not None:
-                _enum(outcome, _OUTCOMES, "outcome")
+                validation.one_of(outcome, _OUTCOMES, "outcome")
             if completion_s is not None:
-                _number(completion_s, "completion_s", math.inf)
+                validation.number(completion_s, "completion_s", math.inf)
         except ApiError as err:
             raise ValueError(err.message) from err
         now = self._now()
@@ -339,11 +179,13 @@ class LanceSimulator:
             "drop_rate": drop_rate,
             "slow_rate": slow_rate,
         }
-        checked = {name: _number(v, name) for name, v in rates.items() if v is not None}
+        checked = {name: validation.number(v, name) for name, v in rates.items() if v is not None}
         if slow_s is not None:
-            checked["slow_s"] = _number(slow_s, "slow_s", math.inf)
+            checked["slow_s"] = validation.number(slow_s, "slow_s", math.inf)
         if retry_after_s is not None:
-            checked["retry_after_s"] = int(_number(retry_after_s, "retry_after_s", math.inf))
+            checked["retry_after_s"] = int(
+                validation.number(retry_after_s, "retry_after_s", math.inf)
+            )
         for name, value in checked.items():
             setattr(self.config, name, value)
 
@@ -386,7 +228,7 @@ class LanceSimulator:
         key = _http.route_key(request)
         if not request.path.startswith(API_PREFIX):
             self.admin_requests[key] += 1
-            return await _guarded(request, handler)
+            return await _http.guarded(request, handler, _http_error)
         self.requests[key] += 1
         config = self.config
         if config.slow_rate and self._faults.random() < config.slow_rate:
@@ -397,14 +239,14 @@ class LanceSimulator:
             return _http.drop_connection(request)
         response: web.StreamResponse
         if fault == "fail":
-            response = _error_response(ApiError(500, "INTERNAL_ERROR", "Simulated server error"))
+            response = ApiError(500, "INTERNAL_ERROR", "Simulated server error").response()
         elif fault == "throttle":
             retry_after = {"Retry-After": str(config.retry_after_s)}
-            response = _error_response(
-                ApiError(429, "RATE_LIMITED", "Too many requests", {}, retry_after)
-            )
+            response = ApiError(
+                429, "RATE_LIMITED", "Too many requests", {}, retry_after
+            ).response()
         else:
-            response = await _guarded(request, handler)
+            response = await _http.guarded(request, handler, _http_error)
         self.statuses[(key, response.status)] += 1
         return response
 
@@ -425,8 +267,8 @@ class LanceSimulator:
         return None
 
     def _authorize(self, request: web.Request, route: str) -> None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or token != self.config.token:
+        scheme, token = _http.split_authorization(request.headers.get("Authorization"))
+        if scheme != "bearer" or token != self.config.token:
             status, code, message = _AUTH_ERRORS[route]
             raise ApiError(status, code, message)
 
@@ -434,22 +276,22 @@ class LanceSimulator:
         now = self._now()
         try:
             picked = self._store.trigger(person_ids, field, now)
-        except lance_state.InsufficientCreditsError as exc:
+        except state.InsufficientCreditsError as exc:
             details: dict[str, object] = {"required": exc.required, "balance": exc.balance}
             raise ApiError(402, "INSUFFICIENT_CREDITS", str(exc), details) from exc
         return [self._store.render(rec, now, fresh=new) for rec, new in picked]
 
     async def _trigger_batch(self, request: web.Request) -> web.Response:
         self._authorize(request, BATCH)
-        person_ids, field = parse_trigger(await _read_json(request))
+        person_ids, field = validation.parse_trigger(await validation.read_json(request))
         text = _http.json_array(self._trigger(person_ids, field))
         if self.config.wrap_trigger_response:
             text = f'{{"enrichments":{text}}}'
         return _http.json_text_response(text)
 
     def _person_and_field(self, request: web.Request) -> tuple[str, str]:
-        person_id = _uuid4(request.match_info["personId"], "personId")
-        field = _enum(request.query.get("field"), lance_state.TRIGGER_FIELDS, "field")
+        person_id = validation.uuid4(request.match_info["personId"], "personId")
+        field = validation.one_of(request.query.get("field"), sim_config.TRIGGER_FIELDS, "field")
         return person_id, field
 
     async def _trigger_one(self, request: web.Request) -> web.Response:
@@ -460,21 +302,21 @@ class LanceSimulator:
     async def _status_one(self, request: web.Request) -> web.Response:
         self._authorize(request, SINGLE)
         person_id, field = self._person_and_field(request)
-        rec = self._store.latest(lance_state.PERSON, person_id, field)
+        rec = self._store.latest(sim_config.PERSON, person_id, field)
         if rec is None:
             raise ApiError(404, "NOT_FOUND", f"No {field} enrichment found for person {person_id}")
         return _http.json_text_response(self._store.render(rec, self._now()))
 
     async def _query(self, request: web.Request) -> web.Response:
         self._authorize(request, QUERY)
-        tasks = parse_tasks(await _read_json(request))
+        tasks = validation.parse_tasks(await validation.read_json(request))
         items = self._store.query(tasks, self._now())
         return _http.json_text_response(_http.json_array(items))
 
     def _entity_id(self, request: web.Request) -> str:
         entity_id = request.match_info["id"]
         if not _UUID.fullmatch(entity_id):
-            raise _invalid("id", "id must be a valid UUID")
+            raise invalid("id", "id must be a valid UUID")
         if entity_id.lower() in self.config.unknown_entities:
             raise ApiError(404, "NOT_FOUND", f"Entity {entity_id} not found")
         return entity_id.lower()
@@ -498,32 +340,34 @@ class LanceSimulator:
         return _http.json_response({"completed": self.complete_all()})
 
     async def _admin_enrichment(self, request: web.Request) -> web.Response:
-        body = _object(await _read_json(request), "body")
+        body = validation.json_object(await validation.read_json(request), "body")
         completion = body.get("completionS")
         try:
             created = self.start_enrichment(
                 str(body.get("entityId")),
                 str(body.get("field")),
-                str(body.get("entityType", lance_state.PERSON)),
+                str(body.get("entityType", sim_config.PERSON)),
                 outcome=None if body.get("outcome") is None else str(body["outcome"]),
                 completion_s=None
                 if completion is None
-                else _number(completion, "completionS", math.inf),
+                else validation.number(completion, "completionS", math.inf),
             )
         except ValueError as exc:
-            raise _invalid("body", str(exc)) from exc
+            raise invalid("body", str(exc)) from exc
         return _http.json_response(created, status=201)
 
     async def _admin_faults(self, request: web.Request) -> web.Response:
-        body = _object(await _read_json(request), "body")
+        body = validation.json_object(await validation.read_json(request), "body")
         unknown = set(body) - set(FAULT_SETTINGS)
         if unknown:
-            raise _invalid("body", f"unknown settings {sorted(unknown)}; use {FAULT_SETTINGS}")
+            raise invalid("body", f"unknown settings {sorted(unknown)}; use {FAULT_SETTINGS}")
         try:
-            settings: dict[str, Any] = {k: _number(v, k, math.inf) for k, v in body.items()}
+            settings: dict[str, Any] = {
+                k: validation.number(v, k, math.inf) for k, v in body.items()
+            }
             self.set_faults(**settings)
         except ValueError as exc:
-            raise _invalid("body", str(exc)) from exc
+            raise invalid("body", str(exc)) from exc
         return _http.json_response(self._fault_settings())
 
 
