@@ -120,11 +120,8 @@ def _ledger_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        store = await ledger.Ledger.open(
-            settings.ledger.path,
-            router=router_for(settings),
-            synchronous=settings.ledger.synchronous,
-            initialize=init_ledger,
+        store = await ledger.open(
+            settings.ledger, router=router_for(settings), initialize=init_ledger
         )
         try:
             app[BRIDGE] = Bridge(settings, clock, store)

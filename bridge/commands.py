@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge import app as app_mod
-from bridge import connector, errors, lance, ledger, model, queries
+from bridge import connector, errors, lance, ledger, model
 from bridge import server as server_mod
 from bridge import settings as settings_mod
 
@@ -109,14 +109,14 @@ async def _open_existing(settings: settings_mod.Settings) -> ledger.Ledger:
     path = settings.ledger.path
     if not path.exists():
         raise errors.LedgerError(f"{path}: no ledger here (set ledger.path or use -c)")
-    return await ledger.Ledger.open(path, exclusive=False, router=app_mod.router_for(settings))
+    return await ledger.open(settings.ledger, exclusive=False, router=app_mod.router_for(settings))
 
 
 async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
     """Counts by state, oldest in-flight age, dead deliveries, last poll."""
     store = await _open_existing(settings)
     try:
-        facts = await queries.counts(store)
+        facts = await store.counts()
     finally:
         await store.close()
     console = Console()
@@ -146,15 +146,14 @@ async def enrichments(settings: settings_mod.Settings, args: argparse.Namespace)
     store = await _open_existing(settings)
     try:
         if args.action == "show":
-            found = await queries.enrichments(store, [args.id])
+            found = await store.enrichments([args.id])
             if args.id not in found:
                 raise errors.BridgeError(f"no enrichment {args.id}")
-            deliveries = await queries.list_deliveries(store, enrichment_id=args.id, limit=1000)
+            deliveries = await store.list_deliveries(enrichment_id=args.id, limit=1000)
             print(json.dumps(found[args.id] | {"deliveries": deliveries}, indent=2))
             return EXIT_OK
         now = time.time()
-        rows = await queries.list_enrichments(
-            store,
+        rows = await store.list_enrichments(
             state=args.state,
             after=0,
             limit=args.limit,
@@ -207,8 +206,7 @@ async def deliveries(settings: settings_mod.Settings, args: argparse.Namespace) 
     try:
         if args.action == "retry":
             return await _retry(store, args)
-        rows = await queries.list_deliveries(
-            store,
+        rows = await store.list_deliveries(
             state=args.state,
             connector=args.connector,
             limit=args.limit,
@@ -238,8 +236,7 @@ async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
     if not ids and not args.all_dead:
         raise errors.BridgeError("name delivery ids, or pass --all-dead")
     if args.all_dead:
-        rows = await queries.list_deliveries(
-            store,
+        rows = await store.list_deliveries(
             state=model.DeliveryState.DEAD,
             connector=args.connector,
             limit=MAX_REPLAY,

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bridge import app as app_mod
-from bridge import ledger, queries
+from bridge import ledger
 from bridge import settings as settings_mod
 from bridge.sim import _http
 from bridge.sim import hubspot as hubspot_sim
@@ -113,10 +113,10 @@ async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook"
                 await _send_outbound_messages(stage, count // len(FIELDS))
             else:
                 await _send_triggers(stage, count)
-            store = await ledger.Ledger.open(stage.settings.ledger.path, exclusive=False)
+            store = await ledger.open(stage.settings.ledger, exclusive=False)
             try:
                 done = await _watch(store, count, timeout_s, quiet, console)
-                facts = await queries.counts(store)
+                facts = await store.counts()
             finally:
                 await store.close()
             elapsed = time.monotonic() - started
@@ -306,15 +306,8 @@ async def _watch(
 
 
 async def _progress(store: ledger.Ledger) -> tuple[int, int, int]:
-    terminal = await store.fetch(
-        "SELECT count(*) FROM enrichments WHERE state NOT IN ('queued', 'pending')"
-        " AND needs_fetch = 0"
-    )
-    deliveries = await store.fetch(
-        "SELECT count(*) FILTER (WHERE state = 'delivered'),"
-        " count(*) FILTER (WHERE state != 'delivered') FROM deliveries"
-    )
-    return int(terminal[0][0]), int(deliveries[0][0]), int(deliveries[0][1])
+    done = await store.progress()
+    return done.terminal, done.delivered, done.unsettled
 
 
 def _summary(

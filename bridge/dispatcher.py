@@ -138,7 +138,7 @@ class Dispatcher:
         target = self.connectors.get(name)
         if target is None:
             reason = f"connector {name!r} is not configured"
-            outcomes.add(name, [outbox.Attempt(d.id, _DEAD, None, reason, None) for d in items])
+            outcomes.add(name, [ledger.Attempt(d.id, _DEAD, None, reason, None) for d in items])
             return
 
         def received(indexes: Sequence[int], results: Sequence[connector.Outcome]) -> None:
@@ -152,9 +152,9 @@ class Dispatcher:
 
     def _attempt(
         self, delivery: outbox.Delivery, outcome: connector.Outcome, now: float
-    ) -> outbox.Attempt:
+    ) -> ledger.Attempt:
         if outcome.kind == "delivered":
-            return outbox.Attempt(delivery.id, _DELIVERED, None, None, outcome.status)
+            return ledger.Attempt(delivery.id, _DELIVERED, None, None, outcome.status)
         if outcome.kind == "retry":
             delay = pacing.retry_delay(
                 delivery.attempts + 1,
@@ -164,7 +164,7 @@ class Dispatcher:
                 at_least_s=outcome.retry_after_s,
             )
             if delay is not None:
-                return outbox.Attempt(
+                return ledger.Attempt(
                     delivery.id, _PENDING, now + delay, outcome.error, outcome.status
                 )
             error = f"retries exhausted after {delivery.attempts + 1} attempts: {outcome.error}"
@@ -179,7 +179,7 @@ class Dispatcher:
                 "connector": delivery.connector,
             },
         )
-        return outbox.Attempt(delivery.id, _DEAD, None, error, outcome.status)
+        return ledger.Attempt(delivery.id, _DEAD, None, error, outcome.status)
 
 
 class _Outcomes:
@@ -201,12 +201,12 @@ class _Outcomes:
         self._store = store
         self._clock = clock
         self._counts = counts
-        self._waiting: list[tuple[str, outbox.Attempt]] = []
+        self._waiting: list[tuple[str, ledger.Attempt]] = []
         self._writer: asyncio.Task[None] | None = None
         self._final = False  # set by finish(): from then on, write whatever waits
-        self.recorded: list[outbox.Attempt] = []
+        self.recorded: list[ledger.Attempt] = []
 
-    def add(self, name: str, attempts: Sequence[outbox.Attempt]) -> None:
+    def add(self, name: str, attempts: Sequence[ledger.Attempt]) -> None:
         """Take the attempts of connector ``name``; start a write once enough wait."""
         self._waiting += [(name, attempt) for attempt in attempts]
         if len(self._waiting) >= RECORD_EVERY:
@@ -260,7 +260,7 @@ def _event(delivery: outbox.Delivery) -> connector.Event:
     )
 
 
-def _report(attempts: Sequence[outbox.Attempt]) -> DeliveryReport:
+def _report(attempts: Sequence[ledger.Attempt]) -> DeliveryReport:
     report = DeliveryReport(attempted=len(attempts))
     for attempt in attempts:
         if attempt.state == _DELIVERED:

@@ -40,31 +40,6 @@ CHARGES_CACHE_S = 60.0
 JOB_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 DELIVERY_STATES = tuple(model.DeliveryState)
 
-# One statement, so every figure comes from the same snapshot of the ledger: counted in two
-# statements, a commit in between (a state change with its deliveries) could show up in one
-# count and not in the other and fake a broken invariant. Columns: kind, a, b, n.
-_SNAPSHOT = """
-SELECT 'state', state, '', count(*) FROM enrichments GROUP BY state
-UNION ALL
-SELECT 'awaiting', '', '', count(*) FROM enrichments WHERE needs_fetch = 1
-UNION ALL
-SELECT 'delivery', state, connector, count(*) FROM deliveries GROUP BY state, connector
-UNION ALL
-SELECT 'target', e.state, t.connector, count(*)
-  FROM targets t CROSS JOIN enrichments e ON e.id = t.enrichment_id
-  WHERE e.state NOT IN ('queued', 'pending') AND e.needs_fetch = 0
-  GROUP BY e.state, t.connector
-UNION ALL
-SELECT 'first_in_flight', created_at, '', id FROM enrichments
-  WHERE id = (SELECT min(id) FROM enrichments WHERE state IN ('queued', 'pending'))
-UNION ALL
-SELECT 'last_id', '', '', coalesce(max(id), 0) FROM enrichments
-"""
-_CHARGED = (
-    "SELECT field, count(*) FROM enrichments WHERE id > ? AND id <= ?"
-    " AND json_extract(record, '$.creditTransactionId') IS NOT NULL GROUP BY field"
-)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Live:
@@ -175,63 +150,32 @@ class _Charges:
 async def _charged(store: ledger.Ledger, after: int, upto: int) -> collections.Counter[str]:
     found: collections.Counter[str] = collections.Counter()
     for start in range(after, upto, CHARGE_CHUNK_IDS):
-        rows = await store.fetch(_CHARGED, (start, min(start + CHARGE_CHUNK_IDS, upto)))
-        found.update({str(field): int(n) for field, n in rows})
+        found.update(await store.charged(start, min(start + CHARGE_CHUNK_IDS, upto)))
     return found
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """The counts of one consistent read of the ledger (see :data:`_SNAPSHOT`)."""
-
-    states: dict[str, int]
-    awaiting: int
-    deliveries: dict[tuple[str, str], int]  # (connector, state)
-    targets: dict[tuple[str, str], int]  # (state, connector), of rows whose events are out
-    first_in_flight: tuple[float, int] | None  # (created_at, id)
-    last_id: int
-
-    def events(self, router: outbox.Router) -> collections.Counter[str]:
-        """Delivery rows per connector that the terminal rows call for."""
-        due: dict[str, int] = {s: self.states.get(s, 0) for s in model.TERMINAL}
-        # Only `finished` rows wait for values; their events are written with the values.
-        due[model.EnrichmentState.FINISHED] -= self.awaiting
-        return expected_events(router, due, self.targets)
-
-    def deficits(self, router: outbox.Router) -> dict[str, int]:
-        """Per connector: events called for minus delivery rows (negative: extra rows)."""
-        rows: collections.Counter[str] = collections.Counter()
-        for (name, _), n in self.deliveries.items():
-            rows[name] += n
-        events = self.events(router)
-        return {name: events[name] - rows[name] for name in events.keys() | rows.keys()}
-
-    def unknown_states(self) -> int:
-        """Rows in a state the bridge does not know (which no count of the invariant covers)."""
-        known = frozenset(model.EnrichmentState)
-        return sum(n for s, n in self.states.items() if s not in known) + sum(
-            n for (_, s), n in self.deliveries.items() if s not in DELIVERY_STATES
-        )
+def _events(snap: ledger.Snapshot, router: outbox.Router) -> collections.Counter[str]:
+    """Delivery rows per connector that the terminal rows call for."""
+    due: dict[str, int] = {s: snap.states.get(s, 0) for s in model.TERMINAL}
+    # Only `finished` rows wait for values; their events are written with the values.
+    due[model.EnrichmentState.FINISHED] -= snap.awaiting
+    return expected_events(router, due, snap.targets)
 
 
-async def _snapshot(store: ledger.Ledger) -> _Snapshot:
-    by_kind: dict[str, dict[tuple[str, str], int]] = collections.defaultdict(dict)
-    first_in_flight: tuple[float, int] | None = None
-    last_id = 0
-    for kind, a, b, n in await store.fetch(_SNAPSHOT):
-        if kind == "first_in_flight":
-            first_in_flight = (float(a), int(n))
-        elif kind == "last_id":
-            last_id = int(n)
-        else:
-            by_kind[kind][str(a), str(b)] = int(n)
-    return _Snapshot(
-        states={state: n for (state, _), n in by_kind["state"].items()},
-        awaiting=sum(by_kind["awaiting"].values()),
-        deliveries={(name, state): n for (state, name), n in by_kind["delivery"].items()},
-        targets=by_kind["target"],
-        first_in_flight=first_in_flight,
-        last_id=last_id,
+def _deficits(snap: ledger.Snapshot, router: outbox.Router) -> dict[str, int]:
+    """Per connector: events called for minus delivery rows (negative: extra rows)."""
+    rows: collections.Counter[str] = collections.Counter()
+    for (name, _), n in snap.deliveries.items():
+        rows[name] += n
+    events = _events(snap, router)
+    return {name: events[name] - rows[name] for name in events.keys() | rows.keys()}
+
+
+def _unknown_states(snap: ledger.Snapshot) -> int:
+    """Rows in a state the bridge does not know (which no count of the invariant covers)."""
+    known = frozenset(model.EnrichmentState)
+    return sum(n for s, n in snap.states.items() if s not in known) + sum(
+        n for (_, s), n in snap.deliveries.items() if s not in DELIVERY_STATES
     )
 
 
@@ -250,12 +194,12 @@ async def read_ledger(
         baseline: Per connector, the deficit of delivery rows found when the process started;
             only a deficit beyond it counts as undelivered (see :meth:`Metrics.open`).
     """
-    snap = await _snapshot(store)
+    snap = await store.snapshot()
     first = snap.first_in_flight
     charged = await charges.count(store, first[1] if first else None, snap.last_id, now)
-    events = snap.events(store.router)
-    deficits = snap.deficits(store.router)
-    inbound = await store.fetch("SELECT source, state, count(*) FROM inbound GROUP BY 1, 2")
+    events = _events(snap, store.router)
+    deficits = _deficits(snap, store.router)
+    inbound = await store.inbound_counts()
     return LedgerFigures(
         read_at=now,
         enrichments=snap.states,
@@ -267,8 +211,8 @@ async def read_ledger(
         undelivered={
             name: max(0, deficits.get(name, 0) - baseline.get(name, 0)) for name in events
         },
-        unknown_states=snap.unknown_states(),
-        inbound={(str(r[0]), str(r[1])): int(r[2]) for r in inbound},
+        unknown_states=_unknown_states(snap),
+        inbound=inbound,
     )
 
 
@@ -308,7 +252,7 @@ class Metrics:
         it is logged once and not counted by ``events_undelivered``, which would otherwise
         stay non-zero forever.
         """
-        deficits = (await _snapshot(store)).deficits(store.router)
+        deficits = _deficits(await store.snapshot(), store.router)
         self._baseline = {name: n for name, n in deficits.items() if n > 0}
         if self._baseline:
             logger.warning(

@@ -1,28 +1,17 @@
-"""The outbox: completion events written in the same transaction as the state change.
+"""Who receives which completion event (:class:`Router`), and the pure helpers events use.
 
-:func:`emit` turns terminal enrichments into delivery rows, one per enrichment and target, using
-a :class:`Router` built from the configured connectors. Each row holds the exact event bytes
-and a message id that stays the same across retries.
+The ledger writes one delivery row per enrichment and target the router names, in the same
+transaction as the state change that caused it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-import orjson
-
 from bridge import model
-
-DELIVERY_COLUMNS = (
-    "id, enrichment_id, connector, object_type, object_id, event_type, message_id, body, attempts,"
-    " created_at"
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,38 +73,11 @@ class Delivery:
     attempts: int
     created_at: float = 0.0
 
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> Delivery:
-        """Build from a row of :data:`DELIVERY_COLUMNS`."""
-        return cls(
-            int(row[0]),
-            int(row[1]),
-            str(row[2]),
-            str(row[3]),
-            str(row[4]),
-            str(row[5]),
-            str(row[6]),
-            bytes(row[7]),
-            int(row[8]),
-            float(row[9] or 0.0),
-        )
-
     def target(self) -> dict[str, str] | None:
         """The CRM record this delivery updates, if any."""
         if not (self.object_type or self.object_id):
             return None
         return model.target_json(self.connector, self.object_type, self.object_id)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Attempt:
-    """The result of one delivery attempt, as the ledger stores it."""
-
-    delivery_id: int
-    state: str  # a model.DeliveryState value, as a plain string (bound per row)
-    next_attempt_at: float | None
-    error: str | None
-    status: int | None
 
 
 def iso(ts: float) -> str:
@@ -130,75 +92,3 @@ def values_of(field: str, entity: dict[str, Any]) -> dict[str, Any]:
     if field == "summary":
         return {"summary": value if isinstance(value, str) and value else None}
     return {field: [v for v in value if isinstance(v, str)] if isinstance(value, list) else []}
-
-
-async def emit(db: aiosqlite.Connection, router: Router, ready: Sequence[tuple[int, float]]) -> int:
-    """Write the deliveries caused by terminal enrichments; returns how many.
-
-    Args:
-        db: The connection of the transaction that changed their state.
-        router: Who receives which event.
-        ready: (enrichment id, time of its state change) pairs; one query serves them all.
-    """
-    if not ready:
-        return 0
-    when = dict(ready)
-    id_list = json.dumps(list(when))
-    rows = await db.execute_fetchall(
-        "SELECT id, entity_type, entity_id, field, state, record, enriched, error"
-        " FROM enrichments WHERE id IN (SELECT value FROM json_each(?))",
-        (id_list,),
-    )
-    named: dict[int, list[tuple[str, str, str]]] = {}
-    for row in await db.execute_fetchall(
-        "SELECT enrichment_id, connector, object_type, object_id FROM targets"
-        " WHERE enrichment_id IN (SELECT value FROM json_each(?))",
-        (id_list,),
-    ):
-        named.setdefault(int(row[0]), []).append((row[1], row[2], row[3]))
-    new = []
-    for row in rows:
-        event_type = f"enrichment.{row[4]}"
-        now = when[int(row[0])]
-        for target in router.targets(event_type, named.get(int(row[0]), [])):
-            message_id = f"msg_{uuid.uuid4().hex}"
-            body = _event_body(row, event_type, message_id, iso(now), target)
-            new.append((int(row[0]), *target, event_type, message_id, body, now, now, now))
-    if new:
-        await db.executemany(
-            "INSERT OR IGNORE INTO deliveries (enrichment_id, connector, object_type, object_id,"
-            " event_type, message_id, body, state, next_attempt_at, created_at, updated_at)"
-            " VALUES (?,?,?,?,?,?,?,'pending',?,?,?)",
-            new,
-        )
-    return len(new)
-
-
-def _event_body(
-    row: Sequence[Any], event_type: str, message_id: str, stamp: str, target: tuple[str, str, str]
-) -> bytes:
-    row_id, entity_type, entity_id, field, state, record, enriched, error = row
-    lance_record = (
-        orjson.loads(record)
-        if record
-        else {
-            "entityId": entity_id,
-            "entityType": entity_type,
-            "field": field,
-            "status": None,
-        }
-    )
-    event = {
-        "type": event_type,
-        "id": message_id,
-        "timestamp": stamp,
-        "data": {
-            "ledgerId": row_id,
-            "state": state,
-            "reason": error,
-            "enrichment": lance_record,
-            "values": json.loads(enriched) if enriched else {},
-            "target": model.target_json(*target),
-        },
-    }
-    return orjson.dumps(event)

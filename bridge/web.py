@@ -24,7 +24,6 @@ from bridge import (
     model,
     openapi,
     outbox,
-    queries,
     schemas,
 )
 
@@ -221,7 +220,7 @@ async def post_query(request: web.Request) -> web.Response:
     """Lance's batch-query shape answered from the ledger; tasks with no row are omitted."""
     body: schemas.QueryRequest = await _body(request, schemas.QueryRequest)
     keys = [(t.entityType, t.entityId, t.field) for t in body.tasks]
-    found = await queries.latest_for_keys(request.app[app_mod.BRIDGE].ledger, keys)
+    found = await request.app[app_mod.BRIDGE].ledger.latest_for_keys(keys)
     seen: set[tuple[str, str, str]] = set()
     answer = []
     for key in keys:
@@ -248,10 +247,10 @@ async def get_enrichment(request: web.Request) -> web.Response:
     """One enrichment with its targets and deliveries."""
     row_id = _int_path(request, "id")
     store = request.app[app_mod.BRIDGE].ledger
-    found = await queries.enrichments(store, [row_id])
+    found = await store.enrichments([row_id])
     if row_id not in found:
         fail(404, "not_found", f"no enrichment {row_id}")
-    deliveries = await queries.list_deliveries(store, enrichment_id=row_id, limit=MAX_PAGE)
+    deliveries = await store.list_deliveries(enrichment_id=row_id, limit=MAX_PAGE)
     return _json(found[row_id] | {"deliveries": deliveries})
 
 
@@ -259,8 +258,8 @@ async def list_enrichments(request: web.Request) -> web.Response:
     """A page of enrichments, filtered by state; follow ``nextCursor`` for more."""
     state = _choice(request, "state", ENRICHMENT_STATES)
     limit, after = _page(request)
-    rows = await queries.list_enrichments(
-        request.app[app_mod.BRIDGE].ledger, state=state, after=after, limit=limit
+    rows = await request.app[app_mod.BRIDGE].ledger.list_enrichments(
+        state=state, after=after, limit=limit
     )
     cursor = str(rows[-1]["id"]) if len(rows) == limit else None
     return _json({"enrichments": rows, "nextCursor": cursor})
@@ -270,8 +269,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     """A page of deliveries, filtered by state and connector."""
     state = _choice(request, "state", DELIVERY_STATES)
     limit, after = _page(request)
-    rows = await queries.list_deliveries(
-        request.app[app_mod.BRIDGE].ledger,
+    rows = await request.app[app_mod.BRIDGE].ledger.list_deliveries(
         state=state,
         connector=request.query.get("connector") or None,
         after=after,
@@ -285,7 +283,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
     """Replay a dead delivery (never re-triggers Lance)."""
     delivery_id = _int_path(request, "id")
     bridge = request.app[app_mod.BRIDGE]
-    current = await queries.delivery(bridge.ledger, delivery_id)
+    current = await bridge.ledger.delivery(delivery_id)
     if current is None:
         fail(404, "not_found", f"no delivery {delivery_id}")
     if current["state"] != model.DeliveryState.DEAD:
@@ -298,7 +296,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
         delivery_id,
         extra={"event": "delivery.replayed", "delivery_id": delivery_id},
     )
-    return _json(await queries.delivery(bridge.ledger, delivery_id))
+    return _json(await bridge.ledger.delivery(delivery_id))
 
 
 async def post_hook(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge import app as app_mod
-from bridge import scheduler
+from bridge import ledger, scheduler
 from bridge import settings as settings_mod
 from bridge.sim import _http
 from bridge.sim import lance as sim
@@ -117,6 +117,19 @@ def make_settings(
 
 
 BridgeFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+LedgerFactory = Callable[..., Awaitable[ledger.Ledger]]
+# The ledger backends the behavioural ledger suite runs against.
+LEDGER_BACKENDS = ("sqlite",)
+
+
+@pytest.fixture(params=LEDGER_BACKENDS)
+def open_ledger(request: pytest.FixtureRequest) -> LedgerFactory:
+    """:func:`bridge.ledger.open` with the backend this run of the test is for."""
+
+    async def factory(where: Path, **options: Any) -> ledger.Ledger:
+        return await ledger.open(where, backend=request.param, **options)
+
+    return factory
 
 
 @pytest.fixture

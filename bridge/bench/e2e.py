@@ -27,7 +27,7 @@ from standardwebhooks import webhooks
 
 from bridge import app as app_mod
 from bridge import connector as bridge_connector
-from bridge import lance, ledger
+from bridge import lance, ledger, model
 from bridge import settings as settings_mod
 from bridge.bench import Result, peak_rss_mb, procs
 from bridge.sim import _http
@@ -286,13 +286,12 @@ async def _send(url: str, count: int) -> None:
 
 
 async def _none_queued(store: ledger.Ledger) -> bool:
-    [(queued,)] = await store.fetch("SELECT count(*) FROM enrichments WHERE state = 'queued'")
-    return int(queued) == 0
+    facts = await store.counts()
+    return not facts["enrichments"].get(model.EnrichmentState.QUEUED)
 
 
 async def _all_delivered(store: ledger.Ledger, count: int) -> bool:
-    [(delivered,)] = await store.fetch("SELECT count(*) FROM deliveries WHERE state = 'delivered'")
-    return int(delivered) >= count
+    return (await store.progress()).delivered >= count
 
 
 def _count(requests: dict[str, int], suffix: str) -> int:

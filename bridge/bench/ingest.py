@@ -15,6 +15,7 @@ from bridge import app as app_mod
 from bridge import ledger, model
 from bridge import settings as settings_mod
 from bridge.bench import Result, procs
+from bridge.ledger import sqlite_db
 from bridge.sim import _http
 
 TOKEN = "bench-token"  # noqa: S105 - a loopback-only token for this run
@@ -42,9 +43,9 @@ async def bench_ingest(seconds: float, concurrency: int, folder: Path) -> Result
         ledger={"path": folder / "ingest.db"}, server={"api_tokens": [TOKEN]}
     )
     load = await _load(app_mod.create_app(settings, run_jobs=False), seconds, concurrency)
-    store = await ledger.Ledger.open(folder / "ingest.db", exclusive=False)
+    store = await ledger.open(folder / "ingest.db", exclusive=False)
     try:
-        [(durable,)] = await store.fetch("SELECT count(*) FROM enrichments")
+        durable = sum((await store.counts())["enrichments"].values())
     finally:
         await store.close()
     naive = await _load(_naive_app(folder / "naive.db"), BASELINE_SECONDS, concurrency)
@@ -74,10 +75,11 @@ async def bench_ingest(seconds: float, concurrency: int, folder: Path) -> Result
 def _naive_app(path: Path) -> web.Application:
     """The same request answered with one transaction of its own (no group commit)."""
     app = web.Application()
-    stores: list[ledger.Ledger] = []
+    # The baseline writes its own SQL, on the SQLite backend's connections.
+    stores: list[sqlite_db.Db] = []
 
     async def ctx(_: web.Application) -> Any:
-        stores.append(await ledger.Ledger.open(path))
+        stores.append(await sqlite_db.Db.open(path))
         yield
         await stores[0].close()
 

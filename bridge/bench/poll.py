@@ -32,7 +32,7 @@ async def bench_poll(count: int, folder: Path) -> Result:
     config = settings_mod.PollSettings(
         max_requests_per_tick=math.ceil(count / lance.QUERY_BATCH_MAX), concurrency=4
     )
-    store = await ledger.Ledger.open(folder / "poll.db")
+    store = await ledger.open(folder / "poll.db")
     try:
         await _fill(store, count, time.time())
         async with aiohttp.ClientSession() as session:
@@ -70,7 +70,7 @@ async def bench_poll(count: int, folder: Path) -> Result:
 
 async def _naive_poll(folder: Path, lance_url: str) -> float:
     """One status request and one commit per enrichment, as a hand-written loop would do."""
-    store = await ledger.Ledger.open(folder / "naive.db")
+    store = await ledger.open(folder / "naive.db")
     try:
         await _fill(store, BASELINE_ROWS, time.time())
         rows = await store.due_for_poll(time.time() + 1, BASELINE_ROWS)
@@ -93,7 +93,7 @@ async def bench_scale(count: int, folder: Path) -> Result:
     """RSS and one poll tick's time with ``count`` rows in flight (default 1,000,000)."""
     process, conn = procs.spawn(procs.simulator_process, 0)
     lance_url = await procs.ask(conn)
-    store = await ledger.Ledger.open(folder / "scale.db")
+    store = await ledger.open(folder / "scale.db")
     try:
         started = time.perf_counter()
         await _fill(store, count, time.time())
@@ -106,9 +106,7 @@ async def bench_scale(count: int, folder: Path) -> Result:
             report = await job.run_once()
             tick_s = time.perf_counter() - started
         started = time.perf_counter()
-        [(in_flight,)] = await store.fetch(
-            "SELECT count(*) FROM enrichments WHERE state = 'pending'"
-        )
+        in_flight = (await store.counts())["enrichments"].get(model.EnrichmentState.PENDING, 0)
         count_s = time.perf_counter() - started
     finally:
         await store.close()

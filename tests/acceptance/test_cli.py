@@ -133,7 +133,7 @@ def test_secrets_from_the_environment_never_print(tmp_path: Path) -> None:
 def _seed_ledger(path: Path) -> int:
     async def seed() -> int:
         router = outbox.Router([outbox.Route("hook", False, frozenset({"enrichment.failed"}))])
-        store = await ledger.Ledger.open(path, router=router)
+        store = await ledger.open(path, router=router)
         try:
             accepted = await store.accept(
                 [model.Task("person", str(uuid.uuid4()), "emails") for _ in range(3)], NOW
@@ -141,7 +141,7 @@ def _seed_ledger(path: Path) -> int:
             await store.apply([ledger.Change(accepted[0].id, "failed", error="boom")], NOW)
             [delivery] = await store.due_deliveries(NOW, 10)
             await store.record_attempts(
-                [outbox.Attempt(delivery.id, "dead", None, "HTTP 410: gone", 410)], NOW
+                [ledger.Attempt(delivery.id, "dead", None, "HTTP 410: gone", 410)], NOW
             )
             return delivery.id
         finally:
@@ -184,7 +184,7 @@ def _seed_aged_ledger(path: Path, now: float) -> dict[str, int]:
 
     async def seed() -> dict[str, int]:
         router = outbox.Router([outbox.Route("hook", False, frozenset({"enrichment.failed"}))])
-        store = await ledger.Ledger.open(path, router=router)
+        store = await ledger.open(path, router=router)
         try:
             tasks = [model.Task("person", str(uuid.uuid4()), "emails") for _ in range(3)]
             [old] = await store.accept(tasks[:1], now - 3 * 3600)
@@ -195,7 +195,7 @@ def _seed_aged_ledger(path: Path, now: float) -> dict[str, int]:
             ids = {"HTTP 410: gone": due[old.id], "HTTP 500": due[young[0].id]}
             for when, reason in ((now - 3 * 3600, "HTTP 410: gone"), (now - 300, "HTTP 500")):
                 await store.record_attempts(
-                    [outbox.Attempt(ids[reason], "dead", None, reason, 410)], when
+                    [ledger.Attempt(ids[reason], "dead", None, reason, 410)], when
                 )
             return {
                 "old": old.id,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge import errors, ledger, model, outbox
+from tests.conftest import LedgerFactory
 
 NOW = 1_800_000_000.0
 WEBHOOK = outbox.Route("hook", needs_record=False, events=frozenset({"enrichment.finished"}))
@@ -24,30 +25,32 @@ def _task(mode: str = "trigger", *targets: model.Target) -> model.Task:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ledger.Ledger]:
-    opened = await ledger.Ledger.open(tmp_path / "l.db", router=outbox.Router([WEBHOOK, CRM]))
+async def store(open_ledger: LedgerFactory, tmp_path: Path) -> AsyncIterator[ledger.Ledger]:
+    opened = await open_ledger(tmp_path / "l.db", router=outbox.Router([WEBHOOK, CRM]))
     yield opened
     await opened.close()
 
 
 async def test_a_second_open_of_the_same_file_is_refused(
-    store: ledger.Ledger, tmp_path: Path
+    open_ledger: LedgerFactory, store: ledger.Ledger, tmp_path: Path
 ) -> None:
     with pytest.raises(errors.LedgerLockedError, match="ledger in use by another"):
-        await ledger.Ledger.open(tmp_path / "l.db")
-    readonly = await ledger.Ledger.open(tmp_path / "l.db", exclusive=False)
+        await open_ledger(tmp_path / "l.db")
+    readonly = await open_ledger(tmp_path / "l.db", exclusive=False)
     await readonly.close()
 
 
-async def test_a_ledger_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+async def test_a_ledger_from_a_newer_version_is_refused(
+    open_ledger: LedgerFactory, tmp_path: Path
+) -> None:
     path = tmp_path / "new.db"
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 999")
     with pytest.raises(errors.LedgerTooNewError, match="upgrade lance-bridge"):
-        await ledger.Ledger.open(path)
+        await open_ledger(path)
     # The refusal released the file lock.
     with pytest.raises(errors.LedgerTooNewError):
-        await ledger.Ledger.open(path)
+        await open_ledger(path)
 
 
 async def test_migrations_set_the_schema_version(store: ledger.Ledger) -> None:
@@ -147,7 +150,7 @@ async def test_replay_only_touches_dead_deliveries(store: ledger.Ledger) -> None
     [accepted] = await store.accept([_task("track", model.Target("crm", "c", "1"))], NOW)
     await store.apply([ledger.Change(accepted.id, "failed", error="x")], NOW)
     [delivery] = await store.due_deliveries(NOW, 10)
-    await store.record_attempts([outbox.Attempt(delivery.id, "dead", None, "HTTP 400", 400)], NOW)
+    await store.record_attempts([ledger.Attempt(delivery.id, "dead", None, "HTTP 400", 400)], NOW)
     assert await store.replay([delivery.id, 999], NOW + 5) == [delivery.id]
     assert await store.replay([delivery.id], NOW + 6) == []  # pending now, not dead
     [again] = await store.due_deliveries(NOW + 5, 10)

@@ -19,7 +19,7 @@ import pytest
 from bridge import app as app_mod
 from bridge import errors, ledger, model, scheduler, schemas
 from bridge.sim import salesforce as sf
-from tests.conftest import BridgeFactory, auth, make_settings
+from tests.conftest import BridgeFactory, LedgerFactory, auth, make_settings
 from tests.integration import test_salesforce as sf_tests
 from tests.integration.test_salesforce import rsa_keys, salesforce  # noqa: F401 - fixtures
 
@@ -40,9 +40,11 @@ def _records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRe
 
 
 @pytest.mark.parametrize("alias", ["hard link", "symlink", "dotdot"])
-async def test_the_lock_follows_the_file_whatever_its_name(tmp_path: Path, alias: str) -> None:
+async def test_the_lock_follows_the_file_whatever_its_name(
+    open_ledger: LedgerFactory, tmp_path: Path, alias: str
+) -> None:
     path = tmp_path / "ledger.db"
-    store = await ledger.Ledger.open(path)
+    store = await open_ledger(path)
     other = tmp_path / "other.db"
     if alias == "hard link":
         os.link(path, other)
@@ -53,33 +55,37 @@ async def test_the_lock_follows_the_file_whatever_its_name(tmp_path: Path, alias
         other = tmp_path / "x" / ".." / "ledger.db"
     try:
         with pytest.raises(errors.LedgerLockedError, match=f"pid {os.getpid()}"):
-            await ledger.Ledger.open(other)
+            await open_ledger(other)
     finally:
         await store.close()
     # Released on close: the other name opens now.
-    reopened = await ledger.Ledger.open(other)
+    reopened = await open_ledger(other)
     await reopened.close()
 
 
-async def test_an_empty_existing_file_is_refused_unless_initialized(tmp_path: Path) -> None:
+async def test_an_empty_existing_file_is_refused_unless_initialized(
+    open_ledger: LedgerFactory, tmp_path: Path
+) -> None:
     path = tmp_path / "ledger.db"
     path.touch()
     with pytest.raises(errors.LedgerError, match=r"empty \(0 bytes\).*--init-ledger"):
-        await ledger.Ledger.open(path)
+        await open_ledger(path)
     with pytest.raises(errors.LedgerError, match="empty"):
-        await ledger.Ledger.open(path, exclusive=False)
+        await open_ledger(path, exclusive=False)
     assert path.stat().st_size == 0  # the refusal wrote nothing
-    store = await ledger.Ledger.open(path, initialize=True)
+    store = await open_ledger(path, initialize=True)
     await store.accept([_task()], NOW)
     await store.close()
     # Once it is a ledger again, it opens as usual.
-    store = await ledger.Ledger.open(path)
+    store = await open_ledger(path)
     assert len(await store.fetch("SELECT id FROM enrichments")) == 1
     await store.close()
 
 
-async def test_a_path_with_no_file_still_gets_a_new_ledger(tmp_path: Path) -> None:
-    store = await ledger.Ledger.open(tmp_path / "new" / "ledger.db")
+async def test_a_path_with_no_file_still_gets_a_new_ledger(
+    open_ledger: LedgerFactory, tmp_path: Path
+) -> None:
+    store = await open_ledger(tmp_path / "new" / "ledger.db")
     await store.accept([_task()], NOW)
     await store.close()
 
@@ -123,8 +129,10 @@ async def test_a_ledger_file_gone_while_serving_answers_503_and_is_not_ready(
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR][1:]
 
 
-async def test_the_watch_job_notices_a_deleted_file_without_any_request(tmp_path: Path) -> None:
-    store = await ledger.Ledger.open(tmp_path / "ledger.db")
+async def test_the_watch_job_notices_a_deleted_file_without_any_request(
+    open_ledger: LedgerFactory, tmp_path: Path
+) -> None:
+    store = await open_ledger(tmp_path / "ledger.db")
     try:
         assert await store.watch() is None
         (tmp_path / "ledger.db").unlink()
@@ -137,7 +145,7 @@ async def test_the_watch_job_notices_a_deleted_file_without_any_request(tmp_path
 async def _fill(store: ledger.Ledger) -> None:
     """Cap the file at its current size: SQLite then answers SQLITE_FULL, as on a full disk."""
     [(pages,)] = await store.fetch("PRAGMA page_count")
-    async with store.transaction() as db:
+    async with store.db.transaction() as db:
         await db.execute(f"PRAGMA max_page_count = {pages}")
 
 
@@ -166,7 +174,7 @@ async def test_a_full_ledger_answers_503_fails_readiness_and_recovers(
     assert not any(r.exc_info for r in caplog.records)
     assert await store.fetch("SELECT id FROM enrichments") == []  # nothing half-stored
 
-    async with store.transaction() as db:  # space returns
+    async with store.db.transaction() as db:  # space returns
         await db.execute("PRAGMA max_page_count = 1073741823")
     assert await store.watch() is None
     assert (await client.get("/readyz")).status == 200
@@ -193,8 +201,10 @@ async def test_a_job_on_a_full_ledger_gets_one_translated_error_and_the_process_
     assert not supervisor.failed.is_set()  # skipped the run; the next one tries again
 
 
-async def test_a_lost_ledger_stops_the_supervised_jobs(tmp_path: Path) -> None:
-    store = await ledger.Ledger.open(tmp_path / "ledger.db")
+async def test_a_lost_ledger_stops_the_supervised_jobs(
+    open_ledger: LedgerFactory, tmp_path: Path
+) -> None:
+    store = await open_ledger(tmp_path / "ledger.db")
     try:
         supervisor = scheduler.Supervisor({})
         (tmp_path / "ledger.db").unlink()
@@ -291,20 +301,21 @@ def _posix_locks(path: Path) -> list[str]:
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
 async def test_closing_a_second_ledger_on_the_file_keeps_sqlites_own_locks(
+    open_ledger: LedgerFactory,
     tmp_path: Path,
 ) -> None:
     # Closing any descriptor of a file drops the process's POSIX locks on it, SQLite's too
     # (then another process could checkpoint and delete the WAL under the running serve).
     path = tmp_path / "ledger.db"
-    serving = await ledger.Ledger.open(path)
+    serving = await open_ledger(path)
     try:
         await serving.fetch("SELECT count(*) FROM meta")
         held = _posix_locks(path)
         assert held  # WAL mode: each connection holds a shared lock on the database file
-        reader = await ledger.Ledger.open(path, exclusive=False)
+        reader = await open_ledger(path, exclusive=False)
         await reader.close()
         with pytest.raises(errors.LedgerLockedError):
-            await ledger.Ledger.open(path)
+            await open_ledger(path)
         assert _posix_locks(path) == held
     finally:
         await serving.close()
