@@ -14,7 +14,6 @@ import dataclasses
 import email.utils
 import functools
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,30 +57,6 @@ class ConnectorConfig(pydantic.BaseModel):
     events: tuple[model.EventType, ...] = model.EVENT_TYPES
     timeout_seconds: float = pydantic.Field(default=15.0, gt=0, le=120)
     max_concurrency: int = pydantic.Field(default=8, ge=1, le=256)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Event:
-    """One pending delivery, as a connector sees it.
-
-    Attributes:
-        delivery_id: The ledger's delivery id.
-        message_id: Stable across retries; receivers dedupe on it (``webhook-id``).
-        event_type: One of :data:`bridge.model.EVENT_TYPES`.
-        body: The exact JSON bytes of the event, stored at creation and re-sent on each retry.
-        target: The CRM record to update, or ``None`` for connectors that need no record.
-    """
-
-    delivery_id: int
-    message_id: str
-    event_type: str
-    body: bytes
-    target: Mapping[str, Any] | None
-
-    def payload(self) -> dict[str, Any]:
-        """The decoded event body."""
-        decoded: dict[str, Any] = json.loads(self.body)
-        return decoded
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -329,7 +304,7 @@ class Connector(abc.ABC):
         return dict.fromkeys(records, "this connector reads no records")
 
     async def send(
-        self, events: Sequence[Event], *, on_outcomes: OutcomesCallback | None = None
+        self, events: Sequence[model.Delivery], *, on_outcomes: OutcomesCallback | None = None
     ) -> list[Outcome]:
         """Deliver ``events`` in chunks of :attr:`max_batch`; one outcome per event, in order.
 
@@ -368,7 +343,7 @@ class Connector(abc.ABC):
             settle(missed, [retry] * len(missed))
         return [outcome for outcome in outcomes if outcome is not None]  # all settled now
 
-    def batches(self, events: Sequence[Event]) -> list[list[int]]:
+    def batches(self, events: Sequence[model.Delivery]) -> list[list[int]]:
         """How ``events`` are split into requests: lists of indexes, each one :meth:`_send`.
 
         The default keeps their order, :attr:`max_batch` at a time; a CRM connector groups
@@ -377,7 +352,7 @@ class Connector(abc.ABC):
         size = self.max_batch
         return [list(range(i, min(i + size, len(events)))) for i in range(0, len(events), size)]
 
-    async def _send_guarded(self, chunk: Sequence[Event]) -> list[Outcome]:
+    async def _send_guarded(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
         async with self._slots:
             try:
                 outcomes = await self._send(chunk)
@@ -402,7 +377,7 @@ class Connector(abc.ABC):
         return outcomes
 
     @abc.abstractmethod
-    async def _send(self, chunk: Sequence[Event]) -> list[Outcome]:
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
         """Send one chunk (at most :attr:`max_batch` events); one outcome per event."""
 
 

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 
-from bridge import batching, connector, ledger, model, outbox, pacing
+from bridge import batching, connector, ledger, model, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Dispatcher:
         """Send due deliveries, grouped by connector, and record every outcome."""
         now = self.clock()
         due = await self.store.due_deliveries(now, self.config.batch_size)
-        by_connector: dict[str, list[outbox.Delivery]] = {}
+        by_connector: dict[str, list[model.Delivery]] = {}
         for delivery in due:
             by_connector.setdefault(delivery.connector, []).append(delivery)
         held: list[int] = []
@@ -99,8 +99,8 @@ class Dispatcher:
         return _report(outcomes.recorded)
 
     async def _ready(
-        self, name: str, items: list[outbox.Delivery], now: float
-    ) -> list[outbox.Delivery]:
+        self, name: str, items: list[model.Delivery], now: float
+    ) -> list[model.Delivery]:
         """What goes now, for a connector that writes records in batches.
 
         - A record whose other enrichments are still in flight waits for them (up to
@@ -114,7 +114,7 @@ class Dispatcher:
         linger = self.config.linger_seconds
         if target is None or target.max_batch <= 1:
             return items
-        records: dict[tuple[str, str], list[outbox.Delivery]] = {}
+        records: dict[tuple[str, str], list[model.Delivery]] = {}
         for delivery in items:
             records.setdefault((delivery.object_type, delivery.object_id), []).append(delivery)
         if target.needs_record and self.config.merge_wait_seconds > 0:
@@ -134,7 +134,7 @@ class Dispatcher:
             groups = groups[:full]
         return [delivery for group in groups for delivery in group]
 
-    async def _send(self, name: str, items: Sequence[outbox.Delivery], outcomes: _Outcomes) -> None:
+    async def _send(self, name: str, items: Sequence[model.Delivery], outcomes: _Outcomes) -> None:
         target = self.connectors.get(name)
         if target is None:
             reason = f"connector {name!r} is not configured"
@@ -148,10 +148,10 @@ class Dispatcher:
             ]
             outcomes.add(name, attempts)
 
-        await target.send([_event(d) for d in items], on_outcomes=received)
+        await target.send(items, on_outcomes=received)
 
     def _attempt(
-        self, delivery: outbox.Delivery, outcome: connector.Outcome, now: float
+        self, delivery: model.Delivery, outcome: connector.Outcome, now: float
     ) -> ledger.Attempt:
         if outcome.kind == "delivered":
             return ledger.Attempt(delivery.id, _DELIVERED, None, None, outcome.status)
@@ -248,16 +248,6 @@ class _Outcomes:
             (name, OUTCOMES[a.state], "none" if a.status is None else str(a.status))
             for name, a in batch
         )
-
-
-def _event(delivery: outbox.Delivery) -> connector.Event:
-    return connector.Event(
-        delivery_id=delivery.id,
-        message_id=delivery.message_id,
-        event_type=delivery.event_type,
-        body=delivery.body,
-        target=delivery.target(),
-    )
 
 
 def _report(attempts: Sequence[ledger.Attempt]) -> DeliveryReport:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import typing
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 
 class EnrichmentState(enum.StrEnum):
@@ -94,6 +95,47 @@ class Target:
     def as_json(self) -> dict[str, str]:
         """The API shape of the target."""
         return target_json(self.connector, self.object_type, self.object_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """One pending delivery: read from the ledger, sent by a connector, its outcome recorded.
+
+    Attributes:
+        id: The ledger's delivery id.
+        enrichment_id: The enrichment whose event this is.
+        connector: The configured connector it goes to.
+        object_type: For CRMs, the record to update (empty for other connectors).
+        object_id: See ``object_type``.
+        event_type: One of :data:`EVENT_TYPES`.
+        message_id: Stable across retries; receivers dedupe on it (``webhook-id``).
+        body: The exact JSON bytes of the event, stored at creation and re-sent on each retry.
+        attempts: Attempts made so far.
+        created_at: When the event was written (Unix seconds).
+    """
+
+    id: int
+    enrichment_id: int
+    connector: str
+    object_type: str
+    object_id: str
+    event_type: str
+    message_id: str
+    body: bytes
+    attempts: int = 0
+    created_at: float = 0.0
+
+    @property
+    def target(self) -> dict[str, str] | None:
+        """The CRM record this delivery updates, or ``None`` for connectors that need none."""
+        if not (self.object_type or self.object_id):
+            return None
+        return target_json(self.connector, self.object_type, self.object_id)
+
+    def payload(self) -> dict[str, Any]:
+        """The decoded event body."""
+        decoded: dict[str, Any] = json.loads(self.body)
+        return decoded
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

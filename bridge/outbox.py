@@ -11,8 +11,6 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from bridge import model
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Route:
@@ -56,28 +54,6 @@ class Router:
                 chosen.append((route.name, "", ""))
         chosen += [t for t in named if t[0] not in self._by_name]
         return chosen
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Delivery:
-    """A pending delivery as the dispatcher reads it."""
-
-    id: int
-    enrichment_id: int
-    connector: str
-    object_type: str
-    object_id: str
-    event_type: str
-    message_id: str
-    body: bytes
-    attempts: int
-    created_at: float = 0.0
-
-    def target(self) -> dict[str, str] | None:
-        """The CRM record this delivery updates, if any."""
-        if not (self.object_type or self.object_id):
-            return None
-        return model.target_json(self.connector, self.object_type, self.object_id)
 
 
 def iso(ts: float) -> str:

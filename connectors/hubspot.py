@@ -44,7 +44,7 @@ import pydantic
 from pydantic import Field, SecretStr
 
 from bridge import connector, errors, model, ratelimit
-from bridge.connector import Event, HookError, HookRequest, Outcome
+from bridge.connector import HookError, HookRequest, Outcome
 from connectors import mapping
 
 logger = logging.getLogger(__name__)
@@ -493,7 +493,7 @@ class HubSpotConnector(connector.Connector):
 
     # -- outbound -------------------------------------------------------------------------
 
-    def batches(self, events: Sequence[Event]) -> list[list[int]]:
+    def batches(self, events: Sequence[model.Delivery]) -> list[list[int]]:
         """One object type per request, at most 100 records, all events of a record together."""
         records: dict[tuple[str, str], list[int]] = {}
         for index, event in enumerate(events):
@@ -517,7 +517,7 @@ class HubSpotConnector(connector.Connector):
             return f"objectId {object_id[:40]!r}: HubSpot record ids are numbers"
         return None
 
-    async def _send(self, chunk: Sequence[Event]) -> list[Outcome]:
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
         try:
             return await self._send_chunk(chunk)
         except errors.ConnectorError as exc:
@@ -527,7 +527,7 @@ class HubSpotConnector(connector.Connector):
                 chunk
             )
 
-    async def _send_chunk(self, chunk: Sequence[Event]) -> list[Outcome]:
+    async def _send_chunk(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
         target = chunk[0].target or {}
         named = str(target.get("objectType", ""))
         object_type = object_type_of(named)

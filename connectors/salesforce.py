@@ -55,7 +55,7 @@ from defusedxml.common import DefusedXmlException  # type: ignore[import-untyped
 from pydantic import Field, SecretStr
 
 from bridge import connector, errors, model
-from bridge.connector import Event, HookError, HookRequest, Outcome
+from bridge.connector import HookError, HookRequest, Outcome
 from connectors import mapping
 
 logger = logging.getLogger(__name__)
@@ -665,7 +665,7 @@ class SalesforceConnector(connector.Connector):
         unusable = _unusable((object_type, object_id))
         return unusable.error if unusable else None
 
-    def batches(self, events: Sequence[Event]) -> list[list[int]]:
+    def batches(self, events: Sequence[model.Delivery]) -> list[list[int]]:
         """At most 200 records per request, all events of a record together, types in runs."""
         records: dict[RecordKey, list[int]] = {}
         for index, event in enumerate(events):
@@ -682,7 +682,7 @@ class SalesforceConnector(connector.Connector):
             for start in range(0, len(groups), MAX_RECORDS)
         ]
 
-    async def _send(self, chunk: Sequence[Event]) -> list[Outcome]:
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
         keys = [_record_key(event.target) for event in chunk]
         outcomes: dict[RecordKey, Outcome] = {}
         wanted: dict[RecordKey, _Wanted] = {}

@@ -26,7 +26,6 @@ from aiohttp import web
 from standardwebhooks import webhooks
 
 from bridge import app as app_mod
-from bridge import connector as bridge_connector
 from bridge import lance, ledger, model
 from bridge import settings as settings_mod
 from bridge.bench import Result, peak_rss_mb, procs
@@ -249,8 +248,12 @@ async def _batched_writes(app: web.Application, ids: list[str]) -> float:
     """
     connector = app[app_mod.BRIDGE].connectors["hubspot"]
     events = [
-        bridge_connector.Event(
-            delivery_id=n,
+        model.Delivery(
+            id=n,
+            enrichment_id=n,
+            connector="hubspot",
+            object_type="contacts",
+            object_id=i,
             message_id=f"msg_bench_{n}",
             event_type="enrichment.finished",
             body=orjson.dumps(
@@ -259,7 +262,6 @@ async def _batched_writes(app: web.Application, ids: list[str]) -> float:
                     "data": {"state": "finished", "values": {"phones": [p]}},
                 }
             ),
-            target={"connector": "hubspot", "objectType": "contacts", "objectId": i},
         )
         for n, (i, p) in enumerate(zip(ids, _phones(len(ids), 1), strict=True))
     ]

@@ -214,7 +214,7 @@ class Ledger(abc.ABC):
     # -- delivery job ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def due_deliveries(self, now: float, limit: int) -> list[outbox.Delivery]:
+    async def due_deliveries(self, now: float, limit: int) -> list[model.Delivery]:
         """Pending deliveries whose next attempt has come, oldest due first."""
 
     @abc.abstractmethod

@@ -280,7 +280,7 @@ class SQLiteLedger(ledger.Ledger):
 
     # -- delivery job ---------------------------------------------------------------------
 
-    async def due_deliveries(self, now: float, limit: int) -> list[outbox.Delivery]:
+    async def due_deliveries(self, now: float, limit: int) -> list[model.Delivery]:
         """Pending deliveries whose next attempt has come, oldest due first."""
         rows = await self.db.fetch(
             f"SELECT {sqlite_outbox.DELIVERY_COLUMNS} FROM deliveries"  # noqa: S608 - constant columns

@@ -23,9 +23,9 @@ DELIVERY_COLUMNS = (
 )
 
 
-def delivery_of(row: Sequence[Any]) -> outbox.Delivery:
+def delivery_of(row: Sequence[Any]) -> model.Delivery:
     """A delivery from a row of :data:`DELIVERY_COLUMNS`."""
-    return outbox.Delivery(
+    return model.Delivery(
         int(row[0]),
         int(row[1]),
         str(row[2]),

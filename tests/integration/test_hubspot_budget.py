@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bridge import connector
+from bridge import model
 from bridge.sim import hubspot as hs
 from connectors import hubspot
 
@@ -38,7 +38,7 @@ async def sandbox() -> AsyncIterator[tuple[hs.HubSpotSandbox, str]]:
     await runner.cleanup()
 
 
-def finished(delivery_id: int, record_id: str) -> connector.Event:
+def finished(delivery_id: int, record_id: str) -> model.Delivery:
     body = {
         "type": "enrichment.finished",
         "timestamp": "2027-01-15T08:00:00Z",
@@ -47,9 +47,9 @@ def finished(delivery_id: int, record_id: str) -> connector.Event:
             "values": {"emails": [f"p{delivery_id}@example.com"], "phones": ["+1 555 0100"]},
         },
     }
-    target = {"objectType": "contacts", "objectId": record_id}
-    return connector.Event(delivery_id, f"msg_{delivery_id}", "enrichment.finished",
-                           json.dumps(body).encode(), target)  # fmt: skip
+    return model.Delivery(delivery_id, delivery_id, "hubspot", "contacts", record_id,
+                          "enrichment.finished", f"msg_{delivery_id}",
+                          json.dumps(body).encode())  # fmt: skip
 
 
 async def test_many_batches_within_the_budget_get_no_429(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import aiohttp
 import pytest
 
-from bridge import connector, pacing, settings
+from bridge import connector, model, pacing, settings
 from bridge.connector import THROTTLE_MIN_DELAY_S, classify, parse_retry_after
 
 # -- classify: HTTP statuses -----------------------------------------------------------------
@@ -327,13 +327,16 @@ class _Miscounting(connector.Connector):
 
     max_batch = 10
 
-    async def _send(self, chunk: Sequence[connector.Event]) -> list[connector.Outcome]:
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[connector.Outcome]:
         return [connector.Outcome.delivered(200)]
 
 
 async def test_a_connector_miscounting_its_outcomes_gets_retries_not_an_exception() -> None:
     config = connector.ConnectorConfig(name="plugin", type="plugin")
-    events = [connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None) for i in range(3)]
+    events = [
+        model.Delivery(i, i, "plugin", "", "", "enrichment.finished", f"msg_{i}", b"{}")
+        for i in range(3)
+    ]
     async with aiohttp.ClientSession() as session:
         outcomes = await _Miscounting(config, session).send(events)
 
@@ -346,16 +349,19 @@ class _Forgetful(connector.Connector):
 
     max_batch = 10
 
-    def batches(self, events: Sequence[connector.Event]) -> list[list[int]]:
+    def batches(self, events: Sequence[model.Delivery]) -> list[list[int]]:
         return [list(range(len(events) - 1))]
 
-    async def _send(self, chunk: Sequence[connector.Event]) -> list[connector.Outcome]:
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[connector.Outcome]:
         return [connector.Outcome.delivered(200)] * len(chunk)
 
 
 async def test_an_event_a_connector_never_batches_gets_a_retry_not_an_exception() -> None:
     config = connector.ConnectorConfig(name="plugin", type="plugin")
-    events = [connector.Event(i, f"msg_{i}", "enrichment.finished", b"{}", None) for i in range(3)]
+    events = [
+        model.Delivery(i, i, "plugin", "", "", "enrichment.finished", f"msg_{i}", b"{}")
+        for i in range(3)
+    ]
     async with aiohttp.ClientSession() as session:
         outcomes = await _Forgetful(config, session).send(events)
 
