@@ -93,32 +93,6 @@ class LedgerFigures:
         return self.unknown_states == 0 and not any(self.undelivered.values())
 
 
-def expected_events(
-    router: outbox.Router,
-    terminal: Mapping[str, int],
-    targets: Mapping[tuple[str, str], int],
-) -> collections.Counter[str]:
-    """Delivery rows per connector that terminal enrichments call for, as :func:`outbox.emit`.
-
-    Args:
-        router: The configured routes.
-        terminal: Terminal rows whose events are due (values read, if any), by state.
-        targets: Target rows of those enrichments, by (state, connector).
-    """
-    expected: collections.Counter[str] = collections.Counter()
-    for route in router.routes:
-        if not route.needs_record:
-            expected[route.name] += sum(
-                n for state, n in terminal.items() if f"enrichment.{state}" in route.events
-            )
-    for (state, name), n in targets.items():
-        named = router.route(name)
-        # A target naming a connector no longer configured still gets a row (marked dead).
-        if named is None or (named.needs_record and f"enrichment.{state}" in named.events):
-            expected[name] += n
-    return expected
-
-
 class _Charges:
     """Rows whose Lance record carries a ``creditTransactionId``, by field, kept incrementally.
 
@@ -159,7 +133,7 @@ def _events(snap: ledger.Snapshot, router: outbox.Router) -> collections.Counter
     due: dict[str, int] = {s: snap.states.get(s, 0) for s in model.TERMINAL}
     # Only `finished` rows wait for values; their events are written with the values.
     due[model.EnrichmentState.FINISHED] -= snap.awaiting
-    return expected_events(router, due, snap.targets)
+    return router.expected(due, snap.targets)
 
 
 def _deficits(snap: ledger.Snapshot, router: outbox.Router) -> dict[str, int]:

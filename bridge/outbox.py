@@ -6,9 +6,10 @@ transaction as the state change that caused it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -54,6 +55,31 @@ class Router:
                 chosen.append((route.name, "", ""))
         chosen += [t for t in named if t[0] not in self._by_name]
         return chosen
+
+    def expected(
+        self, terminal: Mapping[str, int], targets: Mapping[tuple[str, str], int]
+    ) -> collections.Counter[str]:
+        """Delivery rows per connector that :meth:`targets` writes for terminal enrichments.
+
+        The counting form of :meth:`targets`, for the metrics' invariant: same rules, applied
+        to counts instead of rows.
+
+        Args:
+            terminal: Terminal rows whose events are due (values read, if any), by state.
+            targets: Target rows of those enrichments, by (state, connector).
+        """
+        expected: collections.Counter[str] = collections.Counter()
+        for route in self.routes:
+            if not route.needs_record:
+                expected[route.name] += sum(
+                    n for state, n in terminal.items() if f"enrichment.{state}" in route.events
+                )
+        for (state, name), n in targets.items():
+            named = self.route(name)
+            # A target naming a connector no longer configured still gets a row (marked dead).
+            if named is None or (named.needs_record and f"enrichment.{state}" in named.events):
+                expected[name] += n
+        return expected
 
 
 def iso(ts: float) -> str:

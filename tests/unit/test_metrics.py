@@ -15,7 +15,7 @@ CRM = outbox.Route(
 
 def test_record_less_routes_expect_every_matching_terminal_row() -> None:
     router = outbox.Router([HOOK, ALL])
-    expected = metrics.expected_events(router, {"finished": 5, "lost": 2, "failed": 1}, {})
+    expected = router.expected({"finished": 5, "lost": 2, "failed": 1}, {})
     assert expected == {"hook": 5, "all": 7}
 
 
@@ -28,7 +28,7 @@ def test_crm_routes_expect_their_targets_and_unknown_connectors_every_target() -
         ("finished", "hook"): 9,  # a record-less connector gets one row per event, not per target
         ("lost", "gone"): 2,  # no longer configured: still a row each, marked dead later
     }
-    expected = metrics.expected_events(router, {"finished": 6, "lost": 3, "failed": 1}, targets)
+    expected = router.expected({"finished": 6, "lost": 3, "failed": 1}, targets)
     assert expected == {"hook": 6, "crm": 5, "gone": 2}
 
 
