@@ -47,8 +47,12 @@ async def open(
     return SQLiteLedger(db, router)
 
 
-class SQLiteLedger(ledger.Ledger):
-    """The SQLite ledger. Open it with :func:`open` (or :func:`bridge.ledger.open`)."""
+class SQLiteLedger(sqlite_reads.Reads, ledger.Ledger):
+    """The SQLite ledger. Open it with :func:`open` (or :func:`bridge.ledger.open`).
+
+    The job verbs are here; the reads for the API, the CLI and the metrics come from
+    :class:`~bridge.ledger.sqlite_reads.Reads`.
+    """
 
     def __init__(self, db: sqlite_db.Db, router: outbox.Router) -> None:
         self.path = db.path
@@ -344,94 +348,12 @@ class SQLiteLedger(ledger.Ledger):
             )
         return sorted(int(row[0]) for row in rows)
 
-    # -- meta and reads -------------------------------------------------------------------
-
-    async def get_meta(self, key: str) -> str | None:
-        """A value from the ``meta`` table."""
-        return await sqlite_reads.get_meta(self.db, key)
+    # -- meta and inspection ---------------------------------------------------------------
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a value in the ``meta`` table."""
         async with self.db.transaction() as db:
             await db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    async def enrichments(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Enrichments by id, with their targets, in the API shape."""
-        return await sqlite_reads.enrichments(self.db, ids)
-
-    async def list_enrichments(
-        self,
-        *,
-        state: str | None,
-        after: int,
-        limit: int,
-        entity_id: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """A page of enrichments in id order, starting after ``after``."""
-        return await sqlite_reads.list_enrichments(
-            self.db,
-            state=state,
-            after=after,
-            limit=limit,
-            entity_id=entity_id,
-            created_after=created_after,
-            created_before=created_before,
-        )
-
-    async def latest_for_keys(
-        self, keys: Sequence[tuple[str, str, str]]
-    ) -> dict[tuple[str, str, str], dict[str, Any]]:
-        """The newest row of each (entityType, entityId, field) that has one."""
-        return await sqlite_reads.latest_for_keys(self.db, keys)
-
-    async def list_deliveries(
-        self,
-        *,
-        state: str | None = None,
-        connector: str | None = None,
-        enrichment_id: int | None = None,
-        after: int = 0,
-        limit: int = 100,
-        updated_after: float | None = None,
-        updated_before: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """A page of deliveries in id order, starting after ``after``."""
-        return await sqlite_reads.list_deliveries(
-            self.db,
-            state=state,
-            connector=connector,
-            enrichment_id=enrichment_id,
-            after=after,
-            limit=limit,
-            updated_after=updated_after,
-            updated_before=updated_before,
-        )
-
-    async def delivery(self, delivery_id: int) -> dict[str, Any] | None:
-        """One delivery in the API shape, or ``None``."""
-        return await sqlite_reads.delivery(self.db, delivery_id)
-
-    async def counts(self) -> dict[str, Any]:
-        """Counts by state, the oldest in-flight age and the last poll, for ``status``."""
-        return await sqlite_reads.counts(self.db)
-
-    async def snapshot(self) -> ledger.Snapshot:
-        """Every count the metrics need, from one statement."""
-        return await sqlite_reads.snapshot(self.db)
-
-    async def charged(self, after: int, upto: int) -> dict[str, int]:
-        """Charged rows with ids in (after, upto], by field."""
-        return await sqlite_reads.charged(self.db, after, upto)
-
-    async def inbound_counts(self) -> dict[tuple[str, str], int]:
-        """Inbound events kept, by (source, state)."""
-        return await sqlite_reads.inbound_counts(self.db)
-
-    async def progress(self) -> ledger.Progress:
-        """How many enrichments ended and how many deliveries were acknowledged."""
-        return await sqlite_reads.progress(self.db)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read-only query on the reader connection.
