@@ -112,6 +112,8 @@ class Delivery:
         body: The exact JSON bytes of the event, stored at creation and re-sent on each retry.
         attempts: Attempts made so far.
         created_at: When the event was written (Unix seconds).
+        target: The CRM record to update (``{"connector", "objectType", "objectId"}``), or
+            ``None`` for connectors that need no record.
     """
 
     id: int
@@ -121,16 +123,17 @@ class Delivery:
     object_id: str
     event_type: str
     message_id: str
-    body: bytes
+    body: bytes = dataclasses.field(repr=False)  # the enriched values: personal data
     attempts: int = 0
     created_at: float = 0.0
+    # The CRM record this delivery updates, or None for connectors that need none. Built
+    # once: a CRM connector reads it several times per delivery (batching, payload, outcome).
+    target: dict[str, str] | None = dataclasses.field(init=False, repr=False, compare=False)
 
-    @property
-    def target(self) -> dict[str, str] | None:
-        """The CRM record this delivery updates, or ``None`` for connectors that need none."""
-        if not (self.object_type or self.object_id):
-            return None
-        return target_json(self.connector, self.object_type, self.object_id)
+    def __post_init__(self) -> None:
+        record = self.object_type or self.object_id
+        target = target_json(self.connector, self.object_type, self.object_id) if record else None
+        object.__setattr__(self, "target", target)  # frozen: set once, here
 
     def payload(self) -> dict[str, Any]:
         """The decoded event body."""
