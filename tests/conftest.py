@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge import app as app_mod
-from bridge import ledger, scheduler
+from bridge import ledger, model, scheduler
 from bridge import settings as settings_mod
 from bridge.sim import _http
 from bridge.sim import lance as sim
@@ -160,12 +160,10 @@ def tasks_for(n: int, field: str, **extra: Any) -> list[dict[str, Any]]:
 
 async def unsettled(client: Any) -> int:
     """Rows still in flight or awaiting values, plus deliveries not yet settled."""
-    store = client.app[app_mod.BRIDGE].ledger
-    [(rows,)] = await store.fetch(
-        "SELECT count(*) FROM enrichments WHERE state IN ('queued', 'pending') OR needs_fetch = 1"
-    )
-    [(deliveries,)] = await store.fetch("SELECT count(*) FROM deliveries WHERE state = 'pending'")
-    return int(rows) + int(deliveries)
+    snap = await client.app[app_mod.BRIDGE].ledger.snapshot()
+    rows = sum(snap.states.get(state, 0) for state in model.IN_FLIGHT) + snap.awaiting
+    deliveries = sum(n for (_, state), n in snap.deliveries.items() if state == "pending")
+    return rows + deliveries
 
 
 async def drain(client: Any, rounds: int = 20, step_s: float = 2.0) -> int:
