@@ -17,12 +17,12 @@ from bridge import (
     connector,
     dispatcher,
     fetcher,
-    inbound,
     lance,
     ledger,
     metrics,
     outbox,
     poller,
+    resolver,
     runtime,
     scheduler,
     triggerer,
@@ -182,5 +182,5 @@ def build_jobs(bridge: runtime.Bridge, rng: random.Random) -> scheduler.Jobs:
         dispatcher=dispatcher.Dispatcher(
             store, bridge.connectors, s.delivery, clock=clock, rng=rng
         ),
-        resolver=inbound.Resolver(store, bridge.connectors, s.inbound, clock=clock),
+        resolver=resolver.Resolver(store, bridge.connectors, s.inbound, clock=clock),
     )

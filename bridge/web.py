@@ -17,7 +17,7 @@ from aiohttp import web
 from bridge import (
     connector,
     errors,
-    inbound,
+    hooks,
     jsonbody,
     metrics,
     model,
@@ -314,7 +314,7 @@ async def post_hook(request: web.Request) -> web.Response:
     if not candidates:
         which = f"named {name!r} " if name else ""
         fail(404, "not_found", f"no connector {which}takes events at {path}")
-    return await inbound.handle_hook(
+    return await hooks.handle_hook(
         request,
         candidates,
         bridge.ledger,
