@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 _OURS = ("bridge", "connectors")
+# One module per job; what two jobs share lives in a module that is not a job.
+_JOBS = ("triggerer", "poller", "fetcher", "dispatcher", "resolver")
 
 # Run in a fresh interpreter: this test process has long imported the ledger by now.
 _CONTRACT_WITHOUT_STORAGE = (
@@ -104,3 +106,11 @@ def test_our_modules_import_each_other_without_a_cycle() -> None:
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as exc:
         raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
+
+
+def test_no_job_imports_another_job() -> None:
+    graph = _import_graph()
+    jobs = {f"bridge.{name}" for name in _JOBS}
+    assert jobs <= graph.keys()
+    leaning = {job: sorted(graph[job] & jobs) for job in sorted(jobs) if graph[job] & jobs}
+    assert not leaning, f"jobs importing jobs: {leaning}"
