@@ -57,7 +57,6 @@ class Poller:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.gate = pacing.Gate(self.rng)
-        self.last_tick_at: float | None = None
         self._busy = asyncio.Lock()
 
     async def run_once(self) -> PollReport:
@@ -78,7 +77,6 @@ class Poller:
             batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             slots = asyncio.Semaphore(self.config.concurrency)
             reports = await asyncio.gather(*(self._poll(batch, slots) for batch in batches))
-            self.last_tick_at = now
             if rows:
                 await self.store.set_meta("last_poll_at", outbox.iso(now))
             return _total(len(rows), reports)
