@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge import app as app_mod
-from bridge import connector, errors, lance, ledger, model, queries
+from bridge import connector, errors, lance, ledger, model, queries, runtime
 from bridge import server as server_mod
 from bridge import settings as settings_mod
 
@@ -39,7 +39,7 @@ async def serve(settings: settings_mod.Settings, args: argparse.Namespace) -> in
         # opened (the ledger's threads would otherwise keep the process from ever exiting).
         await http.start()
         app = http.app
-        supervisor = app[app_mod.BRIDGE].supervisor
+        supervisor = app[runtime.BRIDGE].supervisor
         assert supervisor is not None
         logger.info(
             "serving on http://%s:%s",

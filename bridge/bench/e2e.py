@@ -27,7 +27,7 @@ from standardwebhooks import webhooks
 
 from bridge import app as app_mod
 from bridge import connector as bridge_connector
-from bridge import lance, ledger
+from bridge import lance, ledger, runtime
 from bridge import settings as settings_mod
 from bridge.bench import Result, peak_rss_mb, procs
 from bridge.sim import _http
@@ -97,7 +97,7 @@ async def bench_e2e(count: int, folder: Path, crm: str = "webhook") -> Result:
     app = app_mod.create_app(_settings(folder, lance_url, webhook))
     try:
         async with _served(app) as url:
-            store = app[app_mod.BRIDGE].ledger
+            store = app[runtime.BRIDGE].ledger
             started = time.perf_counter()
             await _send(url, count)
             at_lance = await _until(lambda: _none_queued(store))
@@ -193,7 +193,7 @@ async def _bench_hubspot(count: int, folder: Path) -> Result:
     app = app_mod.create_app(_settings(folder, lance_url, hubspot))
     try:
         async with _served(app) as url:
-            store = app[app_mod.BRIDGE].ledger
+            store = app[runtime.BRIDGE].ledger
             started = time.perf_counter()
             refused = await procs.ask(conn, ("hooks", f"{url}/hooks/hubspot"))
             at_lance = await _until(lambda: _none_queued(store))
@@ -247,7 +247,7 @@ async def _batched_writes(app: web.Application, ids: list[str]) -> float:
     The same records the naive baseline then writes one PATCH each: the ratio of the two is
     the connector's batching, measured on this machine in this run.
     """
-    connector = app[app_mod.BRIDGE].connectors["hubspot"]
+    connector = app[runtime.BRIDGE].connectors["hubspot"]
     events = [
         bridge_connector.Event(
             delivery_id=n,

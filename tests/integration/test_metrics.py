@@ -12,8 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import app as app_mod
-from bridge import metrics
+from bridge import metrics, runtime
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings, tasks_for
@@ -68,7 +67,7 @@ async def test_after_a_drained_run_the_metrics_match_the_ledger_and_the_simulato
 
     samples = await scrape(client)
 
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     in_ledger = dict(await store.fetch("SELECT state, count(*) FROM enrichments GROUP BY 1"))
     states = by_label(samples, "lance_bridge_enrichments", "state")
     assert {s: n for s, n in states.items() if n} == in_ledger == {"finished": 50}
@@ -214,7 +213,7 @@ async def test_two_apps_in_one_process_keep_their_own_metrics(
     assert value(one, "lance_bridge_enrichments", state="finished") == 2
     assert value(other, "lance_bridge_enrichments", state="finished") == 0
     assert by_label(other, "lance_bridge_lance_requests_total", "endpoint") == {}
-    assert first.app[app_mod.METRICS].registry is not second.app[app_mod.METRICS].registry
+    assert first.app[runtime.METRICS].registry is not second.app[runtime.METRICS].registry
     assert prometheus_client.REGISTRY.get_sample_value("lance_bridge_invariant_ok") is None
 
 
