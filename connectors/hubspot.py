@@ -43,8 +43,9 @@ import aiohttp
 import pydantic
 from pydantic import Field, SecretStr
 
-from bridge import connector, errors, model, ratelimit
-from bridge.connector import Event, HookError, HookRequest, Outcome
+from bridge import classify, connector, errors, model, ratelimit
+from bridge.classify import Outcome
+from bridge.connector import Event, HookError, HookRequest
 from connectors import mapping
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class _Answer:
         """HubSpot's own words: ``CATEGORY: message`` when the body has them."""
         if isinstance(self.body, dict):
             category = self.body.get("category") or self.body.get("policyName") or ""
-            text = str(self.body.get("message") or "")[: connector.ERROR_EXCERPT_CHARS]
+            text = str(self.body.get("message") or "")[: classify.ERROR_EXCERPT_CHARS]
             if text:
                 return f"{category}: {text}" if category else text
         return ""
@@ -523,7 +524,7 @@ class HubSpotConnector(connector.Connector):
         except errors.ConnectorError as exc:
             # The token could not be had (refused, or the endpoint failed): retry later, and say
             # why on every delivery concerned instead of an unexplained internal error.
-            return [Outcome("retry", None, exc.message, connector.THROTTLE_MIN_DELAY_S)] * len(
+            return [Outcome("retry", None, exc.message, classify.THROTTLE_MIN_DELAY_S)] * len(
                 chunk
             )
 
@@ -632,23 +633,23 @@ class HubSpotConnector(connector.Connector):
         """The outcome of a whole request HubSpot refused or failed."""
         status, text = answer.status, answer.message()
         reason = f"HTTP {status}" + (f" {text}" if text else "")
-        retry_after = connector.parse_retry_after(answer.headers.get("Retry-After"))
+        retry_after = classify.parse_retry_after(answer.headers.get("Retry-After"))
         if status == 401:
             return Outcome(
                 "retry",
                 status,
                 f"HubSpot rejected the token: {reason}",
-                connector.THROTTLE_MIN_DELAY_S,
+                classify.THROTTLE_MIN_DELAY_S,
             )
         if status == 423:
             return Outcome("retry", status, reason, max(retry_after or 0.0, LOCKED_MIN_DELAY_S))
         if status == 429:
             daily = isinstance(answer.body, dict) and answer.body.get("policyName") == "DAILY"
             wait_s = DAILY_LIMIT_DELAY_S if daily else (retry_after or 0.0)
-            return Outcome("retry", status, reason, max(wait_s, connector.THROTTLE_MIN_DELAY_S))
+            return Outcome("retry", status, reason, max(wait_s, classify.THROTTLE_MIN_DELAY_S))
         if status == 477:
-            return Outcome("retry", status, reason, retry_after or connector.THROTTLE_MIN_DELAY_S)
-        outcome = connector.classify(status, retry_after=answer.headers.get("Retry-After"))
+            return Outcome("retry", status, reason, retry_after or classify.THROTTLE_MIN_DELAY_S)
+        outcome = classify.classify(status, retry_after=answer.headers.get("Retry-After"))
         return dataclasses.replace(outcome, error=reason)
 
     # -- HTTP -----------------------------------------------------------------------------
@@ -744,7 +745,7 @@ class HubSpotConnector(connector.Connector):
                     f"connector {self.name}: HubSpot's token endpoint failed: {exc!r}"
                 ) from exc
             self.remote_requests[("POST /oauth/v1/token", str(status))] += 1
-            text = raw.decode("utf-8", "replace")[: connector.ERROR_EXCERPT_CHARS]
+            text = raw.decode("utf-8", "replace")[: classify.ERROR_EXCERPT_CHARS]
             if 400 <= status < 500:
                 raise errors.ConnectorError(
                     f"connector {self.name}: HubSpot refused the refresh token"
@@ -795,7 +796,7 @@ def _per_record(answer: _Answer, ids: Sequence[str]) -> dict[str, Outcome]:
         if not isinstance(error, dict):
             continue
         category = str(error.get("category") or "")
-        message = str(error.get("message") or "")[: connector.ERROR_EXCERPT_CHARS]
+        message = str(error.get("message") or "")[: classify.ERROR_EXCERPT_CHARS]
         reason = f"{category}: {message}" if category else message
         kind: Literal["retry", "dead"] = "dead" if category in PERMANENT_CATEGORIES else "retry"
         outcome = Outcome(kind, answer.status, reason or "HubSpot reported an error")

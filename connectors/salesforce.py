@@ -54,8 +54,9 @@ from defusedxml import ElementTree as SafeElementTree  # type: ignore[import-unt
 from defusedxml.common import DefusedXmlException  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr
 
-from bridge import connector, errors, model
-from bridge.connector import Event, HookError, HookRequest, Outcome
+from bridge import classify, connector, errors, model, registry
+from bridge.classify import Outcome
+from bridge.connector import Event, HookError, HookRequest
 from connectors import mapping
 
 logger = logging.getLogger(__name__)
@@ -455,7 +456,7 @@ class _Answer:
         first = self.body[0] if isinstance(self.body, list) and self.body else None
         if not isinstance(first, dict):
             return ""
-        text = str(first.get("message") or "")[: connector.ERROR_EXCERPT_CHARS]
+        text = str(first.get("message") or "")[: classify.ERROR_EXCERPT_CHARS]
         code = self.error_code()
         return f"{code}: {text}" if code and text else code or text
 
@@ -605,7 +606,7 @@ class SalesforceConnector(connector.Connector):
             try:
                 record = FlowRecord.model_validate(item)
             except pydantic.ValidationError as exc:
-                message = connector.describe_validation_error(exc, where)
+                message = registry.describe_validation_error(exc, where)
                 raise _JsonRefusal(400, "invalid_body", message) from None
             canonical = id18(record.record_id)
             assert canonical is not None  # the pattern checked it
@@ -730,7 +731,7 @@ class SalesforceConnector(connector.Connector):
             if records:
                 outcomes |= await self._update(keys, records)
         except _AuthError as exc:
-            failure = Outcome("retry", None, exc.message, connector.THROTTLE_MIN_DELAY_S)
+            failure = Outcome("retry", None, exc.message, classify.THROTTLE_MIN_DELAY_S)
             return dict.fromkeys(wanted, failure)
         return outcomes
 
@@ -810,22 +811,22 @@ class SalesforceConnector(connector.Connector):
         """The outcome of a whole request Salesforce refused or failed."""
         status, text = answer.status, answer.message()
         reason = f"HTTP {status}" + (f" {text}" if text else "")
-        retry_after = connector.parse_retry_after(answer.headers.get("Retry-After"))
+        retry_after = classify.parse_retry_after(answer.headers.get("Retry-After"))
         if status == 410:
             return Outcome("dead", status, self._retired())
         if status == 403 and answer.error_code() == "REQUEST_LIMIT_EXCEEDED":
-            wait_s = max(retry_after or 0.0, connector.THROTTLE_MIN_DELAY_S)
+            wait_s = max(retry_after or 0.0, classify.THROTTLE_MIN_DELAY_S)
             return Outcome("retry", status, f"{reason} ({self.usage()}); throttled", wait_s)
         if status == 401:
             return Outcome(
                 "retry",
                 status,
                 f"Salesforce refused a fresh session too: {reason}",
-                connector.THROTTLE_MIN_DELAY_S,
+                classify.THROTTLE_MIN_DELAY_S,
             )
         if 200 <= status < 300:
             return Outcome("retry", status, f"HTTP {status}: an answer of an unexpected shape")
-        outcome = connector.classify(status, retry_after=answer.headers.get("Retry-After"))
+        outcome = classify.classify(status, retry_after=answer.headers.get("Retry-After"))
         return dataclasses.replace(outcome, error=reason)
 
     def _retired(self) -> str:
@@ -878,7 +879,7 @@ class SalesforceConnector(connector.Connector):
             None,
             f"Salesforce {self.usage()} is past slow_down_at ({settings.slow_down_at:.0%});"
             " deliveries wait so the rest of the daily cap stays for other integrations",
-            max(settings.slow_down_delay_seconds, connector.THROTTLE_MIN_DELAY_S),
+            max(settings.slow_down_delay_seconds, classify.THROTTLE_MIN_DELAY_S),
         )
 
     # -- HTTP -----------------------------------------------------------------------------
@@ -992,7 +993,7 @@ class SalesforceConnector(connector.Connector):
         error = description = ""
         if isinstance(body, dict):
             error = str(body.get("error") or "")
-            description = str(body.get("error_description") or "")[: connector.ERROR_EXCERPT_CHARS]
+            description = str(body.get("error_description") or "")[: classify.ERROR_EXCERPT_CHARS]
         said = ": ".join(part for part in (error, description) if part) or "no error given"
         hint = next((h for text, h in _TOKEN_HINTS if text in description.lower()), "")
         return (
@@ -1084,7 +1085,7 @@ def _saved(result: Any) -> Outcome:
     found = [e for e in result.get("errors") or [] if isinstance(e, dict)]
     if not found:
         return Outcome("retry", 200, "Salesforce reported a failure without a reason")
-    reason = "; ".join(_error_text(error) for error in found)[: connector.ERROR_EXCERPT_CHARS]
+    reason = "; ".join(_error_text(error) for error in found)[: classify.ERROR_EXCERPT_CHARS]
     permanent = str(found[0].get("statusCode") or "") in PERMANENT_CODES
     return Outcome("dead" if permanent else "retry", 200, reason)
 

@@ -18,7 +18,7 @@ import pydantic
 from pydantic import SecretStr
 from standardwebhooks import webhooks
 
-from bridge import connector
+from bridge import classify, connector
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 SECRET_BYTES = (24, 64)
@@ -72,10 +72,10 @@ class WebhookConnector(connector.Connector):
     async def check(self) -> None:
         """Webhook endpoints have no credential to verify; nothing to check."""
 
-    async def _send(self, chunk: Sequence[connector.Event]) -> list[connector.Outcome]:
+    async def _send(self, chunk: Sequence[connector.Event]) -> list[classify.Outcome]:
         return [await self._post(event) for event in chunk]
 
-    async def _post(self, event: connector.Event) -> connector.Outcome:
+    async def _post(self, event: connector.Event) -> classify.Outcome:
         now = datetime.datetime.now(tz=datetime.UTC)
         body = event.body.decode()
         headers = {
@@ -92,4 +92,4 @@ class WebhookConnector(connector.Connector):
             timeout=self._timeout,
             allow_redirects=False,
         ) as response:
-            return await connector.classify_response(response)
+            return await classify.classify_response(response)
