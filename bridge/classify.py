@@ -149,16 +149,9 @@ def transport_failure(error: BaseException) -> Outcome:
     return Outcome("retry", None, reason)
 
 
-async def classify_response(response: aiohttp.ClientResponse) -> Outcome:
-    """Classify an HTTP response, reading an excerpt of its body for the error message."""
-    body = "" if 200 <= response.status < 300 else await read_excerpt(response)
-    return classify(response.status, body=body, retry_after=response.headers.get("Retry-After"))
-
-
-async def read_excerpt(response: aiohttp.ClientResponse) -> str:
-    """The start of an error answer's body, enough for the error message; ``""`` if unreadable."""
+async def read_excerpt(response: aiohttp.ClientResponse) -> bytes:
+    """The start of an error answer's body, enough for the error message; empty if unreadable."""
     try:
-        raw = await response.content.read(ERROR_EXCERPT_CHARS * 4)
+        return await response.content.read(ERROR_EXCERPT_CHARS * 4)
     except (aiohttp.ClientError, TimeoutError):
-        return ""
-    return raw.decode("utf-8", "replace")
+        return b""

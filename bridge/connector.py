@@ -76,6 +76,22 @@ class Event:
         return decoded
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """A remote's answer to :meth:`Connector.request`, read.
+
+    Attributes:
+        status: The HTTP status.
+        raw: The body: whole, or for ``excerpt_only`` requests nothing on 2xx and the start
+            of an error answer (enough for its message).
+        headers: The response headers (case-insensitive).
+    """
+
+    status: int
+    raw: bytes
+    headers: Mapping[str, str]
+
+
 # Told the outcomes of one chunk as they arrive: (indexes into the events sent, outcomes).
 OutcomesCallback = Callable[[Sequence[int], Sequence[Outcome]], None]
 
@@ -166,6 +182,7 @@ class Connector(abc.ABC):
         self.config = config
         self.session = session
         self.clock = clock  # the bridge's clock (Unix seconds); tests pass a controllable one
+        self.timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._slots = asyncio.Semaphore(config.max_concurrency)
         # Requests to the remote API by (endpoint, HTTP status or "none"), for the metrics.
         self.remote_requests: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -177,6 +194,45 @@ class Connector(abc.ABC):
     def name(self) -> str:
         """The configured, unique connector name."""
         return self.config.name
+
+    async def request(
+        self, method: str, url: str, *, endpoint: str, excerpt_only: bool = False, **kwargs: Any
+    ) -> Reply:
+        """One HTTP request to the remote, counted in ``crm_requests_total`` by ``endpoint``.
+
+        Every connector sends through here, so every one reports the same metrics and applies
+        ``timeout_seconds``. Redirects are not followed unless ``allow_redirects`` says so:
+        only the remote's own answer counts.
+
+        Args:
+            method: The HTTP method.
+            url: The full URL.
+            endpoint: The metrics label, ``METHOD /path`` without ids or secrets.
+            excerpt_only: Read no body of a 2xx and only the start of an error answer (the
+                webhook connector needs nothing more).
+            **kwargs: Passed to :meth:`aiohttp.ClientSession.request` (``json``, ``data``,
+                ``headers`` ...).
+
+        Raises:
+            aiohttp.ClientError, TimeoutError: the request did not complete (counted as
+                status ``none``).
+        """
+        kwargs.setdefault("allow_redirects", False)
+        try:
+            async with self.session.request(
+                method, url, timeout=self.timeout, **kwargs
+            ) as response:
+                if not excerpt_only:
+                    raw = await response.read()
+                elif 200 <= response.status < 300:
+                    raw = b""
+                else:
+                    raw = await classify.read_excerpt(response)
+        except BaseException:
+            self.remote_requests[(endpoint, "none")] += 1
+            raise
+        self.remote_requests[(endpoint, str(response.status))] += 1
+        return Reply(response.status, raw, response.headers)
 
     async def open(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Acquire what the connector needs (tokens, caches). Called once at start."""

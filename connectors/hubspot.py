@@ -270,7 +270,6 @@ class HubSpotConnector(connector.Connector):
         self.budget = ratelimit.RollingWindow(
             config.rate_limit_requests, config.rate_limit_window_seconds
         )
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._token: str | None = (
             config.access_token.get_secret_value() if config.access_token else None
         )
@@ -670,31 +669,19 @@ class HubSpotConnector(connector.Connector):
 
     async def _request(self, method: str, path: str, body: Any) -> _Answer:
         token = await self._access_token()
-        endpoint = f"{method} {path}"
         async with self.budget.slot():  # held until the answer is read: see ratelimit
-            try:
-                answer = await self._send_request(method, path, body, token)
-            except BaseException:
-                self.remote_requests[(endpoint, "none")] += 1
-                raise
-        self.remote_requests[(endpoint, str(answer.status))] += 1
-        return answer
-
-    async def _send_request(self, method: str, path: str, body: Any, token: str) -> _Answer:
-        async with self.session.request(
-            method,
-            self.settings.base_url + path,
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=self._timeout,
-            allow_redirects=False,
-        ) as response:
-            raw = await response.read()
-            try:
-                decoded = json.loads(raw) if raw else None
-            except ValueError:
-                decoded = None
-            return _Answer(response.status, decoded, response.headers)
+            reply = await self.request(
+                method,
+                self.settings.base_url + path,
+                endpoint=f"{method} {path}",
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        try:
+            decoded = json.loads(reply.raw) if reply.raw else None
+        except ValueError:
+            decoded = None
+        return _Answer(reply.status, decoded, reply.headers)
 
     def _throttled(self, answer: _Answer) -> None:
         """Hold every request of this connector for one window.
@@ -731,20 +718,19 @@ class HubSpotConnector(connector.Connector):
                 "client_secret": settings.client_secret.get_secret_value(),
             }
             try:
-                async with (
-                    self.budget.slot(),
-                    self.session.post(
-                        settings.base_url + "/oauth/v1/token", data=form, timeout=self._timeout
-                    ) as response,
-                ):
-                    raw = await response.read()
-                    status = response.status
+                async with self.budget.slot():
+                    reply = await self.request(
+                        "POST",
+                        settings.base_url + "/oauth/v1/token",
+                        endpoint="POST /oauth/v1/token",
+                        data=form,
+                        allow_redirects=True,
+                    )
             except (aiohttp.ClientError, TimeoutError) as exc:
-                self.remote_requests[("POST /oauth/v1/token", "none")] += 1
                 raise errors.ConnectorError(
                     f"connector {self.name}: HubSpot's token endpoint failed: {exc!r}"
                 ) from exc
-            self.remote_requests[("POST /oauth/v1/token", str(status))] += 1
+            raw, status = reply.raw, reply.status
             text = raw.decode("utf-8", "replace")[: classify.ERROR_EXCERPT_CHARS]
             if 400 <= status < 500:
                 raise errors.ConnectorError(

@@ -489,7 +489,6 @@ class SalesforceConnector(connector.Connector):
         self.token_requests = 0
         self._limits_seen_at = float("-inf")
         self._slowing = False
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._login: tuple[str, str] | None = None  # (access token, instance_url)
         self._login_lock = asyncio.Lock()
         self._private_key: bytes | None = None
@@ -904,17 +903,15 @@ class SalesforceConnector(connector.Connector):
     async def _request(self, method: str, path: str, body: Any, login: tuple[str, str]) -> _Answer:
         token, instance_url = login
         self.requests += 1
-        async with self.session.request(
+        reply = await self.request(
             method,
             f"{instance_url}/services/data/v{self.settings.api_version}{path}",
+            endpoint=f"{method} {path}",
             json=body,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            timeout=self._timeout,
-            allow_redirects=False,
-        ) as response:
-            raw = await response.read()
-            self._observe(response.headers.get(LIMIT_HEADER))
-            return _Answer(response.status, _decode(raw), response.headers)
+        )
+        self._observe(reply.headers.get(LIMIT_HEADER))
+        return _Answer(reply.status, _decode(reply.raw), reply.headers)
 
     async def _session_login(self) -> tuple[str, str]:
         login = self._login
@@ -935,13 +932,10 @@ class SalesforceConnector(connector.Connector):
     async def _grant(self) -> tuple[str, str]:
         form = self._grant_form()
         self.token_requests += 1
-        async with self.session.post(
-            self.settings.login_url + TOKEN_PATH,
-            data=form,
-            timeout=self._timeout,
-            allow_redirects=False,
-        ) as response:
-            status, body = response.status, _decode(await response.read())
+        reply = await self.request(
+            "POST", self.settings.login_url + TOKEN_PATH, endpoint="POST " + TOKEN_PATH, data=form
+        )
+        status, body = reply.status, _decode(reply.raw)
         if status == 200 and isinstance(body, dict):
             token, instance_url = body.get("access_token"), body.get("instance_url")
             usable = isinstance(instance_url, str) and re.match(r"^https?://[^/\s]+", instance_url)

@@ -67,7 +67,6 @@ class WebhookConnector(connector.Connector):
         assert isinstance(config, WebhookConfig)
         self.settings = config
         self._signer = webhooks.Webhook(config.secret.get_secret_value())
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
 
     async def check(self) -> None:
         """Webhook endpoints have no credential to verify; nothing to check."""
@@ -85,11 +84,17 @@ class WebhookConnector(connector.Connector):
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self._signer.sign(event.message_id, now, body),
         }
-        async with self.session.post(
+        # The URL's path may carry the receiver's credential: it is no metrics label.
+        reply = await self.request(
+            "POST",
             str(self.settings.url),
+            endpoint="POST",
+            excerpt_only=True,
             data=event.body,
             headers=headers,
-            timeout=self._timeout,
-            allow_redirects=False,
-        ) as response:
-            return await classify.classify_response(response)
+        )
+        return classify.classify(
+            reply.status,
+            body=reply.raw.decode("utf-8", "replace"),
+            retry_after=reply.headers.get("Retry-After"),
+        )
