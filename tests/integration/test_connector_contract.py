@@ -17,20 +17,36 @@ import dataclasses
 import math
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient
 
+from bridge import app as app_mod
 from bridge import classify, connector, registry
 from bridge.sim import _http
 from bridge.sim import hubspot as hs
+from bridge.sim import lance as sim
 from bridge.sim import salesforce as sf
 from bridge.sim import sink as sink_mod
-from tests.conftest import SECRET, Clock
+from tests.conftest import (
+    SECRET,
+    BridgeFactory,
+    Clock,
+    auth,
+    drain,
+    jobs_of,
+    make_settings,
+    tasks_for,
+)
+from tests.integration import test_hubspot as hs_test
+from tests.integration import test_salesforce as sf_test
 
 TIMEOUT_S = 0.3
+Client = TestClient[Any, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,3 +441,125 @@ async def test_a_refused_connection_is_retried(
         assert (outcome.kind, outcome.status, outcome.retry_after_s) == ("retry", None, None)
         assert outcome.error is not None
         assert "Connect" in outcome.error
+
+
+# -- through the whole bridge: a transient answer waits as long as the remote asks ------------
+
+
+@dataclasses.dataclass
+class Run:
+    """A bridge with deliveries pending for one connector, and how to fail its next write."""
+
+    client: Client
+    inject: Callable[[int, dict[str, str]], None]
+    pending: int  # deliveries waiting for the dispatcher
+    step_s: float  # how far drain moves the clock per round
+    landed: Callable[[], bool]
+
+
+async def _run_webhook(
+    make_bridge: BridgeFactory, lance_url: str, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Run]:
+    receiver = sink_mod.WebhookSink(SECRET)
+    runner = await sink_mod.serve(receiver)
+    client = await make_bridge(make_settings(tmp_path, lance_url, _http.base_url(runner)))
+    await client.post("/v1/triggers", json={"tasks": tasks_for(2, "emails")}, headers=auth())
+    await sf_test.deliveries_pending(client, clock)
+
+    def inject(status: int, headers: dict[str, str]) -> None:
+        retry_after = headers.get("Retry-After")
+        receiver.fail_next(2, status, retry_after=None if retry_after is None else int(retry_after))
+
+    yield Run(client, inject, 2, 10, lambda: len(receiver.received) == 2)
+    await runner.cleanup()
+
+
+async def _run_hubspot(
+    make_bridge: BridgeFactory, lance_url: str, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Run]:
+    sandbox = hs.HubSpotSandbox(clock=clock, client_secret=hs_test.CLIENT_SECRET, rate_limit=0)
+    runner = await hs.serve(sandbox)
+    settings = hs_test.hubspot_settings(
+        tmp_path, lance_url, hs.base_url(runner), rate_limit_window_seconds=0.01
+    )
+    client = await make_bridge(settings)
+    ids = hs_test.contacts_with_lance_ids(sandbox, 3)
+    await hs_test.post_events(client, hs_test.changes(sandbox, ids, clock), clock)
+    await sf_test.deliveries_pending(client, clock)
+
+    def inject(status: int, headers: dict[str, str]) -> None:
+        sandbox.fail_next(1, status, headers=headers, route="batch/update")
+
+    def landed() -> bool:
+        return all(sandbox.record("contacts", i).get("phone") for i in ids)
+
+    yield Run(client, inject, 6, 60, landed)
+    await runner.cleanup()
+
+
+async def _run_salesforce(
+    make_bridge: BridgeFactory, lance_url: str, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Run]:
+    sandbox = sf.SalesforceSandbox(clock=clock, org_id=sf_test.ORG_ID, daily_limit=100_000)
+    runner = await sf.serve(sandbox)
+    table = sf_test.sf_table(sf.base_url(runner))
+    client = await sf_test.start(make_bridge, tmp_path, lance_url, table)
+    ids = sf_test.people(sandbox, 2)
+    await sf_test.send_all(client, sandbox, [("Contact", i) for i in ids])
+    await sf_test.deliveries_pending(client, clock)
+
+    def inject(status: int, headers: dict[str, str]) -> None:
+        assert not headers, "the Salesforce sandbox, like Salesforce, sends no Retry-After"
+        sandbox.fail_next(1, status, route=sf_test.UPDATE)
+
+    def landed() -> bool:
+        for contact in ids:
+            sf_test.assert_enriched(sandbox, "Contact", contact)
+        return True
+
+    yield Run(client, inject, 4, 10, landed)
+    await runner.cleanup()
+
+
+RUNS: dict[str, Callable[[BridgeFactory, str, Path, Clock], AsyncIterator[Run]]] = {
+    "webhook": _run_webhook,
+    "hubspot": _run_hubspot,
+    "salesforce": _run_salesforce,
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "headers", "at_least_s"),
+    [
+        ("webhook", 503, {"Retry-After": "30"}, 30),
+        ("hubspot", 429, {"Retry-After": "90"}, 90),
+        ("hubspot", 503, {}, 5),
+        ("hubspot", 423, {}, 2),
+        ("hubspot", 477, {"Retry-After": "120"}, 120),
+        ("salesforce", 503, {}, 5),
+        ("salesforce", 500, {}, 5),
+    ],
+)
+async def test_a_transient_answer_is_retried_no_sooner_than_the_remote_asks_then_delivered(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    tmp_path: Path,
+    clock: Clock,
+    kind: str,
+    status: int,
+    headers: dict[str, str],
+    at_least_s: float,
+) -> None:
+    async for run in RUNS[kind](make_bridge, simulator[1], tmp_path, clock):
+        run.inject(status, headers)
+        now = clock()
+
+        first = await jobs_of(run.client).dispatcher.run_once()
+        [(next_attempt_at,)] = await run.client.app[app_mod.BRIDGE].ledger.fetch(
+            "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+        )
+        await drain(run.client, step_s=run.step_s)
+
+        assert first.retrying == run.pending
+        assert next_attempt_at - now >= at_least_s
+        assert run.landed()
