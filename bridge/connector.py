@@ -163,6 +163,8 @@ class Connector(abc.ABC):
     Subclasses set :attr:`Config` to their pydantic settings model, :attr:`max_batch` to the
     most events their API takes in one request, and :attr:`needs_record` when they update a
     CRM record (such connectors only receive events of enrichments whose targets name them).
+    They send every request through :meth:`request`, which times and counts it the same way
+    for all (``crm_requests_total``).
     """
 
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
