@@ -22,6 +22,7 @@ from bridge import (
     metrics,
     outbox,
     poller,
+    registry,
     resolver,
     runtime,
     scheduler,
@@ -37,7 +38,7 @@ USER_AGENT = "lance-bridge"
 
 def router_for(settings: settings_mod.Settings) -> outbox.Router:
     """Delivery routes of the configured connectors."""
-    types = connector.connector_types()
+    types = registry.connector_types()
     return outbox.Router(
         [
             outbox.Route(c.name, types[c.type].needs_record, frozenset(c.events))
@@ -119,7 +120,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     bridge = app[runtime.BRIDGE]
     assert bridge.session is not None
-    built = connector.build(bridge.settings.connectors, bridge.session, clock=bridge.clock)
+    built = registry.build(bridge.settings.connectors, bridge.session, clock=bridge.clock)
     opened: list[connector.Connector] = []
     try:
         for item in built:

@@ -993,50 +993,6 @@ async def test_a_deleted_record_is_dead_with_hubspots_reason(
     assert all("no contacts record" in r[2] for r in rows)
 
 
-@pytest.mark.parametrize(
-    ("status", "headers", "at_least_s"),
-    [
-        (429, {"Retry-After": "90"}, 90),
-        (503, {}, 5),
-        (423, {}, 2),
-        (477, {"Retry-After": "120"}, 120),
-    ],
-)
-async def test_transient_answers_are_retried_no_sooner_than_hubspot_asks(
-    make_bridge: BridgeFactory,
-    simulator: tuple[sim.LanceSimulator, str],
-    hubspot: tuple[hs.HubSpotSandbox, str],
-    tmp_path: Path,
-    clock: Clock,
-    status: int,
-    headers: dict[str, str],
-    at_least_s: float,
-) -> None:
-    sandbox, hubspot_url = hubspot
-    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, rate_limit_window_seconds=0.01)
-    client = await make_bridge(settings)
-    ids = contacts_with_lance_ids(sandbox, 3)
-    await post_events(client, changes(sandbox, ids, clock), clock)
-    jobs = jobs_of(client)
-    for _ in range(4):  # trigger, poll, fetch: the deliveries wait
-        await jobs.triggerer.run_once()
-        await jobs.poller.run_once()
-        await jobs.fetcher.run_once()
-        clock.advance(2)
-    sandbox.fail_next(1, status, headers=headers, route="batch/update")
-    now = clock()
-
-    first = await jobs.dispatcher.run_once()
-    [(next_attempt_at,)] = await client.app[runtime.BRIDGE].ledger.fetch(
-        "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
-    )
-    await drain(client, step_s=60)
-
-    assert first.retrying == 6
-    assert next_attempt_at - now >= at_least_s
-    assert all(sandbox.record("contacts", i).get("phone") for i in ids)
-
-
 async def test_an_expired_oauth_token_is_refreshed_once_and_nothing_is_lost(
     make_bridge: BridgeFactory,
     simulator: tuple[sim.LanceSimulator, str],

@@ -797,36 +797,6 @@ async def test_a_deleted_record_is_dead_with_salesforces_reason(
     assert [tuple(d) for d in dead] == [(ids[1], "ENTITY_IS_DELETED: entity is deleted")]
 
 
-@pytest.mark.parametrize(("status", "at_least_s"), [(503, 5), (500, 5)])
-async def test_server_errors_are_retried(
-    make_bridge: BridgeFactory,
-    simulator: tuple[sim.LanceSimulator, str],
-    salesforce: tuple[sf.SalesforceSandbox, str],
-    tmp_path: Path,
-    clock: Clock,
-    status: int,
-    at_least_s: float,
-) -> None:
-    sandbox, sf_url = salesforce
-    client = await start(make_bridge, tmp_path, simulator[1], sf_table(sf_url))
-    ids = people(sandbox, 2)
-    await send_all(client, sandbox, [("Contact", i) for i in ids])
-    await deliveries_pending(client, clock)
-    sandbox.fail_next(1, status, route=UPDATE)
-    now = clock()
-
-    first = await jobs_of(client).dispatcher.run_once()
-    [(next_attempt_at,)] = await client.app[runtime.BRIDGE].ledger.fetch(
-        "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
-    )
-    await drain(client, step_s=10)
-
-    assert first.retrying == 4
-    assert next_attempt_at - now >= at_least_s
-    for contact in ids:
-        assert_enriched(sandbox, "Contact", contact)
-
-
 # -- auth ----------------------------------------------------------------------------------------
 
 
