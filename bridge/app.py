@@ -6,7 +6,6 @@ session → connectors → scheduler, and closes in reverse.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,12 +17,14 @@ from bridge import (
     connector,
     dispatcher,
     fetcher,
-    inbound,
     lance,
     ledger,
     metrics,
     outbox,
     poller,
+    registry,
+    resolver,
+    runtime,
     scheduler,
     triggerer,
 )
@@ -35,47 +36,9 @@ from bridge import (
 USER_AGENT = "lance-bridge"
 
 
-@dataclasses.dataclass(slots=True)
-class Bridge:
-    """The running parts, in the order they open."""
-
-    settings: settings_mod.Settings
-    clock: Callable[[], float]
-    ledger: ledger.Ledger
-    session: aiohttp.ClientSession | None = None
-    client: lance.LanceClient | None = None
-    connectors: dict[str, connector.Connector] = dataclasses.field(default_factory=dict)
-    jobs: scheduler.Jobs | None = None
-    supervisor: scheduler.Supervisor | None = None
-
-    def ready(self) -> bool:
-        """Ledger open and usable, and jobs running (or driven by hand without a scheduler)."""
-        if self.jobs is None or self.ledger.check() is not None:
-            return False
-        return self.supervisor is None or self.supervisor.running
-
-    def live_metrics(self) -> metrics.Live:
-        """The in-process counters of the parts that are open."""
-        return metrics.Live(
-            lance=self.client.statuses if self.client else {},
-            attempts=self.jobs.dispatcher.attempts if self.jobs else {},
-            skipped=self.supervisor.skipped if self.supervisor else {},
-            crm={
-                (name, endpoint, status): n
-                for name, item in self.connectors.items()
-                for (endpoint, status), n in item.remote_requests.items()
-            },
-        )
-
-
-SETTINGS = web.AppKey("settings", settings_mod.Settings)
-BRIDGE = web.AppKey("bridge", Bridge)
-METRICS = web.AppKey("metrics", metrics.Metrics)
-
-
 def router_for(settings: settings_mod.Settings) -> outbox.Router:
     """Delivery routes of the configured connectors."""
-    types = connector.connector_types()
+    types = registry.connector_types()
     return outbox.Router(
         [
             outbox.Route(c.name, types[c.type].needs_record, frozenset(c.events))
@@ -105,8 +68,8 @@ def create_app(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[routes.guard_middleware],
     )
-    app[SETTINGS] = settings
-    app[METRICS] = metrics.Metrics()
+    app[runtime.SETTINGS] = settings
+    app[runtime.METRICS] = metrics.Metrics()
     app.cleanup_ctx.append(_ledger_ctx(clock, init_ledger))
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
@@ -119,13 +82,13 @@ def _ledger_ctx(
     clock: Callable[[], float], init_ledger: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
+        settings = app[runtime.SETTINGS]
         store = await ledger.open(
             settings.ledger, router=router_for(settings), initialize=init_ledger
         )
         try:
-            app[BRIDGE] = Bridge(settings, clock, store)
-            await app[METRICS].open(store)
+            app[runtime.BRIDGE] = runtime.Bridge(settings, clock, store)
+            await app[runtime.METRICS].open(store)
             yield
         finally:
             await store.close()
@@ -134,7 +97,7 @@ def _ledger_ctx(
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
-    bridge = app[BRIDGE]
+    bridge = app[runtime.BRIDGE]
     lance_config = bridge.settings.lance
     connector_limit = sum(c.max_concurrency for c in bridge.settings.connectors)
     tcp = aiohttp.TCPConnector(limit=lance_config.max_concurrency * 4 + connector_limit + 16)
@@ -152,9 +115,9 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
-    bridge = app[BRIDGE]
+    bridge = app[runtime.BRIDGE]
     assert bridge.session is not None
-    built = connector.build(bridge.settings.connectors, bridge.session, clock=bridge.clock)
+    built = registry.build(bridge.settings.connectors, bridge.session, clock=bridge.clock)
     opened: list[connector.Connector] = []
     try:
         for item in built:
@@ -171,7 +134,7 @@ def _jobs_ctx(
     run_jobs: bool, rng: random.Random
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        bridge = app[BRIDGE]
+        bridge = app[runtime.BRIDGE]
         bridge.jobs = build_jobs(bridge, rng)
         if not run_jobs:
             yield
@@ -186,7 +149,7 @@ def _jobs_ctx(
                 "resolve": (s.inbound.interval_seconds, bridge.jobs.resolver.run_once),
                 "ledger": (ledger.WATCH_INTERVAL_S, bridge.ledger.watch),
             },
-            observe=app[METRICS].job_ran,
+            observe=app[runtime.METRICS].job_ran,
         )
         bridge.supervisor = supervisor
         supervisor.start()
@@ -196,7 +159,7 @@ def _jobs_ctx(
     return ctx
 
 
-def build_jobs(bridge: Bridge, rng: random.Random) -> scheduler.Jobs:
+def build_jobs(bridge: runtime.Bridge, rng: random.Random) -> scheduler.Jobs:
     """The jobs over the bridge's ledger, Lance client and connectors."""
     assert bridge.client is not None
     s, store, client, clock = bridge.settings, bridge.ledger, bridge.client, bridge.clock
@@ -217,5 +180,5 @@ def build_jobs(bridge: Bridge, rng: random.Random) -> scheduler.Jobs:
         dispatcher=dispatcher.Dispatcher(
             store, bridge.connectors, s.delivery, clock=clock, rng=rng
         ),
-        resolver=inbound.Resolver(store, bridge.connectors, s.inbound, clock=clock),
+        resolver=resolver.Resolver(store, bridge.connectors, s.inbound, clock=clock),
     )

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge import app as app_mod
-from bridge import connector, errors, lance, ledger, model
+from bridge import connector, errors, lance, ledger, model, registry, runtime
 from bridge import server as server_mod
 from bridge import settings as settings_mod
 
@@ -39,7 +39,7 @@ async def serve(settings: settings_mod.Settings, args: argparse.Namespace) -> in
         # opened (the ledger's threads would otherwise keep the process from ever exiting).
         await http.start()
         app = http.app
-        supervisor = app[app_mod.BRIDGE].supervisor
+        supervisor = app[runtime.BRIDGE].supervisor
         assert supervisor is not None
         logger.info(
             "serving on http://%s:%s",
@@ -87,7 +87,7 @@ async def check_config(settings: settings_mod.Settings, args: argparse.Namespace
             return EXIT_FAILED
         console.print(f"  Lance: token accepted, {balance} credits")
         ok = True
-        for built in connector.build(settings.connectors, session):
+        for built in registry.build(settings.connectors, session):
             ok = await _check_connector(console, built) and ok
     return EXIT_OK if ok else EXIT_FAILED
 

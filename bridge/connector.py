@@ -1,8 +1,9 @@
-"""The connector contract, the failure classifier and the registry of connector types.
+"""The connector contract: what a connector implements, and the template method around it.
 
 A connector turns completion events into requests to one destination (a webhook endpoint, a CRM).
 The core never names a connector: types are found through the ``lance_bridge.connectors``
-entry-point group, so a new connector is one module plus one line in ``pyproject.toml``.
+entry-point group (:mod:`bridge.registry`), so a new connector is one module plus one line in
+``pyproject.toml``. What is worth retrying is decided in :mod:`bridge.classify`.
 """
 
 from __future__ import annotations
@@ -11,29 +12,20 @@ import abc
 import asyncio
 import collections
 import dataclasses
-import email.utils
-import functools
 import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import aiohttp
 import pydantic
 from aiohttp import web
 
-from bridge import errors, jsonbody, model
+from bridge import classify, errors, jsonbody, model
+from bridge.classify import Outcome
 
 logger = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP = "lance_bridge.connectors"
-# Throttling answers and timeouts are never retried sooner than this (DESIGN §8).
-THROTTLE_MIN_DELAY_S = 60.0
-# A remote asking for more than a day is capped: work must not be parked forever.
-MAX_RETRY_AFTER_S = 86_400.0
-ERROR_EXCERPT_CHARS = 300
 
 
 def not_blank(value: pydantic.SecretStr | None) -> pydantic.SecretStr | None:
@@ -60,83 +52,19 @@ class ConnectorConfig(pydantic.BaseModel):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one event.
+class Reply:
+    """A remote's answer to :meth:`Connector.request`, read.
 
-    ``delivered``: acknowledged. ``retry``: a transient failure; try again, not before
-    ``retry_after_s`` when set. ``dead``: a permanent failure; retrying cannot help.
+    Attributes:
+        status: The HTTP status.
+        raw: The body: whole, or for ``excerpt_only`` requests nothing on 2xx and the start
+            of an error answer (enough for its message).
+        headers: The response headers (case-insensitive).
     """
 
-    kind: Literal["delivered", "retry", "dead"]
-    status: int | None = None
-    error: str | None = None
-    retry_after_s: float | None = None
-
-    @classmethod
-    def delivered(cls, status: int | None = None) -> Outcome:
-        """An acknowledged delivery."""
-        return cls("delivered", status)
-
-
-def parse_retry_after(value: str | None, *, now_s: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # delay-seconds is 1*DIGIT (RFC 9110)
-        return min(float(value), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    wait_s = when.timestamp() - (time.time() if now_s is None else now_s)
-    return min(max(0.0, wait_s), MAX_RETRY_AFTER_S)
-
-
-def classify(
-    status: int | None = None,
-    *,
-    error: BaseException | None = None,
-    body: str = "",
-    retry_after: str | None = None,
-) -> Outcome:
-    """Turn an HTTP status or a transport exception into an :class:`Outcome`.
-
-    This is the single place that decides what is worth retrying: 2xx is delivered; 408, 425,
-    429, 5xx, timeouts and connection failures are retried (throttling and timeouts not sooner
-    than a minute, ``Retry-After`` honoured); every other answer, redirects included, is
-    permanent.
-    """
-    if error is not None:
-        reason = f"{type(error).__name__}: {error}".rstrip(": ")
-        if isinstance(error, TimeoutError | asyncio.TimeoutError):
-            return Outcome("retry", None, f"timeout ({reason})", THROTTLE_MIN_DELAY_S)
-        return Outcome("retry", None, reason)
-    assert status is not None
-    if 200 <= status < 300:
-        return Outcome.delivered(status)
-    excerpt = body.strip()[:ERROR_EXCERPT_CHARS]
-    reason = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")
-    wait_s = parse_retry_after(retry_after)
-    if status == 429:
-        return Outcome("retry", status, reason, max(wait_s or 0.0, THROTTLE_MIN_DELAY_S))
-    if status in (408, 425) or status >= 500:
-        return Outcome("retry", status, reason, wait_s)
-    return Outcome("dead", status, reason)
-
-
-async def classify_response(response: aiohttp.ClientResponse) -> Outcome:
-    """Classify an HTTP response, reading an excerpt of its body for the error message."""
-    body = "" if 200 <= response.status < 300 else await _read_excerpt(response)
-    return classify(response.status, body=body, retry_after=response.headers.get("Retry-After"))
-
-
-async def _read_excerpt(response: aiohttp.ClientResponse) -> str:
-    try:
-        raw = await response.content.read(ERROR_EXCERPT_CHARS * 4)
-    except (aiohttp.ClientError, TimeoutError):
-        return ""
-    return raw.decode("utf-8", "replace")
+    status: int
+    raw: bytes
+    headers: Mapping[str, str]
 
 
 # Told the outcomes of one chunk as they arrive: (indexes into the events sent, outcomes).
@@ -210,6 +138,8 @@ class Connector(abc.ABC):
     Subclasses set :attr:`Config` to their pydantic settings model, :attr:`max_batch` to the
     most events their API takes in one request, and :attr:`needs_record` when they update a
     CRM record (such connectors only receive events of enrichments whose targets name them).
+    They send every request through :meth:`request`, which times and counts it the same way
+    for all (``crm_requests_total``).
     """
 
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
@@ -229,6 +159,7 @@ class Connector(abc.ABC):
         self.config = config
         self.session = session
         self.clock = clock  # the bridge's clock (Unix seconds); tests pass a controllable one
+        self.timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self._slots = asyncio.Semaphore(config.max_concurrency)
         # Requests to the remote API by (endpoint, HTTP status or "none"), for the metrics.
         self.remote_requests: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -240,6 +171,45 @@ class Connector(abc.ABC):
     def name(self) -> str:
         """The configured, unique connector name."""
         return self.config.name
+
+    async def request(
+        self, method: str, url: str, *, endpoint: str, excerpt_only: bool = False, **kwargs: Any
+    ) -> Reply:
+        """One HTTP request to the remote, counted in ``crm_requests_total`` by ``endpoint``.
+
+        Every connector sends through here, so every one reports the same metrics and applies
+        ``timeout_seconds``. Redirects are not followed unless ``allow_redirects`` says so:
+        only the remote's own answer counts.
+
+        Args:
+            method: The HTTP method.
+            url: The full URL.
+            endpoint: The metrics label, ``METHOD /path`` without ids or secrets.
+            excerpt_only: Read no body of a 2xx and only the start of an error answer (the
+                webhook connector needs nothing more).
+            **kwargs: Passed to :meth:`aiohttp.ClientSession.request` (``json``, ``data``,
+                ``headers`` ...).
+
+        Raises:
+            aiohttp.ClientError, TimeoutError: the request did not complete (counted as
+                status ``none``).
+        """
+        kwargs.setdefault("allow_redirects", False)
+        try:
+            async with self.session.request(
+                method, url, timeout=self.timeout, **kwargs
+            ) as response:
+                if not excerpt_only:
+                    raw = await response.read()
+                elif 200 <= response.status < 300:
+                    raw = b""
+                else:
+                    raw = await classify.read_excerpt(response)
+        except BaseException:
+            self.remote_requests[(endpoint, "none")] += 1
+            raise
+        self.remote_requests[(endpoint, str(response.status))] += 1
+        return Reply(response.status, raw, response.headers)
 
     async def open(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Acquire what the connector needs (tokens, caches). Called once at start."""
@@ -357,7 +327,7 @@ class Connector(abc.ABC):
             try:
                 outcomes = await self._send(chunk)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                return [classify(error=exc)] * len(chunk)
+                return [classify.transport_failure(exc)] * len(chunk)
             except Exception as exc:
                 logger.exception(
                     "connector failed", extra={"event": "connector.error", "connector": self.name}
@@ -379,64 +349,3 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     async def _send(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
         """Send one chunk (at most :attr:`max_batch` events); one outcome per event."""
-
-
-@functools.cache
-def connector_types() -> dict[str, type[Connector]]:
-    """Connector classes by type name, from the ``lance_bridge.connectors`` entry points.
-
-    Read once per process: scanning every installed distribution's entry points is slow.
-    """
-    found: dict[str, type[Connector]] = {}
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        cls = entry.load()
-        if not (isinstance(cls, type) and issubclass(cls, Connector)):
-            raise errors.ConnectorError(f"entry point {entry.value} is not a Connector subclass")
-        found[entry.name] = cls
-    return found
-
-
-def parse_configs(raw: Sequence[Mapping[str, Any]]) -> list[ConnectorConfig]:
-    """Validate each ``[[connectors]]`` table with its type's own schema.
-
-    Raises:
-        errors.ConfigError: naming the key path (``connectors[1].url``) of the first problem.
-    """
-    types = connector_types()
-    parsed: list[ConnectorConfig] = []
-    for index, table in enumerate(raw):
-        where = f"connectors[{index}]"
-        kind = table.get("type")
-        if kind not in types:
-            known = ", ".join(sorted(types)) or "none installed"
-            raise errors.ConfigError(f"{where}.type: unknown connector type {kind!r} ({known})")
-        try:
-            parsed.append(types[kind].Config.model_validate(dict(table)))
-        except pydantic.ValidationError as exc:
-            raise errors.ConfigError(describe_validation_error(exc, where)) from None
-    names = [config.name for config in parsed]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise errors.ConfigError(f"connectors: duplicate name {duplicates[0]!r}; names are unique")
-    return parsed
-
-
-def build(
-    configs: Sequence[ConnectorConfig],
-    session: aiohttp.ClientSession,
-    *,
-    clock: Callable[[], float] = time.time,
-) -> list[Connector]:
-    """Instantiate connectors from validated configs, sharing the app's HTTP session and clock."""
-    types = connector_types()
-    return [types[config.type](config, session, clock=clock) for config in configs]
-
-
-def describe_validation_error(exc: pydantic.ValidationError, prefix: str = "") -> str:
-    """One line naming the key path and the problem of the first validation error."""
-    first = exc.errors()[0]
-    path = ".".join(str(part) for part in first["loc"])
-    where = ".".join(part for part in (prefix, path) if part) or "(root)"
-    if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    return f"{where}: {first['msg']}"

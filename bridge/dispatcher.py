@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 
-from bridge import batching, connector, ledger, model, pacing
+from bridge import batching, classify, connector, ledger, model, pacing
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Dispatcher:
             outcomes.add(name, [ledger.Attempt(d.id, _DEAD, None, reason, None) for d in items])
             return
 
-        def received(indexes: Sequence[int], results: Sequence[connector.Outcome]) -> None:
+        def received(indexes: Sequence[int], results: Sequence[classify.Outcome]) -> None:
             now = self.clock()
             attempts = [
                 self._attempt(items[i], o, now) for i, o in zip(indexes, results, strict=True)
@@ -151,7 +151,7 @@ class Dispatcher:
         await target.send(items, on_outcomes=received)
 
     def _attempt(
-        self, delivery: model.Delivery, outcome: connector.Outcome, now: float
+        self, delivery: model.Delivery, outcome: classify.Outcome, now: float
     ) -> ledger.Attempt:
         if outcome.kind == "delivered":
             return ledger.Attempt(delivery.id, _DELIVERED, None, None, outcome.status)

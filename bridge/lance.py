@@ -18,7 +18,7 @@ import pydantic
 from pydantic import SecretStr
 from typing_extensions import TypedDict
 
-from bridge import connector, errors, model
+from bridge import classify, errors, model
 
 API = "/api/v1"
 TRIGGER_BATCH_MAX = 100
@@ -262,7 +262,7 @@ def _error(endpoint: str, status: int, raw: bytes, headers: Mapping[str, str]) -
         + (f" {code}" if code else "")
         + (f": {message}" if message else "")
     )
-    retry_after = connector.parse_retry_after(headers.get("Retry-After"))
+    retry_after = classify.parse_retry_after(headers.get("Retry-After"))
     kwargs: dict[str, Any] = {"status": status, "code": code, "retry_after_s": retry_after}
     if status == 401:
         return errors.LanceAuthError(
@@ -270,7 +270,7 @@ def _error(endpoint: str, status: int, raw: bytes, headers: Mapping[str, str]) -
         )
     if status == 402:
         return errors.LanceCreditsError(f"Lance credits exhausted ({text})", **kwargs)
-    if status in (408, 425, 429) or status >= 500:
+    if classify.retryable(status):
         return errors.LanceRetryableError(text, **kwargs)
     return errors.LancePermanentError(text, **kwargs)
 

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from bridge import errors, lance, ledger, model, outbox, pacing
+from bridge import errors, lance, ledger, model, outbox, pacing, progress
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 # enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
 # adapts those one by one) would cost more than the string did.
 _PENDING = model.EnrichmentState.PENDING.value
-_EXPIRED = model.EnrichmentState.EXPIRED.value
-_LOST = model.EnrichmentState.LOST.value
 _FAILED = model.EnrichmentState.FAILED.value
 _TERMINAL = frozenset(state.value for state in model.TERMINAL)
 
@@ -37,42 +35,6 @@ class PollReport:
     terminal: int = 0
     failed_requests: int = 0
     skipped: bool = False
-
-
-def interpret(
-    row_id: int,
-    record: lance.Enrichment,
-    age_s: float,
-    now: float,
-    *,
-    config: settings_mod.PollSettings,
-    rng: random.Random,
-) -> ledger.Change:
-    """The ledger change a Lance record calls for (shared by the trigger and poll jobs)."""
-    # The record is the caller's own decoded answer: it is kept as is, not copied.
-    status = record.get("status")
-    if status in lance.TERMINAL_STATUSES:
-        return ledger.Change(row_id, str(status), record, None, record.get("error"))
-    if age_s >= config.expire_after_seconds:
-        reason = f"still pending at Lance after {age_s:.0f} s"
-        return ledger.Change(row_id, _EXPIRED, record, None, reason)
-    delay = pacing.poll_delay(age_s, config, rng)
-    return ledger.Change(row_id, _PENDING, record, now + delay)
-
-
-def missing(
-    row_id: int,
-    age_s: float,
-    now: float,
-    *,
-    config: settings_mod.PollSettings,
-    rng: random.Random,
-) -> ledger.Change:
-    """The change for a row Lance returned no record for: wait, then call it ``lost``."""
-    if age_s >= config.lost_after_seconds:
-        reason = f"Lance kept no record after {age_s:.0f} s"
-        return ledger.Change(row_id, _LOST, error=reason)
-    return ledger.Change(row_id, _PENDING, next_poll_at=now + pacing.poll_delay(age_s, config, rng))
 
 
 class Poller:
@@ -95,7 +57,6 @@ class Poller:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.gate = pacing.Gate(self.rng)
-        self.last_tick_at: float | None = None
         self._busy = asyncio.Lock()
 
     async def run_once(self) -> PollReport:
@@ -116,7 +77,6 @@ class Poller:
             batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             slots = asyncio.Semaphore(self.config.concurrency)
             reports = await asyncio.gather(*(self._poll(batch, slots) for batch in batches))
-            self.last_tick_at = now
             if rows:
                 await self.store.set_meta("last_poll_at", outbox.iso(now))
             return _total(len(rows), reports)
@@ -167,8 +127,8 @@ class Poller:
     ) -> ledger.Change:
         age_s = now - row.started_at
         if record is None:
-            return missing(row.id, age_s, now, config=self.config, rng=self.rng)
-        change = interpret(row.id, record, age_s, now, config=self.config, rng=self.rng)
+            return progress.missing(row.id, age_s, now, config=self.config, rng=self.rng)
+        change = progress.interpret(row.id, record, age_s, now, config=self.config, rng=self.rng)
         if change.state == _PENDING and row.has_record:
             # A still-pending record says nothing new; not rewriting it keeps the tick cheap.
             return change._replace(record=None)

@@ -51,7 +51,6 @@ class RollingWindow:
         self._released = asyncio.Event()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
-        self.waited_s = 0.0
 
     def __repr__(self) -> str:
         return f"<RollingWindow {self.limit}/{self.window_s}s>"
@@ -87,7 +86,6 @@ class RollingWindow:
                     self._released.clear()
                     await self._released.wait()
                     continue
-                self.waited_s += wait_s
                 await self._sleep(wait_s)
             if self.limit <= 0:
                 return False

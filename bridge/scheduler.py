@@ -25,7 +25,7 @@ from apscheduler import events  # type: ignore[import-untyped]
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
-from bridge import dispatcher, errors, fetcher, inbound, poller, triggerer
+from bridge import dispatcher, errors, fetcher, poller, resolver, triggerer
 
 logger = logging.getLogger(__name__)
 # Keys a LogRecord already has: a report field of that name must not be passed as ``extra``.
@@ -40,7 +40,7 @@ class Jobs:
     poller: poller.Poller
     fetcher: fetcher.Fetcher
     dispatcher: dispatcher.Dispatcher
-    resolver: inbound.Resolver
+    resolver: resolver.Resolver
 
     async def run_all_once(self) -> dict[str, Any]:
         """One pass of every job, in pipeline order (tests and ``demo`` drive the bridge so)."""

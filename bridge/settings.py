@@ -20,7 +20,7 @@ import pydantic
 import pydantic_settings
 from pydantic import Field, SecretStr
 
-from bridge import connector, errors, jsonbody
+from bridge import connector, errors, jsonbody, registry
 
 ENV_PREFIX = "LANCE_BRIDGE_"
 DEFAULT_CONFIG_PATH = Path("lance-bridge.toml")
@@ -173,7 +173,7 @@ class Settings(pydantic_settings.BaseSettings):
     @classmethod
     def _parse_connectors(cls, value: Any) -> Any:
         if isinstance(value, list | tuple) and all(isinstance(item, Mapping) for item in value):
-            return tuple(connector.parse_configs(value))
+            return tuple(registry.parse_configs(value))
         return value
 
     @classmethod
@@ -216,7 +216,7 @@ def load(
     try:
         return Settings(**data)
     except pydantic.ValidationError as exc:
-        raise errors.ConfigError(connector.describe_validation_error(exc)) from None
+        raise errors.ConfigError(registry.describe_validation_error(exc)) from None
 
 
 def _read_toml(path: Path | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from bridge import errors, lance, ledger, model, outbox, pacing, poller
+from bridge import errors, lance, ledger, model, outbox, pacing, progress
 from bridge import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Triggerer:
         if record is None:
             # Not in the answer: poll for it; if Lance never shows a record it becomes `lost`.
             return ledger.Change(row_id, _PENDING, next_poll_at=now, from_queue=True)
-        change = poller.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
+        change = progress.interpret(row_id, record, 0.0, now, config=self.poll_config, rng=self.rng)
         return change._replace(from_queue=True)
 
     async def _reject(self, rows: Sequence[ledger.QueuedRow], exc: errors.LanceError) -> None:

@@ -14,16 +14,16 @@ import orjson
 import pydantic
 from aiohttp import web
 
-from bridge import app as app_mod
 from bridge import (
     connector,
     errors,
-    inbound,
+    hooks,
     jsonbody,
     metrics,
     model,
     openapi,
     outbox,
+    runtime,
     schemas,
 )
 
@@ -82,7 +82,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
         # The ledger logged the failure once, when it began; a line per request would flood.
         fail(503, "ledger_unavailable", LEDGER_UNAVAILABLE, headers={"Retry-After": "5"})
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[app_mod.SETTINGS].server.max_body_bytes
+        limit = request.app[runtime.SETTINGS].server.max_body_bytes
         fail(413, "body_too_large", f"request body exceeds {limit} bytes")
     except ConnectionResetError:
         if not _client_gone(request):
@@ -122,7 +122,7 @@ _KEPT_HEADERS = frozenset(("allow", "retry-after"))
 def _authorize(request: web.Request) -> None:
     """``/v1/*`` needs ``Authorization: Bearer <one of server.api_tokens>``."""
     if request.path.startswith("/v1/"):
-        tokens = request.app[app_mod.SETTINGS].server.api_tokens
+        tokens = request.app[runtime.SETTINGS].server.api_tokens
         if not tokens:
             fail(401, "unauthorized", "no API tokens configured: set server.api_tokens")
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
@@ -142,7 +142,7 @@ async def _body(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
     except web.RequestPayloadError:
         # A body that is not what its Content-Encoding says (bad gzip/deflate) is the client's.
         fail(400, "invalid_body", "request body could not be decoded as its Content-Encoding says")
-    depth = request.app[app_mod.SETTINGS].server.max_json_depth
+    depth = request.app[runtime.SETTINGS].server.max_json_depth
     try:
         return jsonbody.validate(raw, model, max_depth=depth)
     except jsonbody.JsonBodyError as exc:
@@ -159,7 +159,7 @@ async def _body(request: web.Request, model: type[pydantic.BaseModel]) -> Any:
 async def post_triggers(request: web.Request) -> web.Response:
     """Accept tasks; an (entityType, entityId, field) already in flight gets the targets."""
     body: schemas.TriggerRequest = await _body(request, schemas.TriggerRequest)
-    bridge = request.app[app_mod.BRIDGE]
+    bridge = request.app[runtime.BRIDGE]
     tasks = [
         _task(bridge.ledger.router, bridge.connectors, index, task)
         for index, task in enumerate(body.tasks)
@@ -220,7 +220,7 @@ async def post_query(request: web.Request) -> web.Response:
     """Lance's batch-query shape answered from the ledger; tasks with no row are omitted."""
     body: schemas.QueryRequest = await _body(request, schemas.QueryRequest)
     keys = [(t.entityType, t.entityId, t.field) for t in body.tasks]
-    found = await request.app[app_mod.BRIDGE].ledger.latest_for_keys(keys)
+    found = await request.app[runtime.BRIDGE].ledger.latest_for_keys(keys)
     seen: set[tuple[str, str, str]] = set()
     answer = []
     for key in keys:
@@ -246,7 +246,7 @@ def _lance_shape(row: dict[str, Any]) -> dict[str, Any]:
 async def get_enrichment(request: web.Request) -> web.Response:
     """One enrichment with its targets and deliveries."""
     row_id = _int_path(request, "id")
-    store = request.app[app_mod.BRIDGE].ledger
+    store = request.app[runtime.BRIDGE].ledger
     found = await store.enrichments([row_id])
     if row_id not in found:
         fail(404, "not_found", f"no enrichment {row_id}")
@@ -258,7 +258,7 @@ async def list_enrichments(request: web.Request) -> web.Response:
     """A page of enrichments, filtered by state; follow ``nextCursor`` for more."""
     state = _choice(request, "state", ENRICHMENT_STATES)
     limit, after = _page(request)
-    rows = await request.app[app_mod.BRIDGE].ledger.list_enrichments(
+    rows = await request.app[runtime.BRIDGE].ledger.list_enrichments(
         state=state, after=after, limit=limit
     )
     cursor = str(rows[-1]["id"]) if len(rows) == limit else None
@@ -269,7 +269,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     """A page of deliveries, filtered by state and connector."""
     state = _choice(request, "state", DELIVERY_STATES)
     limit, after = _page(request)
-    rows = await request.app[app_mod.BRIDGE].ledger.list_deliveries(
+    rows = await request.app[runtime.BRIDGE].ledger.list_deliveries(
         state=state,
         connector=request.query.get("connector") or None,
         after=after,
@@ -282,7 +282,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def retry_delivery(request: web.Request) -> web.Response:
     """Replay a dead delivery (never re-triggers Lance)."""
     delivery_id = _int_path(request, "id")
-    bridge = request.app[app_mod.BRIDGE]
+    bridge = request.app[runtime.BRIDGE]
     current = await bridge.ledger.delivery(delivery_id)
     if current is None:
         fail(404, "not_found", f"no delivery {delivery_id}")
@@ -301,7 +301,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
 
 async def post_hook(request: web.Request) -> web.Response:
     """An inbound CRM event batch (``/hooks/hubspot``, ``/hooks/salesforce``)."""
-    bridge = request.app[app_mod.BRIDGE]
+    bridge = request.app[runtime.BRIDGE]
     path = f"/hooks/{request.match_info['kind']}"
     name = request.match_info.get("name")
     candidates = [
@@ -312,7 +312,7 @@ async def post_hook(request: web.Request) -> web.Response:
     if not candidates:
         which = f"named {name!r} " if name else ""
         fail(404, "not_found", f"no connector {which}takes events at {path}")
-    return await inbound.handle_hook(
+    return await hooks.handle_hook(
         request,
         candidates,
         bridge.ledger,
@@ -329,7 +329,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """The ledger is open and usable, and the jobs are running."""
-    bridge = request.app.get(app_mod.BRIDGE)
+    bridge = request.app.get(runtime.BRIDGE)
     problem = None if bridge is None else bridge.ledger.check()
     if problem is not None:
         return _json({"status": "ledger_unavailable", "detail": problem}, status=503)
@@ -339,10 +339,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_text(request: web.Request) -> web.Response:
     """Prometheus metrics (no auth, like the health checks)."""
-    bridge = request.app.get(app_mod.BRIDGE)
+    bridge = request.app.get(runtime.BRIDGE)
     if bridge is None:
         fail(503, "starting", "the ledger is not open yet")
-    body = await request.app[app_mod.METRICS].render(
+    body = await request.app[runtime.METRICS].render(
         bridge.ledger, bridge.live_metrics(), bridge.clock()
     )
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

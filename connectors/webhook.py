@@ -18,7 +18,7 @@ import pydantic
 from pydantic import SecretStr
 from standardwebhooks import webhooks
 
-from bridge import connector, model
+from bridge import classify, connector, model
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 SECRET_BYTES = (24, 64)
@@ -67,15 +67,14 @@ class WebhookConnector(connector.Connector):
         assert isinstance(config, WebhookConfig)
         self.settings = config
         self._signer = webhooks.Webhook(config.secret.get_secret_value())
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
 
     async def check(self) -> None:
         """Webhook endpoints have no credential to verify; nothing to check."""
 
-    async def _send(self, chunk: Sequence[model.Delivery]) -> list[connector.Outcome]:
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[classify.Outcome]:
         return [await self._post(event) for event in chunk]
 
-    async def _post(self, event: model.Delivery) -> connector.Outcome:
+    async def _post(self, event: model.Delivery) -> classify.Outcome:
         now = datetime.datetime.now(tz=datetime.UTC)
         body = event.body.decode()
         headers = {
@@ -85,11 +84,17 @@ class WebhookConnector(connector.Connector):
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self._signer.sign(event.message_id, now, body),
         }
-        async with self.session.post(
+        # The URL's path may carry the receiver's credential: it is no metrics label.
+        reply = await self.request(
+            "POST",
             str(self.settings.url),
+            endpoint="POST",
+            excerpt_only=True,
             data=event.body,
             headers=headers,
-            timeout=self._timeout,
-            allow_redirects=False,
-        ) as response:
-            return await connector.classify_response(response)
+        )
+        return classify.classify(
+            reply.status,
+            body=reply.raw.decode("utf-8", "replace"),
+            retry_after=reply.headers.get("Retry-After"),
+        )

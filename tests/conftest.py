@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge import app as app_mod
-from bridge import ledger, model, scheduler
+from bridge import ledger, model, runtime, scheduler
 from bridge import settings as settings_mod
 from bridge.sim import _http
 from bridge.sim import lance as sim
@@ -145,7 +145,7 @@ def make_bridge(aiohttp_client: Any, tmp_path: Path, clock: Clock) -> BridgeFact
 
 
 def jobs_of(client: TestClient[web.Request, web.Application]) -> scheduler.Jobs:
-    jobs = client.app[app_mod.BRIDGE].jobs
+    jobs = client.app[runtime.BRIDGE].jobs
     assert jobs is not None
     return jobs
 
@@ -160,7 +160,7 @@ def tasks_for(n: int, field: str, **extra: Any) -> list[dict[str, Any]]:
 
 async def unsettled(client: Any) -> int:
     """Rows still in flight or awaiting values, plus deliveries not yet settled."""
-    snap = await client.app[app_mod.BRIDGE].ledger.snapshot()
+    snap = await client.app[runtime.BRIDGE].ledger.snapshot()
     rows = sum(snap.states.get(state, 0) for state in model.IN_FLIGHT) + snap.awaiting
     deliveries = sum(n for (_, state), n in snap.deliveries.items() if state == "pending")
     return rows + deliveries
@@ -173,7 +173,7 @@ async def drain(client: Any, rounds: int = 20, step_s: float = 2.0) -> int:
         The rounds it took.
     """
     jobs = jobs_of(client)
-    clock = client.app[app_mod.BRIDGE].clock
+    clock = client.app[runtime.BRIDGE].clock
     for done in range(1, rounds + 1):
         await jobs.run_all_once()
         clock.advance(step_s)

@@ -26,7 +26,7 @@ from aiohttp import web
 from standardwebhooks import webhooks
 
 from bridge import app as app_mod
-from bridge import lance, ledger, model
+from bridge import lance, ledger, model, runtime
 from bridge import settings as settings_mod
 from bridge.bench import Result, peak_rss_mb, procs
 from bridge.sim import _http
@@ -96,7 +96,7 @@ async def bench_e2e(count: int, folder: Path, crm: str = "webhook") -> Result:
     app = app_mod.create_app(_settings(folder, lance_url, webhook))
     try:
         async with _served(app) as url:
-            store = app[app_mod.BRIDGE].ledger
+            store = app[runtime.BRIDGE].ledger
             started = time.perf_counter()
             await _send(url, count)
             at_lance = await _until(lambda: _none_queued(store))
@@ -192,7 +192,7 @@ async def _bench_hubspot(count: int, folder: Path) -> Result:
     app = app_mod.create_app(_settings(folder, lance_url, hubspot))
     try:
         async with _served(app) as url:
-            store = app[app_mod.BRIDGE].ledger
+            store = app[runtime.BRIDGE].ledger
             started = time.perf_counter()
             refused = await procs.ask(conn, ("hooks", f"{url}/hooks/hubspot"))
             at_lance = await _until(lambda: _none_queued(store))
@@ -246,7 +246,7 @@ async def _batched_writes(app: web.Application, ids: list[str]) -> float:
     The same records the naive baseline then writes one PATCH each: the ratio of the two is
     the connector's batching, measured on this machine in this run.
     """
-    connector = app[app_mod.BRIDGE].connectors["hubspot"]
+    connector = app[runtime.BRIDGE].connectors["hubspot"]
     events = [
         model.Delivery(
             id=n,

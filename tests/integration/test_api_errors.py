@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import app as app_mod
-from bridge import model
+from bridge import model, runtime
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import API_TOKEN, BridgeFactory, Clock, auth, jobs_of, make_settings
@@ -79,7 +79,7 @@ SHARED = pytest.mark.asyncio(loop_scope="module")
 
 
 async def _counts(client: Client) -> dict[str, int]:
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     [row] = await store.fetch(
         "SELECT (SELECT count(*) FROM enrichments), (SELECT count(*) FROM targets),"
         " (SELECT count(*) FROM deliveries)"
@@ -724,8 +724,8 @@ async def test_healthz_needs_no_auth(api: Client) -> None:
 @SHARED
 async def test_readyz_is_ready_once_the_jobs_are_built(api: Client) -> None:
     # Tests build the jobs without a scheduler and drive run_once() by hand.
-    assert api.app[app_mod.BRIDGE].jobs is not None
-    assert api.app[app_mod.BRIDGE].supervisor is None
+    assert api.app[runtime.BRIDGE].jobs is not None
+    assert api.app[runtime.BRIDGE].supervisor is None
     response = await api.get("/readyz")
     assert response.status == 200
     assert await response.json() == {"status": "ready"}
@@ -809,7 +809,7 @@ async def paged(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clien
 @SHARED
 @pytest.mark.parametrize("limit", [1, 7, 13, 26, 1000])
 async def test_pagination_returns_every_row_exactly_once(paged: Client, limit: int) -> None:
-    store = paged.app[app_mod.BRIDGE].ledger
+    store = paged.app[runtime.BRIDGE].ledger
     every = [int(row[0]) for row in await store.fetch("SELECT id FROM enrichments ORDER BY id")]
     assert len(every) == 26
 
@@ -838,7 +838,7 @@ async def test_a_cursor_past_the_end_is_an_empty_last_page(paged: Client) -> Non
 
 
 async def test_the_default_page_size_is_bounded(client: Client, clock: Clock) -> None:
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     await store.accept([model.Task("person", _uuid(), "emails") for _ in range(150)], clock())
     response = await client.get("/v1/enrichments", headers=auth())
     page = await response.json()

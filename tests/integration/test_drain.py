@@ -20,8 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bridge import app as app_mod
-from bridge import scheduler
+from bridge import runtime, scheduler
 from bridge.sim import _http
 from bridge.sim import lance as sim
 from tests.conftest import SECRET, BridgeFactory, Clock, auth, jobs_of, make_settings, tasks_for
@@ -115,7 +114,7 @@ async def test_a_cancelled_delivery_run_records_its_acknowledgements_and_never_r
     client = await make_bridge(make_settings(tmp_path, lance_url, connectors=[hook]))
     await client.post("/v1/triggers", json={"tasks": tasks_for(EVENTS, "emails")}, headers=auth())
     jobs = jobs_of(client)
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     for _ in range(10):  # every job but delivery, until all the events wait to be sent
         for job in (jobs.triggerer, jobs.poller, jobs.fetcher):
             await job.run_once()
@@ -240,7 +239,7 @@ async def test_a_cancelled_fetch_run_stores_the_values_it_had_read(
         client = await make_bridge(make_settings(tmp_path, lance_url, fetch={"concurrency": 2}))
         await client.post("/v1/triggers", json={"tasks": tasks_for(10, "emails")}, headers=auth())
         jobs = jobs_of(client)
-        store = client.app[app_mod.BRIDGE].ledger
+        store = client.app[runtime.BRIDGE].ledger
 
         async def waiting_for_values() -> bool:
             [(rows,)] = await store.fetch("SELECT count(*) FROM enrichments WHERE needs_fetch = 1")
@@ -274,7 +273,7 @@ async def test_a_trigger_cancelled_while_its_answer_is_on_the_way_is_never_paid_
         client = await make_bridge(make_settings(tmp_path, lance_url))
         await client.post("/v1/triggers", json={"tasks": tasks_for(50, "emails")}, headers=auth())
         jobs = jobs_of(client)
-        store = client.app[app_mod.BRIDGE].ledger
+        store = client.app[runtime.BRIDGE].ledger
         supervisor = _supervise("trigger", jobs.triggerer.run_once)
         await held.wait_held(1)  # Lance charged the trigger; its answer never arrives
         await _drain(supervisor, caplog)

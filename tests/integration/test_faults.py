@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from bridge import app as app_mod
-from bridge import model
+from bridge import model, runtime
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings, tasks_for
@@ -133,7 +132,7 @@ async def test_throttled_receiver_is_not_retried_sooner_than_a_minute(
 
     [delivery] = await _deliveries(client)
     assert (delivery["state"], delivery["attempts"]) == ("pending", 1)
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     [(next_at, updated)] = await store.fetch(
         "SELECT next_attempt_at, updated_at FROM deliveries WHERE id = ?", (delivery["id"],)
     )
@@ -153,10 +152,10 @@ async def test_insufficient_credits_holds_the_work_without_a_hot_loop(
         clock.advance(2)
     assert report.held == "insufficient Lance credits"
     assert lance_sim.requests[TRIGGER] == 1, "held, not retried every run"
-    rows = await client.app[app_mod.BRIDGE].ledger.fetch("SELECT state FROM enrichments")
+    rows = await client.app[runtime.BRIDGE].ledger.fetch("SELECT state FROM enrichments")
     assert {row[0] for row in rows} == {"queued"}
     assert lance_sim.credits_charged == 0
-    held = await client.app[app_mod.BRIDGE].ledger.get_meta("trigger_held")
+    held = await client.app[runtime.BRIDGE].ledger.get_meta("trigger_held")
     assert held is not None
     assert held.endswith("insufficient Lance credits"), "surfaced for `lance-bridge status`"
 
@@ -209,7 +208,7 @@ async def test_a_row_lance_refuses_to_report_on_fails_alone(
         lance_sim.start_enrichment(entity_id, "summary", "company", outcome="found", completion_s=0)
     # A ledger written before ids were checked may hold one Lance refuses (not a v4 UUID).
     refused = str(uuid.uuid1())
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     await store.accept(
         [model.Task("company", e, "summary", "track") for e in [*good[:4], refused, *good[4:]]],
         clock(),
@@ -237,7 +236,7 @@ async def test_a_trigger_answer_lost_in_a_crash_is_recovered_without_a_second_ch
     receiver, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
     await client.post("/v1/triggers", json={"tasks": tasks_for(1, "emails")}, headers=auth())
-    bridge = client.app[app_mod.BRIDGE]
+    bridge = client.app[runtime.BRIDGE]
     assert bridge.client is not None
     # The trigger went out, then the process died before Lance's answer was stored ...
     [row] = (await bridge.ledger.queued(10))["emails"]
@@ -260,7 +259,7 @@ async def test_a_trigger_marked_but_never_sent_is_sent(
     receiver, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
     await client.post("/v1/triggers", json={"tasks": tasks_for(1, "phones")}, headers=auth())
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     [row] = (await store.queued(10))["phones"]
     await store.mark_sent([row.id], clock())  # died before the request left
 

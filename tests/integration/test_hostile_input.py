@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from defusedxml import ElementTree as SafeElementTree
 from hubspot.utils.signature import Signature
 
-from bridge import app as app_mod
+from bridge import runtime
 from bridge.sim import salesforce as sf
 from tests.conftest import API_TOKEN, BridgeFactory, Clock, make_settings
 
@@ -89,7 +89,7 @@ async def send_raw(client: Client, head: bytes, body: bytes = b"") -> tuple[int,
 
 async def stored(client: Client) -> tuple[int, ...]:
     """Row counts of every table a request could write."""
-    [row] = await client.app[app_mod.BRIDGE].ledger.fetch(
+    [row] = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT (SELECT count(*) FROM enrichments), (SELECT count(*) FROM targets),"
         " (SELECT count(*) FROM deliveries), (SELECT count(*) FROM inbound)"
     )
@@ -291,7 +291,7 @@ async def test_a_correct_credential_still_passes_beside_bytes_that_are_not_text(
 
 def hubspot_headers(client: Client, body: bytes) -> dict[str, str]:
     """Headers of a request HubSpot signed (v3, with HubSpot's own SDK)."""
-    now_ms = str(int(client.app[app_mod.BRIDGE].clock() * 1000))
+    now_ms = str(int(client.app[runtime.BRIDGE].clock() * 1000))
     url = str(client.make_url("/hooks/hubspot"))
     signature = Signature.get_signature(
         HUBSPOT_SECRET, body.decode(), "v3", http_uri=url, http_method="POST", timestamp=now_ms

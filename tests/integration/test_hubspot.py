@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from hubspot.utils.signature import Signature
 
-from bridge import app as app_mod
+from bridge import runtime
 from bridge.sim import hubspot as hs
 from bridge.sim import lance as sim
 from bridge.sim.lance.entities import fake_person
@@ -91,7 +91,7 @@ async def post_events(
 
 
 async def ledger_rows(client: Client, table: str = "enrichments") -> int:
-    [(count,)] = await client.app[app_mod.BRIDGE].ledger.fetch(f"SELECT count(*) FROM {table}")
+    [(count,)] = await client.app[runtime.BRIDGE].ledger.fetch(f"SELECT count(*) FROM {table}")
     return int(count)
 
 
@@ -145,7 +145,7 @@ async def test_a_v3_signed_batch_is_accepted_and_triggers_each_configured_field(
         "lookups": 0,
         "enrichments": 2,
     }
-    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+    rows = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT e.field, e.entity_id, t.connector, t.object_type, t.object_id"
         " FROM enrichments e JOIN targets t ON t.enrichment_id = e.id ORDER BY e.field"
     )
@@ -454,7 +454,7 @@ async def test_connectors_sharing_an_app_each_take_their_own_portals_events(
     refused = await post_events(client, stranger, clock)
 
     assert response.status == 200
-    rows = await client.app[app_mod.BRIDGE].ledger.fetch("SELECT DISTINCT connector FROM targets")
+    rows = await client.app[runtime.BRIDGE].ledger.fetch("SELECT DISTINCT connector FROM targets")
     assert [r[0] for r in rows] == ["portal-b"]
     assert refused.status == 401
     assert "portal 99" in (await refused.json())["error"]["message"]
@@ -531,7 +531,7 @@ async def test_created_records_are_read_in_batches_for_their_lance_id(
     assert report.accepted == 300  # emails + phones of each of the 150
     assert report.skipped == 1
     assert sandbox.counts[READ] == math.ceil(151 / 100)
-    [(reason,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+    [(reason,)] = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT detail FROM inbound WHERE state = 'skipped'"
     )
     assert reason == f"no lance_person_id on contacts {without}"
@@ -581,7 +581,7 @@ async def post_workflow(client: Client, payload: Any, clock: Clock, *, path: str
 
 async def stored_targets(client: Client) -> set[tuple[str, str, str, str]]:
     """(entity type, entity id, object type, object id) of every stored enrichment target."""
-    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+    rows = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT e.entity_type, e.entity_id, t.object_type, t.object_id"
         " FROM enrichments e JOIN targets t ON t.enrichment_id = e.id"
     )
@@ -735,7 +735,7 @@ async def test_250_records_cost_3_batch_updates_and_get_the_mapped_values(
         assert record.get("hs_additional_emails", "") == ";".join(emails[1:])
         assert record["phone"] == phones[0]
         assert record.get("mobilephone", "") == (phones[1] if len(phones) > 1 else "")
-    [(delivered,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+    [(delivered,)] = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT count(*) FROM deliveries WHERE state = 'delivered' AND connector = 'hubspot'"
     )
     assert delivered == 500
@@ -889,7 +889,7 @@ async def test_an_empty_result_never_clears_a_property(
 
     assert sandbox.record("contacts", contact)["phone"] == "+1 555 0100"
     assert sandbox.counts[UPDATE] == 0  # nothing to write, no request
-    [(delivered,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+    [(delivered,)] = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT count(*) FROM deliveries WHERE state = 'delivered'"
     )
     assert delivered == 2
@@ -960,7 +960,7 @@ async def test_one_invalid_property_in_a_batch_of_100_kills_only_its_record(
     await post_events(client, changes(sandbox, ids, clock), clock)
     await drain(client)
 
-    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+    rows = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT object_id, state, last_error FROM deliveries ORDER BY id"
     )
     dead = [r for r in rows if r[1] == "dead"]
@@ -986,55 +986,11 @@ async def test_a_deleted_record_is_dead_with_hubspots_reason(
 
     await drain(client)
 
-    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+    rows = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT object_id, state, last_error FROM deliveries WHERE state = 'dead'"
     )
     assert {r[0] for r in rows} == {ids[2]}
     assert all("no contacts record" in r[2] for r in rows)
-
-
-@pytest.mark.parametrize(
-    ("status", "headers", "at_least_s"),
-    [
-        (429, {"Retry-After": "90"}, 90),
-        (503, {}, 5),
-        (423, {}, 2),
-        (477, {"Retry-After": "120"}, 120),
-    ],
-)
-async def test_transient_answers_are_retried_no_sooner_than_hubspot_asks(
-    make_bridge: BridgeFactory,
-    simulator: tuple[sim.LanceSimulator, str],
-    hubspot: tuple[hs.HubSpotSandbox, str],
-    tmp_path: Path,
-    clock: Clock,
-    status: int,
-    headers: dict[str, str],
-    at_least_s: float,
-) -> None:
-    sandbox, hubspot_url = hubspot
-    settings = hubspot_settings(tmp_path, simulator[1], hubspot_url, rate_limit_window_seconds=0.01)
-    client = await make_bridge(settings)
-    ids = contacts_with_lance_ids(sandbox, 3)
-    await post_events(client, changes(sandbox, ids, clock), clock)
-    jobs = jobs_of(client)
-    for _ in range(4):  # trigger, poll, fetch: the deliveries wait
-        await jobs.triggerer.run_once()
-        await jobs.poller.run_once()
-        await jobs.fetcher.run_once()
-        clock.advance(2)
-    sandbox.fail_next(1, status, headers=headers, route="batch/update")
-    now = clock()
-
-    first = await jobs.dispatcher.run_once()
-    [(next_attempt_at,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
-        "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
-    )
-    await drain(client, step_s=60)
-
-    assert first.retrying == 6
-    assert next_attempt_at - now >= at_least_s
-    assert all(sandbox.record("contacts", i).get("phone") for i in ids)
 
 
 async def test_an_expired_oauth_token_is_refreshed_once_and_nothing_is_lost(
@@ -1115,7 +1071,7 @@ async def test_a_refused_refresh_token_says_so_on_the_delivery(
         await jobs.run_all_once()
         clock.advance(2)
 
-    rows = await client.app[app_mod.BRIDGE].ledger.fetch(
+    rows = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT DISTINCT state, last_error FROM deliveries"
     )
     [(state, error)] = rows
@@ -1135,7 +1091,7 @@ async def test_check_passes_with_a_good_token_and_names_missing_properties(
 ) -> None:
     sandbox, hubspot_url = hubspot
     client = await make_bridge(hubspot_settings(tmp_path, simulator[1], hubspot_url))
-    item = client.app[app_mod.BRIDGE].connectors["hubspot"]
+    item = client.app[runtime.BRIDGE].connectors["hubspot"]
 
     await item.check()
     sandbox.schemas["contacts"].discard("lance_person_id")

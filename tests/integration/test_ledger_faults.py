@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge import app as app_mod
-from bridge import errors, ledger, model, scheduler, schemas
+from bridge import errors, ledger, model, runtime, scheduler, schemas
 from bridge.sim import salesforce as sf
 from tests.conftest import BridgeFactory, LedgerFactory, auth, make_settings
 from tests.integration import test_salesforce as sf_tests
@@ -119,7 +118,7 @@ async def test_a_ledger_file_gone_while_serving_answers_503_and_is_not_ready(
     assert schemas.NotReady.model_validate(await ready.json()).status == "ledger_unavailable"
     # Every later write is refused before it is attempted, and the watch job says stop.
     assert (await client.post("/v1/triggers", json=_body(), headers=auth())).status == 503
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     with pytest.raises(errors.LedgerLostError):
         await store.watch()
     [lost] = _records(caplog, "ledger.lost")
@@ -157,7 +156,7 @@ async def test_a_full_ledger_answers_503_fails_readiness_and_recovers(
 ) -> None:
     _, lance_url = simulator
     client = await make_bridge(make_settings(tmp_path, lance_url))
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     await _fill(store)
     caplog.set_level(logging.DEBUG)
 
@@ -188,9 +187,9 @@ async def test_a_job_on_a_full_ledger_gets_one_translated_error_and_the_process_
     _, lance_url = simulator
     client = await make_bridge(make_settings(tmp_path, lance_url))
     assert (await client.post("/v1/triggers", json=_body(300), headers=auth())).status == 202
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     await _fill(store)
-    jobs = client.app[app_mod.BRIDGE].jobs
+    jobs = client.app[runtime.BRIDGE].jobs
     assert jobs is not None
     with pytest.raises(errors.LedgerUnavailableError) as raised:
         await jobs.triggerer.run_once()
@@ -267,7 +266,7 @@ async def test_a_really_full_disk_answers_503_and_recovers_when_space_returns(
     assert not any(r.exc_info for r in caplog.records)
 
     filler.unlink()  # space returns
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     assert await store.watch() is None
     assert (await client.get("/readyz")).status == 200
     assert (await client.post("/v1/triggers", json=_body(500), headers=auth())).status == 202
@@ -285,7 +284,7 @@ async def test_a_crm_hook_on_a_full_ledger_answers_503_so_the_crm_retries(
         {"recordId": i, "objectType": "Contact", "lanceId": sandbox.record("Contact", i)[LANCE_ID]}
         for i in sf_tests.people(sandbox, 200)
     ]
-    await _fill(client.app[app_mod.BRIDGE].ledger)
+    await _fill(client.app[runtime.BRIDGE].ledger)
     body = json.dumps(callout).encode()
     response = await client.post(sf_tests.HOOK, data=body, headers=sf_tests.flow_headers())
     assert response.status == 503

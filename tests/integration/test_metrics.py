@@ -12,11 +12,21 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import app as app_mod
-from bridge import metrics
+from bridge import metrics, runtime
 from bridge.sim import lance as sim
+from bridge.sim import salesforce as sf_sim
 from bridge.sim import sink as sink_mod
-from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings, tasks_for
+from tests.conftest import (
+    SECRET,
+    BridgeFactory,
+    Clock,
+    auth,
+    drain,
+    jobs_of,
+    make_settings,
+    tasks_for,
+)
+from tests.integration import test_salesforce as sf_test
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -68,7 +78,7 @@ async def test_after_a_drained_run_the_metrics_match_the_ledger_and_the_simulato
 
     samples = await scrape(client)
 
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     in_ledger = dict(await store.fetch("SELECT state, count(*) FROM enrichments GROUP BY 1"))
     states = by_label(samples, "lance_bridge_enrichments", "state")
     assert {s: n for s, n in states.items() if n} == in_ledger == {"finished": 50}
@@ -214,7 +224,7 @@ async def test_two_apps_in_one_process_keep_their_own_metrics(
     assert value(one, "lance_bridge_enrichments", state="finished") == 2
     assert value(other, "lance_bridge_enrichments", state="finished") == 0
     assert by_label(other, "lance_bridge_lance_requests_total", "endpoint") == {}
-    assert first.app[app_mod.METRICS].registry is not second.app[app_mod.METRICS].registry
+    assert first.app[runtime.METRICS].registry is not second.app[runtime.METRICS].registry
     assert prometheus_client.REGISTRY.get_sample_value("lance_bridge_invariant_ok") is None
 
 
@@ -252,3 +262,45 @@ async def test_a_connector_added_to_an_old_ledger_does_not_break_the_invariant(
     assert value(samples, "lance_bridge_events", connector="hook") == 5
     assert value(samples, "lance_bridge_events_undelivered", connector="hook") == 1
     assert value(samples, "lance_bridge_invariant_ok") == 0
+
+
+async def test_every_connector_counts_its_requests_in_crm_requests_total(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    sink: tuple[sink_mod.WebhookSink, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    # A demo-like run: tasks for a webhook receiver, an Outbound Message from a Salesforce org.
+    sandbox = sf_sim.SalesforceSandbox(clock=clock, org_id=sf_test.ORG_ID)
+    runner = await sf_sim.serve(sandbox)
+    try:
+        webhook = {"name": "hook", "type": "webhook", "url": f"{sink[1]}/hook", "secret": SECRET}
+        salesforce = sf_test.sf_table(sf_sim.base_url(runner))
+        settings = make_settings(tmp_path, simulator[1], connectors=[webhook, salesforce])
+        client = await make_bridge(settings)
+        await client.post("/v1/triggers", json={"tasks": tasks_for(2, "emails")}, headers=auth())
+        [contact] = sf_test.people(sandbox, 1)
+        answer = await sf_test.post_soap(client, sf_test.envelope(sandbox, [("Contact", contact)]))
+        assert answer.status == 200
+        await drain(client)
+        sf_test.assert_enriched(sandbox, "Contact", contact)
+
+        samples = await scrape(client)
+    finally:
+        await runner.cleanup()
+
+    crm = "lance_bridge_crm_requests_total"
+    # The webhook gets every event: the two tasks' and the Contact's (emails and phones).
+    assert value(samples, crm, connector="hook", endpoint="POST", status="204") == 4
+    assert len(sink[0].received) == 4
+    salesforce_calls = {
+        dict(labels)["endpoint"]: n
+        for (name, labels), n in samples.items()
+        if name == crm and dict(labels)["connector"] == "salesforce"
+    }
+    assert salesforce_calls == {
+        "POST /services/oauth2/token": 1,
+        "POST /composite/sobjects/Contact": 1,  # fill_if_empty reads the current values
+        "PATCH /composite/sobjects": 1,
+    }

@@ -43,7 +43,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from bridge import app as app_mod
-from bridge import model, openapi, schemas
+from bridge import model, openapi, runtime, schemas
 from bridge import web as routes
 from bridge.sim import _http
 from bridge.sim import lance as sim
@@ -143,7 +143,7 @@ class LiveBridge:
         company = {"field": "summary", "entityType": "company", "mode": "track", "targets": [hook]}
         tasks += [{"entityId": str(uuid.uuid4()), **company} for _ in range(2)]
         await self._post(tasks)
-        jobs = app[app_mod.BRIDGE].jobs
+        jobs = app[runtime.BRIDGE].jobs
         assert jobs is not None
         for _ in range(10):
             await jobs.run_all_once()

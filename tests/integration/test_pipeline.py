@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from bridge import app as app_mod
+from bridge import runtime
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import SECRET, BridgeFactory, Clock, auth, drain, make_settings, tasks_for
@@ -157,7 +157,7 @@ async def test_ledger_invariant_holds_after_a_run(
     client = await make_bridge(make_settings(tmp_path, lance_url, sink_url))
     await client.post("/v1/triggers", json={"tasks": tasks_for(30, "emails")}, headers=auth())
     await drain(client)
-    store = client.app[app_mod.BRIDGE].ledger
+    store = client.app[runtime.BRIDGE].ledger
     [(accepted, terminal)] = await store.fetch(
         "SELECT count(*), count(*) FILTER (WHERE state NOT IN ('queued','pending'))"
         " FROM enrichments"

@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from defusedxml import ElementTree as SafeElementTree
 
-from bridge import app as app_mod
-from bridge import errors
+from bridge import errors, runtime
 from bridge.sim import lance as sim
 from bridge.sim import salesforce as sf
 from bridge.sim.lance.entities import fake_person
@@ -88,16 +87,16 @@ async def start(
 ) -> Client:
     """The bridge with one Salesforce connector (on the bridge's clock: the test clock)."""
     client = await make_bridge(make_settings(tmp_path, lance_url, connectors=[table]))
-    assert client.app[app_mod.BRIDGE].connectors[table["name"]].clock is clock_of(client)
+    assert client.app[runtime.BRIDGE].connectors[table["name"]].clock is clock_of(client)
     return client
 
 
 def clock_of(client: Client) -> Any:
-    return client.app[app_mod.BRIDGE].clock
+    return client.app[runtime.BRIDGE].clock
 
 
 def the_connector(client: Client) -> connector.SalesforceConnector:
-    item = client.app[app_mod.BRIDGE].connectors["salesforce"]
+    item = client.app[runtime.BRIDGE].connectors["salesforce"]
     assert isinstance(item, connector.SalesforceConnector)
     return item
 
@@ -143,7 +142,7 @@ async def send_all(
 
 
 async def count(client: Client, sql: str) -> int:
-    [(found,)] = await client.app[app_mod.BRIDGE].ledger.fetch(sql)
+    [(found,)] = await client.app[runtime.BRIDGE].ledger.fetch(sql)
     return int(found)
 
 
@@ -198,7 +197,7 @@ async def test_one_notification_is_acked_and_its_record_gets_the_values(
     assert sf.is_ack(await response.read())
     await drain(client)
     assert_enriched(sandbox, "Contact", contact)
-    targets = await client.app[app_mod.BRIDGE].ledger.fetch(
+    targets = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT DISTINCT connector, object_type, object_id FROM targets"
     )
     assert [tuple(t) for t in targets] == [("salesforce", "Contact", contact)]
@@ -298,7 +297,7 @@ async def test_unusable_notifications_are_acked_and_counted_as_skipped(
     assert response.status == 200
     assert sf.is_ack(await response.read())
     assert await rows(client, "enrichments") == 0
-    details = await client.app[app_mod.BRIDGE].ledger.fetch(
+    details = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT detail FROM inbound WHERE state = 'skipped' ORDER BY received_at, key"
     )
     assert sorted(str(d[0]) for d in details) == sorted(
@@ -458,7 +457,7 @@ async def test_a_flow_callout_triggers_its_records_once(
         "enrichments": 2,
     }
     assert (await again.json())["duplicates"] == 2
-    keys = await client.app[app_mod.BRIDGE].ledger.fetch("SELECT key FROM inbound ORDER BY key")
+    keys = await client.app[runtime.BRIDGE].ledger.fetch("SELECT key FROM inbound ORDER BY key")
     digest = hashlib.sha256(body).hexdigest()
     assert [k[0] for k in keys] == [f"flow:{digest}:0", f"flow:{digest}:1"]
     for contact in ids:
@@ -638,7 +637,7 @@ async def test_request_limit_exceeded_is_throttling_not_an_auth_failure(
     now = clock()
 
     report = await jobs_of(client).dispatcher.run_once()
-    [(next_attempt_at, error)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+    [(next_attempt_at, error)] = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT DISTINCT next_attempt_at, last_error FROM deliveries WHERE state = 'pending'"
     )
     sandbox.set_usage(0)
@@ -670,7 +669,7 @@ async def test_past_slow_down_at_deliveries_wait_instead_of_spending_the_cap(
     sandbox.reset_counts()
 
     report = await jobs_of(client).dispatcher.run_once()
-    [(error,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
+    [(error,)] = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT DISTINCT last_error FROM deliveries WHERE state = 'pending'"
     )
 
@@ -699,7 +698,7 @@ async def test_one_record_failing_validation_in_200_is_the_only_dead_one(
     await send_all(client, sandbox, [("Contact", i) for i in ids])
     await drain(client)
 
-    found = await client.app[app_mod.BRIDGE].ledger.fetch(
+    found = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT object_id, state, last_error FROM deliveries ORDER BY id"
     )
     dead = [r for r in found if r[1] == "dead"]
@@ -744,7 +743,7 @@ async def test_a_whole_request_refused_for_a_field_kills_only_the_records_with_i
 
     await drain(client)
 
-    found = await client.app[app_mod.BRIDGE].ledger.fetch(
+    found = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT object_id, state, last_error FROM deliveries ORDER BY id"
     )
     assert [r[1] for r in found] == ["delivered"] * 3 + ["dead"] * 2
@@ -767,7 +766,7 @@ async def test_a_retired_api_version_is_dead_with_a_config_message(
     await post_soap(client, envelope(sandbox, [("Contact", contact)]))
     await drain(client)
 
-    errors_ = await client.app[app_mod.BRIDGE].ledger.fetch(
+    errors_ = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT DISTINCT state, last_error FROM deliveries"
     )
     assert len(errors_) == 1
@@ -792,40 +791,10 @@ async def test_a_deleted_record_is_dead_with_salesforces_reason(
 
     await drain(client)
 
-    dead = await client.app[app_mod.BRIDGE].ledger.fetch(
+    dead = await client.app[runtime.BRIDGE].ledger.fetch(
         "SELECT DISTINCT object_id, last_error FROM deliveries WHERE state = 'dead'"
     )
     assert [tuple(d) for d in dead] == [(ids[1], "ENTITY_IS_DELETED: entity is deleted")]
-
-
-@pytest.mark.parametrize(("status", "at_least_s"), [(503, 5), (500, 5)])
-async def test_server_errors_are_retried(
-    make_bridge: BridgeFactory,
-    simulator: tuple[sim.LanceSimulator, str],
-    salesforce: tuple[sf.SalesforceSandbox, str],
-    tmp_path: Path,
-    clock: Clock,
-    status: int,
-    at_least_s: float,
-) -> None:
-    sandbox, sf_url = salesforce
-    client = await start(make_bridge, tmp_path, simulator[1], sf_table(sf_url))
-    ids = people(sandbox, 2)
-    await send_all(client, sandbox, [("Contact", i) for i in ids])
-    await deliveries_pending(client, clock)
-    sandbox.fail_next(1, status, route=UPDATE)
-    now = clock()
-
-    first = await jobs_of(client).dispatcher.run_once()
-    [(next_attempt_at,)] = await client.app[app_mod.BRIDGE].ledger.fetch(
-        "SELECT min(next_attempt_at) FROM deliveries WHERE state = 'pending'"
-    )
-    await drain(client, step_s=10)
-
-    assert first.retrying == 4
-    assert next_attempt_at - now >= at_least_s
-    for contact in ids:
-        assert_enriched(sandbox, "Contact", contact)
 
 
 # -- auth ----------------------------------------------------------------------------------------

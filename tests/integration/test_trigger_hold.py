@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import app as app_mod
-from bridge import triggerer
+from bridge import runtime, triggerer
 from bridge.sim import _http
 from bridge.sim import lance as sim
 from tests.conftest import BridgeFactory, Clock, auth, jobs_of, make_settings, tasks_for
@@ -36,7 +35,7 @@ async def test_a_restarted_bridge_clears_the_hold_it_inherited_once_triggering_w
         # More work queued behind the first batch, so a hold would still be worth showing.
         await second.post("/v1/triggers", json={"tasks": tasks_for(150, "phones")}, headers=auth())
         report = await jobs_of(second).triggerer.run_once()  # 100 rows this run
-        store = second.app[app_mod.BRIDGE].ledger
+        store = second.app[runtime.BRIDGE].ledger
         facts = await store.counts()
         stored = await store.get_meta(triggerer.HOLD_META_KEY)
     finally:

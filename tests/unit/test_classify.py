@@ -1,4 +1,4 @@
-"""What is worth retrying, and when: ``connector.classify`` and the timing rules of ``pacing``.
+"""What is worth retrying, and when: ``classify.classify`` and the timing rules of ``pacing``.
 
 hypothesis is not installed, so the properties of ``poll_delay`` are checked over a dense,
 parametrized sweep of ages and configurations instead.
@@ -15,7 +15,13 @@ import aiohttp
 import pytest
 
 from bridge import connector, model, pacing, settings
-from bridge.connector import THROTTLE_MIN_DELAY_S, classify, parse_retry_after
+from bridge.classify import (
+    ERROR_EXCERPT_CHARS,
+    THROTTLE_MIN_DELAY_S,
+    Outcome,
+    classify,
+    parse_retry_after,
+)
 
 # -- classify: HTTP statuses -----------------------------------------------------------------
 
@@ -93,7 +99,7 @@ def test_429_honours_an_http_date() -> None:
 def test_the_error_excerpt_is_bounded() -> None:
     outcome = classify(500, body="x" * 10_000)
     assert outcome.error is not None
-    assert len(outcome.error) <= len("HTTP 500: ") + connector.ERROR_EXCERPT_CHARS
+    assert len(outcome.error) <= len("HTTP 500: ") + ERROR_EXCERPT_CHARS
 
 
 # -- classify: transport errors --------------------------------------------------------------
@@ -327,8 +333,8 @@ class _Miscounting(connector.Connector):
 
     max_batch = 10
 
-    async def _send(self, chunk: Sequence[model.Delivery]) -> list[connector.Outcome]:
-        return [connector.Outcome.delivered(200)]
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
+        return [Outcome.delivered(200)]
 
 
 async def test_a_connector_miscounting_its_outcomes_gets_retries_not_an_exception() -> None:
@@ -352,8 +358,8 @@ class _Forgetful(connector.Connector):
     def batches(self, events: Sequence[model.Delivery]) -> list[list[int]]:
         return [list(range(len(events) - 1))]
 
-    async def _send(self, chunk: Sequence[model.Delivery]) -> list[connector.Outcome]:
-        return [connector.Outcome.delivered(200)] * len(chunk)
+    async def _send(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
+        return [Outcome.delivered(200)] * len(chunk)
 
 
 async def test_an_event_a_connector_never_batches_gets_a_retry_not_an_exception() -> None:
