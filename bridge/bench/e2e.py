@@ -288,12 +288,11 @@ async def _send(url: str, count: int) -> None:
 
 
 async def _none_queued(store: ledger.Ledger) -> bool:
-    facts = await store.counts()
-    return not facts["enrichments"].get(model.EnrichmentState.QUEUED)
+    return await store.count_enrichments(model.EnrichmentState.QUEUED) == 0
 
 
 async def _all_delivered(store: ledger.Ledger, count: int) -> bool:
-    return (await store.progress()).delivered >= count
+    return await store.count_deliveries(model.DeliveryState.DELIVERED) >= count
 
 
 def _count(requests: dict[str, int], suffix: str) -> int:

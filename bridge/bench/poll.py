@@ -106,7 +106,7 @@ async def bench_scale(count: int, folder: Path) -> Result:
             report = await job.run_once()
             tick_s = time.perf_counter() - started
         started = time.perf_counter()
-        in_flight = (await store.counts())["enrichments"].get(model.EnrichmentState.PENDING, 0)
+        in_flight = await store.count_enrichments(model.EnrichmentState.PENDING)
         count_s = time.perf_counter() - started
     finally:
         await store.close()

@@ -301,6 +301,14 @@ class Ledger(abc.ABC):
         """Counts by state, the oldest in-flight age and the last poll, for ``status``."""
 
     @abc.abstractmethod
+    async def count_enrichments(self, state: model.EnrichmentState) -> int:
+        """How many enrichments are in ``state`` (an index read: cheap to ask often)."""
+
+    @abc.abstractmethod
+    async def count_deliveries(self, state: model.DeliveryState) -> int:
+        """How many deliveries are in ``state`` (an index read: cheap to ask often)."""
+
+    @abc.abstractmethod
     async def snapshot(self) -> Snapshot:
         """Every count the metrics need, from one consistent read."""
 

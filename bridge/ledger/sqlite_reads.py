@@ -279,6 +279,20 @@ class Reads:
         rows = await self.db.fetch("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
+    async def count_enrichments(self, state: model.EnrichmentState) -> int:
+        """How many enrichments are in ``state`` (read from ``enrichments_by_state``)."""
+        rows = await self.db.fetch(
+            "SELECT count(*) FROM enrichments WHERE state = ?", (state.value,)
+        )
+        return int(rows[0][0])
+
+    async def count_deliveries(self, state: model.DeliveryState) -> int:
+        """How many deliveries are in ``state`` (read from ``deliveries_by_state``)."""
+        rows = await self.db.fetch(
+            "SELECT count(*) FROM deliveries WHERE state = ?", (state.value,)
+        )
+        return int(rows[0][0])
+
     async def snapshot(self) -> ledger.Snapshot:
         """The metrics' counts, from one statement (see :data:`_SNAPSHOT`)."""
         by_kind: dict[str, dict[tuple[str, str], int]] = collections.defaultdict(dict)

@@ -159,3 +159,15 @@ async def test_replay_only_touches_dead_deliveries(store: ledger.Ledger) -> None
         0,
         delivery.message_id,
     )
+
+
+async def test_counts_by_state_follow_each_change(store: ledger.Ledger) -> None:
+    crm = model.Target("crm", "contacts", "7")
+    accepted = await store.accept([_task("track", crm), _task("track")], NOW)
+    assert await store.count_enrichments(model.EnrichmentState.PENDING) == 2
+    assert await store.count_enrichments(model.EnrichmentState.FAILED) == 0
+    await store.apply([ledger.Change(accepted[0].id, "failed", error="provider down")], NOW)
+    assert await store.count_enrichments(model.EnrichmentState.PENDING) == 1
+    assert await store.count_enrichments(model.EnrichmentState.FAILED) == 1
+    assert await store.count_deliveries(model.DeliveryState.PENDING) == 1
+    assert await store.count_deliveries(model.DeliveryState.DELIVERED) == 0
