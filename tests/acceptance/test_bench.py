@@ -37,3 +37,16 @@ def test_bench_deliver_drains_due_events_to_the_verifying_sink_beside_its_ceilin
     assert figures["ceiling_bare_client_server_per_s"] > 0
     assert str(figures["share_of_ceiling"]).endswith("%")
     assert figures["p99_due_to_acknowledged_ms"] > 0
+
+
+def test_bench_ingest_and_poll_print_their_bare_ceilings_and_our_share(tmp_path: Path) -> None:
+    ingest, poll = _bench("ingest", "poll", "--seconds", "1", "--count", "400", where=tmp_path)
+    for result, ceiling in (
+        (ingest, "ceiling_bare_handler_requests_per_s"),
+        (poll, "ceiling_raw_update_per_200_per_s"),
+    ):
+        figures = result["figures"]
+        assert isinstance(figures, dict)
+        assert figures[ceiling] > 0, result["scenario"]
+        assert str(figures["share_of_ceiling"]).endswith("%")
+    assert ingest["bars"]["≥ 60 % of the bare handler"] in (True, False)  # type: ignore[index]
