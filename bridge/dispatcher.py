@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from bridge import batching, classify, connector, ledger, model, pacing
@@ -31,6 +32,10 @@ OUTCOMES = {_DELIVERED: "delivered", _PENDING: "retry", _DEAD: "dead"}
 # Outcomes are written while the run goes on, once this many arrived (a transaction each): a
 # run cut short keeps them, and a run of a thousand events costs ten commits, not a thousand.
 RECORD_EVERY = 100
+# A run keeps reading due deliveries while full batches come back, for at most this long: a
+# backlog drains at the receivers' pace instead of one batch per tick, and the run still ends
+# (drain and the next tick see a job that finishes). Other jobs run meanwhile on the loop.
+RUN_BUDGET_S = 5.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -68,7 +73,25 @@ class Dispatcher:
         self.attempts: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
     async def run_once(self) -> DeliveryReport:
-        """Send due deliveries, grouped by connector, and record every outcome."""
+        """Send due deliveries, grouped by connector, and record every outcome.
+
+        Batches of ``batch_size`` follow one another while full batches are due and something
+        went out, within :data:`RUN_BUDGET_S`.
+        """
+        started = time.monotonic()
+        total = DeliveryReport()
+        while True:
+            due, report = await self._round()
+            total.attempted += report.attempted
+            total.delivered += report.delivered
+            total.retrying += report.retrying
+            total.dead += report.dead
+            more = due >= self.config.batch_size and report.attempted > 0
+            if not more or time.monotonic() - started >= RUN_BUDGET_S:
+                return total
+
+    async def _round(self) -> tuple[int, DeliveryReport]:
+        """One batch: how many were due, and what was done with them."""
         now = self.clock()
         due = await self.store.due_deliveries(now, self.config.batch_size)
         by_connector: dict[str, list[model.Delivery]] = {}
@@ -96,7 +119,7 @@ class Dispatcher:
             # Drain cancelled the run: what the remotes acknowledged must not be sent again.
             await outcomes.save_before_exit()
             raise
-        return _report(outcomes.recorded)
+        return len(due), _report(outcomes.recorded)
 
     async def _ready(
         self, name: str, items: list[model.Delivery], now: float

@@ -4,12 +4,16 @@ Each scenario runs the real parts on loopback; the remote side (the Lance simula
 webhook receiver, the load generator) runs in a child process so it does not share the
 measured event loop. Each scenario also runs a deliberately naive baseline in the same run —
 one request and one commit per enrichment — and reports our/baseline ratios, which stay
-comparable on a noisy machine where absolute figures do not.
+comparable on a noisy machine where absolute figures do not; and beside each rate its ceiling,
+the bare equivalent (a bare aiohttp handler, one raw SQL statement per batch, a bare client →
+server loop) measured in the same run, with our rate as a share of it.
 
 - ``poll``: N enrichments in flight, all finished at Lance: status updates/s through
   poll → ledger, and batch queries issued against the floor ⌈N/200⌉.
 - ``ingest``: concurrent single-task triggers for a fixed time: requests/s, p50/p99 latency,
   and the rows durable in the ledger afterwards (must equal the 202s).
+- ``deliver``: N webhook events already due in the ledger, drained by the delivery job to the
+  signature-verifying sink: events/s, p99 time from due to acknowledged, RSS.
 - ``e2e``: N enrichments trigger → simulator → fetch → signed webhook, with the daemon's own
   scheduler: time from Lance having them all to the last delivery, requests per enrichment.
   ``--crm hubspot``: HubSpot-signed webhooks start them and batch updates write them back to the
@@ -29,7 +33,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-SCENARIOS = ("poll", "ingest", "e2e", "scale")
+SCENARIOS = ("poll", "ingest", "deliver", "e2e", "scale")
 
 
 @dataclasses.dataclass(slots=True)
@@ -56,7 +60,7 @@ async def run(
     crm: str = "webhook",
 ) -> int:
     """Run ``scenarios``, print a table per scenario, optionally write JSON; 0 if bars met."""
-    from bridge.bench import e2e, ingest, poll  # noqa: PLC0415 - each pulls in the simulator
+    from bridge.bench import deliver, e2e, ingest, poll  # noqa: PLC0415 - they pull in the sims
 
     console = Console()
     results = []
@@ -69,6 +73,8 @@ async def run(
                 results.append(await poll.bench_poll(count or 100_000, where))
             elif name == "ingest":
                 results.append(await ingest.bench_ingest(seconds, concurrency, where))
+            elif name == "deliver":
+                results.append(await deliver.bench_deliver(count or 100_000, where))
             elif name == "e2e":
                 results.append(await e2e.bench_e2e(count or 100_000, where, crm))
             else:

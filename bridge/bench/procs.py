@@ -12,6 +12,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from bridge.sim import _http
 from bridge.sim import hubspot as hubspot_sim
@@ -194,3 +195,28 @@ async def ask(conn: Connection, message: Any = None) -> Any:
     if message is not None:
         conn.send(message)
     return await loop.run_in_executor(None, conn.recv)
+
+
+def receivers_process(secret: str, conn: Connection) -> None:
+    """The signature-checking webhook sink, and beside it a bare handler answering 204.
+
+    Asked ``"stats"`` it sends what the sink verified; ``"stop"`` ends it.
+    """
+
+    async def bare(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
+    async def main() -> None:
+        sink = sink_mod.WebhookSink(secret)
+        app = web.Application()
+        app.router.add_post("/{path:.*}", bare)
+        runners = [await sink_mod.serve(sink), await _http.serve_app(app, "127.0.0.1", 0)]
+        conn.send((_http.base_url(runners[0]), _http.base_url(runners[1])))
+        loop = asyncio.get_running_loop()
+        while (await loop.run_in_executor(None, conn.recv)) != "stop":
+            conn.send({"received": len(sink.received), "rejected": sink.rejected})
+        for runner in runners:
+            await runner.cleanup()
+
+    asyncio.run(main())
