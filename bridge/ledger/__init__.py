@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import importlib
 import typing
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,47 @@ def backend_for(config: settings_mod.LedgerSettings) -> str:
     return "postgres" if config.url.get_secret_value() else "sqlite"
 
 
+def where(config: settings_mod.LedgerSettings) -> str:
+    """Where ``config``'s ledger is, for messages: the SQLite path, or the PostgreSQL URL
+    without its password (``postgresql://user@host:port/db``)."""
+    url = config.url.get_secret_value()
+    if not url:
+        return str(config.path)
+    parts = urllib.parse.urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+
+
+async def migrate(config: settings_mod.LedgerSettings) -> str:
+    """Bring ``config``'s ledger to this code's schema; returns one line saying what it did.
+
+    SQLite ledgers migrate when opened, so this opens one; PostgreSQL ones only here, under an
+    advisory lock that makes running it from several replicas at once safe.
+    """
+    if backend_for(config) == "sqlite":
+        store = await open(config, exclusive=False)
+        await store.close()
+        return f"ledger {config.path}: schema up to date"
+    before, after = await _backend_module("postgres").migrate(config)
+    if before == after:
+        return f"ledger {where(config)}: schema version {after}, up to date"
+    return f"ledger {where(config)}: schema version {before} -> {after}"
+
+
+def _backend_module(name: str) -> Any:
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ImportError as exc:
+        # The PostgreSQL driver is an extra: say which one, not a traceback.
+        raise errors.ConfigError(
+            f"the {name} ledger needs `pip install 'lance-bridge[{name}]'` ({exc.name} is missing)"
+        ) from exc
+
+
 async def open(
     config: settings_mod.LedgerSettings | Path,
     *,
@@ -345,14 +387,7 @@ async def open(
     """
     if isinstance(config, Path):
         config = settings_mod.LedgerSettings(path=config)
-    name = backend or backend_for(config)
-    try:
-        module = importlib.import_module(BACKENDS[name])
-    except ImportError as exc:
-        # The PostgreSQL driver is an extra: say which one, not a traceback.
-        raise errors.ConfigError(
-            f"the {name} ledger needs `pip install 'lance-bridge[{name}]'` ({exc.name} is missing)"
-        ) from exc
+    module = _backend_module(backend or backend_for(config))
     opened: Ledger = await module.open(
         config, router=router or outbox.Router(()), exclusive=exclusive, initialize=initialize
     )

@@ -34,6 +34,12 @@ _SKIPPED = model.InboundState.SKIPPED.value
 # replica that died mid-round delays its rows by a minute at most.
 LEASE_S = 60.0
 
+# Rows nobody holds, this replica's own (a failed round retries them at once), or rows whose
+# lease ended (their replica stalled or died).
+_CLAIMABLE = "(claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
+
+migrate = postgres_db.migrate
+
 
 async def open(
     config: settings_mod.LedgerSettings,
@@ -157,12 +163,19 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
     # -- trigger job ----------------------------------------------------------------------
 
     async def queued(self, limit: int) -> dict[str, list[ledger.QueuedRow]]:
-        """Queued rows to trigger, oldest first, grouped by field."""
+        """Claim queued rows to trigger, oldest first, grouped by field."""
+        # The interface gives this verb no clock, so the lease runs on the server's.
         rows = await self.db.fetch(
-            "SELECT id, field, entity_id, trigger_sent_at FROM enrichments"
-            " WHERE state = 'queued' ORDER BY id LIMIT %s",
-            (limit,),
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),"
+            " due AS (SELECT id FROM enrichments, now WHERE state = 'queued'"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= now.now)"
+            " ORDER BY id LIMIT %(limit)s FOR UPDATE OF enrichments SKIP LOCKED)"
+            " UPDATE enrichments e SET claimed_by = %(me)s,"
+            " claim_expires_at = now.now + %(lease)s FROM due, now WHERE e.id = due.id"
+            " RETURNING e.id, e.field, e.entity_id, e.trigger_sent_at",
+            {"me": self.replica, "limit": limit, "lease": LEASE_S},
         )
+        rows.sort(key=lambda r: r[0])
         grouped: dict[str, list[ledger.QueuedRow]] = {}
         for row_id, field, entity_id, sent_at in rows:
             grouped.setdefault(field, []).append(ledger.QueuedRow(row_id, entity_id, sent_at))
@@ -187,7 +200,7 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         rows = await self.db.fetch(
             "WITH due AS (SELECT id FROM enrichments WHERE state = 'pending'"
             " AND next_poll_at <= %(now)s"
-            " AND (claim_expires_at IS NULL OR claim_expires_at <= %(now)s)"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
             " ORDER BY next_poll_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
             " UPDATE enrichments e SET claimed_by = %(me)s, claim_expires_at = %(until)s"
             " FROM due WHERE e.id = due.id RETURNING e.id, e.entity_type, e.entity_id,"
@@ -257,7 +270,7 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         rows = await self.db.fetch(
             "WITH due AS (SELECT id FROM deliveries WHERE state = 'pending'"
             " AND next_attempt_at <= %(now)s"
-            " AND (claim_expires_at IS NULL OR claim_expires_at <= %(now)s)"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
             " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
             " UPDATE deliveries d SET claimed_by = %(me)s, claim_expires_at = %(until)s"
             " FROM due WHERE d.id = due.id RETURNING d.id, d.enrichment_id, d.connector,"

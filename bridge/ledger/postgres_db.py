@@ -41,6 +41,9 @@ def conninfo(config: settings_mod.LedgerSettings) -> str:
                 f"ledger.password_file {config.password_file}: {exc.strerror}"
             ) from exc
     try:
+        port = psycopg.conninfo.conninfo_to_dict(url).get("port")
+        if port is not None and not all(part.isdigit() for part in str(port).split(",")):
+            raise errors.ConfigError("ledger.url: the port is not a number")
         return psycopg.conninfo.make_conninfo(url, **extra)
     except psycopg.ProgrammingError as exc:
         why = _clean(exc)
@@ -184,9 +187,8 @@ class Db:
         return self._problem
 
     async def watch(self) -> str | None:
-        """After a failure, try a round trip and recover if it succeeds."""
-        if self._problem is None:
-            return None
+        """One round trip: a server that went away fails ``/readyz`` even while nothing is
+        written, and one that came back clears the failure."""
         with contextlib.suppress(errors.LedgerUnavailableError):
             async with self.transaction() as conn:
                 await conn.execute("SELECT 1")
