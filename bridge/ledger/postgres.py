@@ -221,13 +221,19 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         moving = [c for c in changes if c.state in _TERMINAL]
         staying = [c for c in changes if c.state == _PENDING]
         async with self.db.transaction() as conn:
-            for from_queue, sql in ((False, _STILL_PENDING), (True, _TO_PENDING)):
+            for from_queue, sql in (
+                (False, postgres_rows.STILL_PENDING),
+                (True, postgres_rows.TO_PENDING),
+            ):
                 group = [c for c in staying if c.from_queue is from_queue]
                 if group:
-                    await conn.execute(sql, _pending_params(group, now, self.replica))
+                    await conn.execute(sql, postgres_rows.pending_params(group, now, self.replica))
             if moving:
-                await conn.execute(_TO_TERMINAL, _terminal_params(moving, now, self.replica))
-            ready = [(c.id, now) for c in moving if not _needs_fetch(c)]
+                await conn.execute(
+                    postgres_rows.TO_TERMINAL,
+                    postgres_rows.terminal_params(moving, now, self.replica),
+                )
+            ready = [(c.id, now) for c in moving if not postgres_rows.needs_fetch(c)]
             await postgres_rows.emit(conn, self.router, ready)
 
     # -- fetch job ------------------------------------------------------------------------
@@ -279,7 +285,7 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
         )
         rows.sort(key=lambda r: (r[10], r[0]))
-        return [_delivery_of(row) for row in rows]
+        return [postgres_rows.delivery_of(row) for row in rows]
 
     async def defer(self, ids: Sequence[int], until: float) -> None:
         """Put pending deliveries off until ``until`` (no attempt is counted)."""
@@ -363,82 +369,3 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         Not part of :class:`~bridge.ledger.Ledger`: for tests, which look inside the backend.
         """
         return await self.db.fetch(sql.replace("?", "%s"), tuple(params) or None)
-
-
-def _needs_fetch(change: ledger.Change) -> bool:
-    return change.state == _FINISHED and bool((change.record or {}).get("dataFound"))
-
-
-# Rows staying pending, or leaving `queued` for it. A change to a row another replica has
-# claimed since is refused (the fence: the claim's holder, or anyone once nobody holds it).
-_PENDING_UPDATE = (
-    "UPDATE enrichments e SET state = 'pending', record = coalesce(c.record, e.record),"
-    " lance_id = coalesce(c.lance_id, e.lance_id), next_poll_at = c.next_at,"
-    " polls = e.polls + 1, updated_at = %(now)s,"
-    " started_at = coalesce(e.started_at, %(now)s), claimed_by = NULL,"
-    " claim_expires_at = NULL"
-    " FROM unnest(%(ids)s::bigint[], %(records)s::text[], %(lance)s::text[],"
-    " %(next)s::float8[]) AS c (id, record, lance_id, next_at)"
-    " WHERE e.id = c.id AND (e.claimed_by IS NULL OR e.claimed_by = %(me)s)"
-)
-_STILL_PENDING = _PENDING_UPDATE + " AND e.state = 'pending'"
-_TO_PENDING = _PENDING_UPDATE + " AND e.state = 'queued'"
-
-
-_TO_TERMINAL = (
-    "UPDATE enrichments e SET state = c.state, record = coalesce(c.record, e.record),"
-    " lance_id = coalesce(c.lance_id, e.lance_id), data_found = coalesce(c.found, e.data_found),"
-    " error = coalesce(c.error, e.error), needs_fetch = c.needs_fetch, next_poll_at = NULL,"
-    " polls = e.polls + 1, updated_at = %(now)s, finished_at = %(now)s,"
-    " started_at = coalesce(e.started_at, %(now)s), claimed_by = NULL, claim_expires_at = NULL"
-    " FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(records)s::text[],"
-    " %(lance)s::text[], %(found)s::int[], %(errors)s::text[], %(fetch)s::int[])"
-    " AS c (id, state, record, lance_id, found, error, needs_fetch)"
-    " WHERE e.id = c.id AND e.state IN ('queued', 'pending')"
-    " AND (e.claimed_by IS NULL OR e.claimed_by = %(me)s)"
-)
-
-
-def _record_json(change: ledger.Change) -> str | None:
-    return None if change.record is None else orjson.dumps(change.record).decode()
-
-
-def _pending_params(changes: Sequence[ledger.Change], now: float, me: str) -> dict[str, Any]:
-    return {
-        "now": now,
-        "me": me,
-        "ids": [c.id for c in changes],
-        "records": [_record_json(c) for c in changes],
-        "lance": [None if c.record is None else c.record.get("id") for c in changes],
-        "next": [c.next_poll_at for c in changes],
-    }
-
-
-def _terminal_params(changes: Sequence[ledger.Change], now: float, me: str) -> dict[str, Any]:
-    found = [None if c.record is None else c.record.get("dataFound") for c in changes]
-    return {
-        "now": now,
-        "me": me,
-        "ids": [c.id for c in changes],
-        "states": [c.state for c in changes],
-        "records": [_record_json(c) for c in changes],
-        "lance": [None if c.record is None else c.record.get("id") for c in changes],
-        "found": [None if f is None else int(bool(f)) for f in found],
-        "errors": [c.error for c in changes],
-        "fetch": [int(_needs_fetch(c)) for c in changes],
-    }
-
-
-def _delivery_of(row: Sequence[Any]) -> model.Delivery:
-    return model.Delivery(
-        int(row[0]),
-        int(row[1]),
-        str(row[2]),
-        str(row[3]),
-        str(row[4]),
-        str(row[5]),
-        str(row[6]),
-        bytes(row[7]),
-        int(row[8]),
-        float(row[9] or 0.0),
-    )

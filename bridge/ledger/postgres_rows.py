@@ -16,10 +16,11 @@ from typing import Any
 import orjson
 import psycopg
 
-from bridge import model, outbox
+from bridge import ledger, model, outbox
 
 _QUEUED = model.EnrichmentState.QUEUED.value
 _PENDING = model.EnrichmentState.PENDING.value
+_FINISHED = model.EnrichmentState.FINISHED.value
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -179,3 +180,85 @@ def _event_body(
         },
     }
     return orjson.dumps(event)
+
+
+# -- state changes and delivery rows (the poll, trigger and delivery jobs) ---------------
+
+
+def needs_fetch(change: ledger.Change) -> bool:
+    return change.state == _FINISHED and bool((change.record or {}).get("dataFound"))
+
+
+# Rows staying pending, or leaving `queued` for it. A change to a row another replica has
+# claimed since is refused (the fence: the claim's holder, or anyone once nobody holds it).
+_PENDING_UPDATE = (
+    "UPDATE enrichments e SET state = 'pending', record = coalesce(c.record, e.record),"
+    " lance_id = coalesce(c.lance_id, e.lance_id), next_poll_at = c.next_at,"
+    " polls = e.polls + 1, updated_at = %(now)s,"
+    " started_at = coalesce(e.started_at, %(now)s), claimed_by = NULL,"
+    " claim_expires_at = NULL"
+    " FROM unnest(%(ids)s::bigint[], %(records)s::text[], %(lance)s::text[],"
+    " %(next)s::float8[]) AS c (id, record, lance_id, next_at)"
+    " WHERE e.id = c.id AND (e.claimed_by IS NULL OR e.claimed_by = %(me)s)"
+)
+STILL_PENDING = _PENDING_UPDATE + " AND e.state = 'pending'"
+TO_PENDING = _PENDING_UPDATE + " AND e.state = 'queued'"
+
+
+TO_TERMINAL = (
+    "UPDATE enrichments e SET state = c.state, record = coalesce(c.record, e.record),"
+    " lance_id = coalesce(c.lance_id, e.lance_id), data_found = coalesce(c.found, e.data_found),"
+    " error = coalesce(c.error, e.error), needs_fetch = c.needs_fetch, next_poll_at = NULL,"
+    " polls = e.polls + 1, updated_at = %(now)s, finished_at = %(now)s,"
+    " started_at = coalesce(e.started_at, %(now)s), claimed_by = NULL, claim_expires_at = NULL"
+    " FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(records)s::text[],"
+    " %(lance)s::text[], %(found)s::int[], %(errors)s::text[], %(fetch)s::int[])"
+    " AS c (id, state, record, lance_id, found, error, needs_fetch)"
+    " WHERE e.id = c.id AND e.state IN ('queued', 'pending')"
+    " AND (e.claimed_by IS NULL OR e.claimed_by = %(me)s)"
+)
+
+
+def _record_json(change: ledger.Change) -> str | None:
+    return None if change.record is None else orjson.dumps(change.record).decode()
+
+
+def pending_params(changes: Sequence[ledger.Change], now: float, me: str) -> dict[str, Any]:
+    return {
+        "now": now,
+        "me": me,
+        "ids": [c.id for c in changes],
+        "records": [_record_json(c) for c in changes],
+        "lance": [None if c.record is None else c.record.get("id") for c in changes],
+        "next": [c.next_poll_at for c in changes],
+    }
+
+
+def terminal_params(changes: Sequence[ledger.Change], now: float, me: str) -> dict[str, Any]:
+    found = [None if c.record is None else c.record.get("dataFound") for c in changes]
+    return {
+        "now": now,
+        "me": me,
+        "ids": [c.id for c in changes],
+        "states": [c.state for c in changes],
+        "records": [_record_json(c) for c in changes],
+        "lance": [None if c.record is None else c.record.get("id") for c in changes],
+        "found": [None if f is None else int(bool(f)) for f in found],
+        "errors": [c.error for c in changes],
+        "fetch": [int(needs_fetch(c)) for c in changes],
+    }
+
+
+def delivery_of(row: Sequence[Any]) -> model.Delivery:
+    return model.Delivery(
+        int(row[0]),
+        int(row[1]),
+        str(row[2]),
+        str(row[3]),
+        str(row[4]),
+        str(row[5]),
+        str(row[6]),
+        bytes(row[7]),
+        int(row[8]),
+        float(row[9] or 0.0),
+    )
