@@ -13,16 +13,18 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from pydantic import SecretStr
 
-from bridge import errors, ledger, model
+from bridge import errors, ledger, model, runtime
 from bridge import settings as settings_mod
 from bridge.ledger import postgres_db
 from tests import pg
 from tests.acceptance.test_serve import _cli
+from tests.conftest import BridgeFactory, auth, make_settings
 
 NOW = 1_800_000_000.0
 PASSWORD = "pw-8c1e0f-never-logged"
@@ -304,3 +306,31 @@ def test_migrate_and_status_through_the_cli(migrated: str, tmp_path: Path) -> No
         check=False,
     )
     assert status.returncode == 0, status.stderr
+
+
+async def test_a_server_gone_while_serving_answers_503_and_readyz_fails_until_it_returns(
+    make_bridge: BridgeFactory, simulator: Any, tmp_path: Path, migrated: str
+) -> None:
+    _, lance_url = simulator
+    name = f"lb_{uuid.uuid4().hex[:12]}"
+    settings = make_settings(
+        tmp_path, lance_url, ledger={"url": f"{migrated}&application_name={name}"}
+    )
+    client = await make_bridge(settings)
+    body = {"tasks": [{"entityId": str(uuid.uuid4()), "field": "emails"}]}
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+    store = client.app[runtime.BRIDGE].ledger
+
+    async with await psycopg.AsyncConnection.connect(pg.URL, autocommit=True) as admin:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (name,),
+        )
+    response = await client.post("/v1/triggers", json=body, headers=auth())
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "ledger_unavailable"
+    assert (await client.get("/readyz")).status == 503
+
+    assert await store.watch() is None  # the server answers again: the watch job recovers
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
