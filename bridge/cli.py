@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = command("check-config", "validate the config")
     check.add_argument("--online", action="store_true", help="also check Lance and connectors")
+    command(
+        "migrate",
+        "create or upgrade the ledger's schema (PostgreSQL: run before `serve`; safe from"
+        " several replicas at once)",
+    )
     command("status", "counts by state, oldest in-flight age, dead deliveries, last poll")
     command("healthcheck", "exit 0 if the daemon of this config answers /healthz, else 1")
     sim = command("simulate", "run the Lance simulator alone")
@@ -331,6 +336,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "serve": commands.serve,
         "check-config": commands.check_config,
         "status": commands.status,
+        "migrate": commands.migrate,
         "enrichments": commands.enrichments,
         "deliveries": commands.deliveries,
         "healthcheck": commands.healthcheck,

@@ -45,7 +45,7 @@ async def serve(settings: settings_mod.Settings, args: argparse.Namespace) -> in
             "serving on http://%s:%s",
             settings.server.host,
             http.port,
-            extra={"event": "serve.started", "ledger": str(settings.ledger.path)},
+            extra={"event": "serve.started", "ledger": ledger.where(settings.ledger)},
         )
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -71,7 +71,9 @@ async def _first(*waits: Any) -> None:
 async def check_config(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
     """Print what the config says; with ``--online`` also check Lance and each connector."""
     console = Console()
-    console.print(f"config ok: Lance at {settings.lance.base_url}, ledger {settings.ledger.path}")
+    console.print(
+        f"config ok: Lance at {settings.lance.base_url}, ledger {ledger.where(settings.ledger)}"
+    )
     for item in settings.connectors:
         console.print(f"  connector {item.name} ({item.type}): events {', '.join(item.events)}")
     if not settings.server.api_tokens:
@@ -107,9 +109,15 @@ async def _check_connector(console: Console, item: connector.Connector) -> bool:
 
 async def _open_existing(settings: settings_mod.Settings) -> ledger.Ledger:
     path = settings.ledger.path
-    if not path.exists():
+    if ledger.backend_for(settings.ledger) == "sqlite" and not path.exists():
         raise errors.LedgerError(f"{path}: no ledger here (set ledger.path or use -c)")
     return await ledger.open(settings.ledger, exclusive=False, router=app_mod.router_for(settings))
+
+
+async def migrate(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
+    """Bring the ledger's schema to this version's (safe from several replicas at once)."""
+    print(await ledger.migrate(settings.ledger))
+    return EXIT_OK
 
 
 async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
@@ -120,7 +128,7 @@ async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
     finally:
         await store.close()
     console = Console()
-    table = Table(title=f"enrichments in {settings.ledger.path}")
+    table = Table(title=f"enrichments in {ledger.where(settings.ledger)}")
     table.add_column("state")
     table.add_column("count", justify="right")
     for state in model.EnrichmentState:

@@ -50,10 +50,26 @@ class LanceSettings(_Section):
 
 
 class LedgerSettings(_Section):
-    """``[ledger]``: the SQLite file that records every enrichment and delivery."""
+    """``[ledger]``: where every enrichment and delivery is recorded.
+
+    A SQLite file at ``path`` by default; a ``postgresql://`` ``url`` selects PostgreSQL. The
+    password never belongs in the file: the URL from the environment, ``PGPASSWORD`` or
+    ``password_file`` supply it.
+    """
 
     path: Path = Path("lance-bridge.db")
     synchronous: Literal["normal", "full"] = "normal"
+    url: SecretStr = SecretStr("")
+    password_file: str = ""  # a file holding the PostgreSQL password (Docker secrets)
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if text and not text.startswith(("postgresql://", "postgres://")):
+            # Never echo the value: it may hold a password.
+            raise ValueError("must start with postgresql:// (or be empty for SQLite)")
+        return value
 
 
 class ServerSettings(_Section):

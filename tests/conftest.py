@@ -12,13 +12,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from bridge import app as app_mod
 from bridge import ledger, model, runtime, scheduler
 from bridge import settings as settings_mod
+from bridge.ledger import postgres_db
 from bridge.sim import _http
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
+from tests import pg
 
 API_TOKEN = "test-api-token"
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -119,17 +122,35 @@ def make_settings(
 BridgeFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 LedgerFactory = Callable[..., Awaitable[ledger.Ledger]]
 # The ledger backends the behavioural ledger suite runs against.
-LEDGER_BACKENDS = ("sqlite",)
+LEDGER_BACKENDS = ("sqlite", "postgres")
 
 
 @pytest.fixture(params=LEDGER_BACKENDS)
-def open_ledger(request: pytest.FixtureRequest) -> LedgerFactory:
-    """:func:`bridge.ledger.open` with the backend this run of the test is for."""
+async def open_ledger(request: pytest.FixtureRequest) -> AsyncIterator[LedgerFactory]:
+    """:func:`bridge.ledger.open` with the backend this run of the test is for.
 
-    async def factory(where: Path, **options: Any) -> ledger.Ledger:
-        return await ledger.open(where, backend=request.param, **options)
+    For PostgreSQL each test gets a migrated schema of its own (dropped after it); every path
+    the test names maps to that one database. Tests marked ``sqlite_only`` (they look inside
+    the file) skip there.
+    """
+    if request.param == "sqlite":
 
-    return factory
+        async def factory(where: Path, **options: Any) -> ledger.Ledger:
+            return await ledger.open(where, backend="sqlite", **options)
+
+        yield factory
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("looks inside the SQLite file")
+    async with pg.schema() as url:
+        config = settings_mod.LedgerSettings(url=SecretStr(url))
+        await postgres_db.migrate(config)
+
+        async def pg_factory(where: Path, **options: Any) -> ledger.Ledger:
+            del where
+            return await ledger.open(config, **options)
+
+        yield pg_factory
 
 
 @pytest.fixture

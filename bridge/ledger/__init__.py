@@ -1,9 +1,9 @@
 """The ledger: the interface every storage backend implements, and :func:`open`, which picks one.
 
 The jobs, the web layer, the CLI and the metrics speak only to :class:`Ledger`; no driver type
-crosses it and no caller hands it SQL. A backend (today :mod:`bridge.ledger.sqlite`, the
-embedded default) holds all of its SQL and translates its driver's errors to
-:class:`~bridge.errors.LedgerError` at one seam of its own.
+crosses it and no caller hands it SQL. A backend (:mod:`bridge.ledger.sqlite`, the embedded
+default, or :mod:`bridge.ledger.postgres`) holds all of its SQL and translates its driver's
+errors to :class:`~bridge.errors.LedgerError` at one seam of its own.
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ import abc
 import dataclasses
 import importlib
 import typing
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge import model, outbox
+from bridge import errors, model, outbox
 from bridge import settings as settings_mod
 
 # How often the ledger watch job checks that the store is still there and, after a failure,
 # whether it can be written again.
 WATCH_INTERVAL_S = 1.0
 # Backend name → the module that implements it (each has an ``open`` like :func:`open`'s).
-BACKENDS = {"sqlite": "bridge.ledger.sqlite"}
+BACKENDS = {"sqlite": "bridge.ledger.sqlite", "postgres": "bridge.ledger.postgres"}
 
 
 class Change(typing.NamedTuple):
@@ -327,9 +328,49 @@ class Ledger(abc.ABC):
 
 
 def backend_for(config: settings_mod.LedgerSettings) -> str:
-    """The backend ``config`` selects: ``sqlite`` (``ledger.path``), the only one today."""
-    del config  # a `ledger.url` will choose another backend by its scheme
-    return "sqlite"
+    """The backend ``config`` selects: ``postgres`` for a ``ledger.url``, else ``sqlite``."""
+    return "postgres" if config.url.get_secret_value() else "sqlite"
+
+
+def where(config: settings_mod.LedgerSettings) -> str:
+    """Where ``config``'s ledger is, for messages: the SQLite path, or the PostgreSQL URL
+    without its password (``postgresql://user@host:port/db``)."""
+    url = config.url.get_secret_value()
+    if not url:
+        return str(config.path)
+    parts = urllib.parse.urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+
+
+async def migrate(config: settings_mod.LedgerSettings) -> str:
+    """Bring ``config``'s ledger to this code's schema; returns one line saying what it did.
+
+    SQLite ledgers migrate when opened, so this opens one; PostgreSQL ones only here, under an
+    advisory lock that makes running it from several replicas at once safe.
+    """
+    if backend_for(config) == "sqlite":
+        store = await open(config, exclusive=False)
+        await store.close()
+        return f"ledger {config.path}: schema up to date"
+    before, after = await _backend_module("postgres").migrate(config)
+    if before == after:
+        return f"ledger {where(config)}: schema version {after}, up to date"
+    return f"ledger {where(config)}: schema version {before} -> {after}"
+
+
+def _backend_module(name: str) -> Any:
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ImportError as exc:
+        # The PostgreSQL driver is an extra: say which one, not a traceback.
+        raise errors.ConfigError(
+            f"the {name} ledger needs `pip install 'lance-bridge[{name}]'` ({exc.name} is missing)"
+        ) from exc
 
 
 async def open(
@@ -354,7 +395,7 @@ async def open(
     """
     if isinstance(config, Path):
         config = settings_mod.LedgerSettings(path=config)
-    module = importlib.import_module(BACKENDS[backend or backend_for(config)])
+    module = _backend_module(backend or backend_for(config))
     opened: Ledger = await module.open(
         config, router=router or outbox.Router(()), exclusive=exclusive, initialize=initialize
     )

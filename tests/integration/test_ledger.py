@@ -31,6 +31,7 @@ async def store(open_ledger: LedgerFactory, tmp_path: Path) -> AsyncIterator[led
     await opened.close()
 
 
+@pytest.mark.sqlite_only
 async def test_a_second_open_of_the_same_file_is_refused(
     open_ledger: LedgerFactory, store: ledger.Ledger, tmp_path: Path
 ) -> None:
@@ -40,6 +41,7 @@ async def test_a_second_open_of_the_same_file_is_refused(
     await readonly.close()
 
 
+@pytest.mark.sqlite_only
 async def test_a_ledger_from_a_newer_version_is_refused(
     open_ledger: LedgerFactory, tmp_path: Path
 ) -> None:
@@ -53,6 +55,7 @@ async def test_a_ledger_from_a_newer_version_is_refused(
         await open_ledger(path)
 
 
+@pytest.mark.sqlite_only
 async def test_migrations_set_the_schema_version(store: ledger.Ledger) -> None:
     [(version,)] = await store.fetch("PRAGMA user_version")
     assert version == len(list((Path(ledger.__file__).parent / "sql").glob("*.sql")))

@@ -22,6 +22,9 @@ from tests.conftest import BridgeFactory, LedgerFactory, auth, make_settings
 from tests.integration import test_salesforce as sf_tests
 from tests.integration.test_salesforce import rsa_keys, salesforce  # noqa: F401 - fixtures
 
+# A file deleted, hard-linked, truncated or filled: faults of the SQLite file itself.
+pytestmark = pytest.mark.sqlite_only
+
 NOW = 1_800_000_000.0
 LANCE_ID = "Lance_Person_Id__c"
 

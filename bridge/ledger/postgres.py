@@ -1,0 +1,371 @@
+"""The PostgreSQL ledger: one database that several ``serve`` replicas can share.
+
+The backend of :class:`bridge.ledger.Ledger` that ``ledger.url`` selects. Its siblings:
+:mod:`~bridge.ledger.postgres_db` (pool, schema version, migrations, the one seam translating
+psycopg errors), :mod:`~bridge.ledger.postgres_rows` (batch writes) and
+:mod:`~bridge.ledger.postgres_reads` (API, CLI and metrics reads).
+
+Replicas: due rows are claimed with ``FOR UPDATE SKIP LOCKED`` and a lease (``claimed_by``,
+``claim_expires_at``), so two replicas never hand the same rows to two jobs; a claimed row
+comes back to everyone when its lease ends, and a write for a row another replica has claimed
+since is refused (fenced).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bridge import errors, ledger, model, outbox
+from bridge import settings as settings_mod
+from bridge.ledger import postgres_db, postgres_reads, postgres_rows
+
+_PENDING = model.EnrichmentState.PENDING.value
+_FINISHED = model.EnrichmentState.FINISHED.value
+_TERMINAL = frozenset(state.value for state in model.TERMINAL)
+_LOOKUP = model.InboundState.LOOKUP.value
+_SKIPPED = model.InboundState.SKIPPED.value
+# How long a replica holds the rows it claimed before others may take them (seconds of the
+# callers' clock): far longer than one poll or delivery round takes, short enough that a
+# replica that died mid-round delays its rows by a minute at most.
+LEASE_S = 60.0
+
+# Rows nobody holds, this replica's own (a failed round retries them at once), or rows whose
+# lease ended (their replica stalled or died).
+_CLAIMABLE = "(claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
+
+migrate = postgres_db.migrate
+
+
+async def open(
+    config: settings_mod.LedgerSettings,
+    *,
+    router: outbox.Router,
+    exclusive: bool = True,
+    initialize: bool = False,
+) -> PostgresLedger:
+    """Open the PostgreSQL ledger at ``ledger.url`` (migrated by ``lance-bridge migrate``).
+
+    ``exclusive`` and ``initialize`` are SQLite's: replicas share a database by design, and
+    an empty database is set up by ``migrate``.
+    """
+    del exclusive, initialize
+    if not config.url.get_secret_value():
+        raise errors.ConfigError("ledger.url is empty: set it to a postgresql:// URL")
+    return PostgresLedger(await postgres_db.Db.open(config), router)
+
+
+class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
+    """The PostgreSQL ledger. Open it with :func:`open` (or :func:`bridge.ledger.open`)."""
+
+    def __init__(self, db: postgres_db.Db, router: outbox.Router) -> None:
+        self.path = Path(db.where)  # for messages only; never holds the password
+        self.router = router
+        self.db = db
+        self.replica = f"r_{uuid.uuid4().hex[:12]}"  # this process's name on its claims
+
+    def __repr__(self) -> str:
+        return f"<PostgresLedger {self.db.where}>"
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.db.close()
+
+    # -- health ---------------------------------------------------------------------------
+
+    @property
+    def problem(self) -> str | None:
+        """Why the ledger cannot store work now (``None`` when it can); no password."""
+        return self.db.problem
+
+    def check(self) -> str | None:
+        """:attr:`problem`: a server's health is learnt from the round trips themselves."""
+        return self.db.problem
+
+    async def watch(self) -> str | None:
+        """After a failure, try a round trip and recover if it succeeds."""
+        return await self.db.watch()
+
+    # -- accepting work and inbound CRM events --------------------------------------------
+
+    async def accept(self, tasks: Sequence[model.Task], now: float) -> list[model.Accepted]:
+        """Record ``tasks``; a task already in flight attaches its targets to that row."""
+        async with self.db.transaction() as conn:
+            [accepted] = await postgres_rows.accept_in(conn, [(tasks, now)])
+        return accepted
+
+    async def receive(
+        self, source: str, events: Sequence[model.Inbound], now: float
+    ) -> model.Received:
+        """Record the events a CRM sent and accept their tasks, in one transaction."""
+        unique = list({event.key: event for event in events}.values())
+        async with self.db.transaction() as conn:
+            fresh = await postgres_rows.insert_inbound(conn, source, unique, now)
+            new = [event for event in unique if event.key in fresh]
+            accepted = await postgres_rows.accept_in(conn, [(event.tasks, now) for event in new])
+        return model.Received(
+            events=len(events),
+            duplicates=len(events) - len(new),
+            skipped=sum(event.state == _SKIPPED for event in new),
+            lookups=sum(event.state == _LOOKUP for event in new),
+            accepted=tuple(row for rows in accepted for row in rows),
+        )
+
+    async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
+        """(key, objectType, objectId) of events waiting for a record read, oldest first."""
+        rows = await self.db.fetch(
+            "SELECT key, object_type, object_id FROM inbound"
+            " WHERE source = %s AND state = 'lookup' ORDER BY received_at LIMIT %s",
+            (source, limit),
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def resolve(
+        self, source: str, resolved: Sequence[model.Inbound], now: float
+    ) -> model.Received:
+        """Settle looked-up events: accept their tasks or record why they were skipped."""
+        if not resolved:
+            return model.Received()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE inbound SET state = r.state, detail = r.detail, updated_at = %s"
+                " FROM unnest(%s::text[], %s::text[], %s::text[]) AS r (key, state, detail)"
+                " WHERE inbound.source = %s AND inbound.key = r.key AND inbound.state = 'lookup'",
+                (
+                    now,
+                    [e.key for e in resolved],
+                    [e.state for e in resolved],
+                    [e.skipped for e in resolved],
+                    source,
+                ),
+            )
+            accepted = await postgres_rows.accept_in(
+                conn, [(event.tasks, now) for event in resolved]
+            )
+        return model.Received(
+            events=len(resolved),
+            skipped=sum(event.state == _SKIPPED for event in resolved),
+            accepted=tuple(row for rows in accepted for row in rows),
+        )
+
+    async def prune_inbound(self, before: float) -> int:
+        """Forget settled inbound events received before ``before``; returns how many."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM inbound WHERE received_at < %s AND state != 'lookup'", (before,)
+            )
+        return int(cursor.rowcount)
+
+    # -- trigger job ----------------------------------------------------------------------
+
+    async def queued(self, limit: int) -> dict[str, list[ledger.QueuedRow]]:
+        """Claim queued rows to trigger, oldest first, grouped by field."""
+        # The interface gives this verb no clock, so the lease runs on the server's.
+        rows = await self.db.fetch(
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),"
+            " due AS (SELECT id FROM enrichments, now WHERE state = 'queued'"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= now.now)"
+            " ORDER BY id LIMIT %(limit)s FOR UPDATE OF enrichments SKIP LOCKED)"
+            " UPDATE enrichments e SET claimed_by = %(me)s,"
+            " claim_expires_at = now.now + %(lease)s FROM due, now WHERE e.id = due.id"
+            " RETURNING e.id, e.field, e.entity_id, e.trigger_sent_at",
+            {"me": self.replica, "limit": limit, "lease": LEASE_S},
+        )
+        rows.sort(key=lambda r: r[0])
+        grouped: dict[str, list[ledger.QueuedRow]] = {}
+        for row_id, field, entity_id, sent_at in rows:
+            grouped.setdefault(field, []).append(ledger.QueuedRow(row_id, entity_id, sent_at))
+        return grouped
+
+    async def mark_sent(self, ids: Sequence[int], now: float) -> None:
+        """Record, before a trigger request goes out, that it names ``ids``."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE enrichments SET trigger_sent_at = %s WHERE state = 'queued'"
+                " AND id = ANY(%s)",
+                (now, list(ids)),
+            )
+
+    # -- poll job -------------------------------------------------------------------------
+
+    async def due_for_poll(self, now: float, limit: int) -> list[ledger.PollRow]:
+        """Claim pending rows whose next poll has come, most overdue first.
+
+        Rows another replica holds (locked now, or leased and not expired) are skipped.
+        """
+        rows = await self.db.fetch(
+            "WITH due AS (SELECT id FROM enrichments WHERE state = 'pending'"
+            " AND next_poll_at <= %(now)s"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
+            " ORDER BY next_poll_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " UPDATE enrichments e SET claimed_by = %(me)s, claim_expires_at = %(until)s"
+            " FROM due WHERE e.id = due.id RETURNING e.id, e.entity_type, e.entity_id,"
+            " e.field, e.started_at, e.polls, e.lance_id IS NOT NULL, e.next_poll_at",
+            {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
+        )
+        rows.sort(key=lambda r: (r[7], r[0]))
+        return [ledger.PollRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    async def apply(self, changes: Sequence[ledger.Change], now: float) -> None:
+        """Write new states, with the events terminal states cause, in one transaction.
+
+        A change to a row another replica has claimed since is refused (fenced); the claim of
+        a written row ends.
+        """
+        if not changes:
+            return
+        moving = [c for c in changes if c.state in _TERMINAL]
+        staying = [c for c in changes if c.state == _PENDING]
+        async with self.db.transaction() as conn:
+            for from_queue, sql in (
+                (False, postgres_rows.STILL_PENDING),
+                (True, postgres_rows.TO_PENDING),
+            ):
+                group = [c for c in staying if c.from_queue is from_queue]
+                if group:
+                    await conn.execute(sql, postgres_rows.pending_params(group, now, self.replica))
+            if moving:
+                await conn.execute(
+                    postgres_rows.TO_TERMINAL,
+                    postgres_rows.terminal_params(moving, now, self.replica),
+                )
+            ready = [(c.id, now) for c in moving if not postgres_rows.needs_fetch(c)]
+            await postgres_rows.emit(conn, self.router, ready)
+
+    # -- fetch job ------------------------------------------------------------------------
+
+    async def awaiting_values(
+        self, limit: int, *, hold_after: float = float("inf")
+    ) -> dict[tuple[str, str], list[tuple[int, str]]]:
+        """Finished-with-data rows, grouped by entity so each entity is read once."""
+        rows = await self.db.fetch(
+            "SELECT id, entity_type, entity_id, field FROM enrichments e WHERE needs_fetch = 1"
+            " AND NOT (finished_at > %s AND EXISTS (SELECT 1 FROM enrichments o"
+            " WHERE o.entity_id = e.entity_id AND o.entity_type = e.entity_type"
+            " AND o.state IN ('queued', 'pending')))"
+            " ORDER BY id LIMIT %s",
+            (hold_after, limit),
+        )
+        grouped: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        for row_id, entity_type, entity_id, field in rows:
+            grouped.setdefault((entity_type, entity_id), []).append((row_id, field))
+        return grouped
+
+    async def store_values(self, values: Sequence[tuple[int, dict[str, Any]]], now: float) -> None:
+        """Store the values read for finished rows and write their events, in one transaction."""
+        if not values:
+            return
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE enrichments e SET enriched = v.enriched, needs_fetch = 0,"
+                " updated_at = %s FROM unnest(%s::bigint[], %s::text[]) AS v (id, enriched)"
+                " WHERE e.id = v.id AND e.needs_fetch = 1 RETURNING e.id",
+                (now, [i for i, _ in values], [orjson.dumps(v).decode() for _, v in values]),
+            )
+            stored = [(int(row[0]), now) for row in await cursor.fetchall()]
+            await postgres_rows.emit(conn, self.router, stored)
+
+    # -- delivery job ---------------------------------------------------------------------
+
+    async def due_deliveries(self, now: float, limit: int) -> list[model.Delivery]:
+        """Claim pending deliveries whose next attempt has come, oldest due first."""
+        rows = await self.db.fetch(
+            "WITH due AS (SELECT id FROM deliveries WHERE state = 'pending'"
+            " AND next_attempt_at <= %(now)s"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
+            " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " UPDATE deliveries d SET claimed_by = %(me)s, claim_expires_at = %(until)s"
+            " FROM due WHERE d.id = due.id RETURNING d.id, d.enrichment_id, d.connector,"
+            " d.object_type, d.object_id, d.event_type, d.message_id, d.body, d.attempts,"
+            " d.created_at, d.next_attempt_at",
+            {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
+        )
+        rows.sort(key=lambda r: (r[10], r[0]))
+        return [postgres_rows.delivery_of(row) for row in rows]
+
+    async def defer(self, ids: Sequence[int], until: float) -> None:
+        """Put pending deliveries off until ``until`` (no attempt is counted)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = %(until)s, claimed_by = NULL,"
+                " claim_expires_at = NULL WHERE state = 'pending' AND id = ANY(%(ids)s)"
+                " AND (claimed_by IS NULL OR claimed_by = %(me)s)",
+                {"until": until, "ids": list(ids), "me": self.replica},
+            )
+
+    async def records_in_flight(
+        self, connector: str, records: Iterable[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Of ``records`` (objectType, objectId), those with an enrichment for ``connector``
+        still in flight or awaiting its values."""
+        wanted = list(records)
+        if not wanted:
+            return set()
+        rows = await self.db.fetch(
+            "SELECT DISTINCT t.object_type, t.object_id"
+            " FROM unnest(%s::text[], %s::text[]) AS r (object_type, object_id)"
+            " JOIN targets t ON t.connector = %s AND t.object_type = r.object_type"
+            " AND t.object_id = r.object_id AND t.object_id != ''"
+            " JOIN enrichments e ON e.id = t.enrichment_id"
+            " WHERE e.state IN ('queued', 'pending') OR e.needs_fetch = 1",
+            ([r[0] for r in wanted], [r[1] for r in wanted], connector),
+        )
+        return {(str(r[0]), str(r[1])) for r in rows}
+
+    async def record_attempts(self, results: Sequence[ledger.Attempt], now: float) -> None:
+        """Write one round of delivery outcomes in one transaction (fenced by the claim)."""
+        if not results:
+            return
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries d SET state = a.state, attempts = d.attempts + 1,"
+                " next_attempt_at = a.next_at, last_error = a.error, response_status = a.status,"
+                " updated_at = %(now)s, claimed_by = NULL, claim_expires_at = NULL"
+                " FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(next)s::float8[],"
+                " %(errors)s::text[], %(statuses)s::int[]) AS a (id, state, next_at, error, status)"
+                " WHERE d.id = a.id AND d.state = 'pending'"
+                " AND (d.claimed_by IS NULL OR d.claimed_by = %(me)s)",
+                {
+                    "now": now,
+                    "ids": [a.delivery_id for a in results],
+                    "states": [a.state for a in results],
+                    "next": [a.next_attempt_at for a in results],
+                    "errors": [a.error for a in results],
+                    "statuses": [a.status for a in results],
+                    "me": self.replica,
+                },
+            )
+
+    async def replay(self, ids: Iterable[int], now: float) -> list[int]:
+        """Make dead deliveries pending again, due now; returns the ids that were dead."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = %s,"
+                " last_error = NULL, updated_at = %s, claimed_by = NULL, claim_expires_at = NULL"
+                " WHERE state = 'dead' AND id = ANY(%s) RETURNING id",
+                (now, now, list(ids)),
+            )
+            rows = await cursor.fetchall()
+        return sorted(int(row[0]) for row in rows)
+
+    # -- meta and inspection ---------------------------------------------------------------
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store a value in the ``meta`` table."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
+                " SET value = excluded.value",
+                (key, value),
+            )
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query written with ``?`` placeholders, as the SQLite one takes.
+
+        Not part of :class:`~bridge.ledger.Ledger`: for tests, which look inside the backend.
+        """
+        return await self.db.fetch(sql.replace("?", "%s"), tuple(params) or None)
