@@ -199,6 +199,20 @@ class Reads:
         rows = await self.db.fetch("SELECT source, state, count(*) FROM inbound GROUP BY 1, 2")
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
+    async def count_enrichments(self, state: model.EnrichmentState) -> int:
+        """How many enrichments are in ``state``."""
+        rows = await self.db.fetch(
+            "SELECT count(*) FROM enrichments WHERE state = %s", (state.value,)
+        )
+        return int(rows[0][0])
+
+    async def count_deliveries(self, state: model.DeliveryState) -> int:
+        """How many deliveries are in ``state``."""
+        rows = await self.db.fetch(
+            "SELECT count(*) FROM deliveries WHERE state = %s", (state.value,)
+        )
+        return int(rows[0][0])
+
     async def progress(self) -> ledger.Progress:
         """Ended enrichments whose events are written, acknowledged and other deliveries."""
         terminal = await self.db.fetch(
