@@ -1,10 +1,10 @@
 """A faithful fake of the Lance REST API, to test lance-bridge and your own integrations.
 
 It serves, under one base URL, the enrichment endpoints (batch/single trigger, single status,
-batch-query), the prospect person/company GETs and the credits balance, with the documented
-limits, status codes and error codes. Records complete lazily from a controllable clock; faults
-(500, 429, dropped connections, slow answers) can be injected per request; an unauthenticated
-admin surface under ``/_sim/`` lets tests that only have a URL drive and inspect it.
+batch-query), the prospect person/company GETs, the person search and the credits balance, with
+the documented limits, status codes and error codes. Records complete lazily from a controllable
+clock; faults (500, 429, dropped connections, slow answers) can be injected per request; an
+unauthenticated admin surface under ``/_sim/`` lets tests that only have a URL drive and inspect it.
 
 Example::
 
@@ -40,6 +40,7 @@ from bridge.sim.lance.server import (
     FAULT_SETTINGS,
     PERSON,
     QUERY,
+    SEARCH,
     SINGLE,
     LanceSimulator,
     serve,
@@ -56,6 +57,7 @@ __all__ = [
     "MAX_TASKS",
     "PERSON",
     "QUERY",
+    "SEARCH",
     "SINGLE",
     "ApiError",
     "LanceSimulator",

@@ -50,6 +50,7 @@ class SimConfig:
         seed: Seed for outcomes, durations, ids and faults; ``None`` for a random run.
         clock: Wall clock in Unix seconds; inject one to control time in tests.
         unknown_entities: Entity ids the prospect GET endpoints answer with 404.
+        people: How many people the person search can find (a seeded, fixed directory).
     """
 
     token: str = "sim-token"  # noqa: S105 - a well-known test token, not a secret
@@ -70,6 +71,7 @@ class SimConfig:
     seed: int | None = None
     clock: Callable[[], float] = time.time
     unknown_entities: set[str] = dataclasses.field(default_factory=set)
+    people: int = 240
 
     def __post_init__(self) -> None:
         if self.charge_on not in CHARGE_ON:
@@ -77,6 +79,8 @@ class SimConfig:
         unknown = set(self.outcomes) - set(OUTCOMES)
         if unknown or sum(self.outcomes.values()) <= 0:
             raise ValueError(f"outcomes needs positive weights for keys among {OUTCOMES}")
+        if self.people < 0:
+            raise ValueError("people must be at least 0")
         low, high = self.completion_s
         if not 0 <= low <= high:
             raise ValueError("completion_s must be (low, high) with 0 <= low <= high")

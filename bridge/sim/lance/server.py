@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 
 from bridge.sim import _http
 from bridge.sim.lance import config as sim_config
-from bridge.sim.lance import state, validation
+from bridge.sim.lance import search, state, validation
 from bridge.sim.lance.errors import ApiError, invalid
 
 API_PREFIX = "/api/v1/"
@@ -23,6 +23,7 @@ BATCH = "/api/v1/operations/enrichment/batch"
 QUERY = "/api/v1/operations/enrichment/batch/query"
 SINGLE = "/api/v1/operations/enrichment/{personId}"
 PERSON = "/api/v1/entities/prospects/person/{id}"
+SEARCH = "/api/v1/entities/prospects/person"
 COMPANY = "/api/v1/entities/prospects/company/{id}"
 BALANCE = "/api/v1/operations/credits/balance"
 FAULT_SETTINGS = ("fail_rate", "throttle_rate", "drop_rate", "slow_rate", "slow_s", "retry_after_s")
@@ -38,6 +39,8 @@ _AUTH_ERRORS: dict[str, tuple[int, str, str]] = {
     SINGLE: (401, "VALIDATION_ERROR", _NO_USER),
     QUERY: (401, "UNAUTHORIZED", "Missing or invalid authentication"),
     BALANCE: (400, "VALIDATION_ERROR", _NO_ORG),
+    # The search page shows no error table: answered like the other entity operations.
+    SEARCH: (401, "UNAUTHORIZED", "Missing or invalid authentication"),
 }
 
 
@@ -70,6 +73,8 @@ class LanceSimulator:
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.admin_requests: Counter[str] = Counter()
+        self.directory = search.Directory(self.config.people, seed)
+        self.searches: Counter[str] = Counter()
         self.app = self.create_app()
 
     @property
@@ -102,6 +107,7 @@ class LanceSimulator:
         add_post(SINGLE, self._trigger_one)
         add_get(SINGLE, self._status_one)
         add_get(PERSON, self._person)
+        add_post(SEARCH, self._search)
         add_get(COMPANY, self._company)
         add_get(BALANCE, self._balance)
         add_get("/_sim/stats", self._admin_stats)
@@ -214,7 +220,11 @@ class LanceSimulator:
             },
             "records": {"total": by_status.total(), "byStatus": dict(by_status)},
             "faults": self._fault_settings(),
+            "searches": {"total": self.searches["total"], "byFilter": self._search_kinds()},
         }
+
+    def _search_kinds(self) -> dict[str, int]:
+        return {kind: n for kind, n in sorted(self.searches.items()) if kind != "total"}
 
     def _fault_settings(self) -> dict[str, float]:
         return {name: getattr(self.config, name) for name in FAULT_SETTINGS}
@@ -321,9 +331,26 @@ class LanceSimulator:
             raise ApiError(404, "NOT_FOUND", f"Entity {entity_id} not found")
         return entity_id.lower()
 
+    def _person_json(self, person_id: str, now: float) -> dict[str, object]:
+        person = self._store.person(person_id, now)
+        twin_url = self.directory.url_overrides.get(person_id)
+        if twin_url is not None:
+            person["linkedinUrl"] = twin_url
+        return person
+
     async def _person(self, request: web.Request) -> web.Response:
         entity_id = self._entity_id(request)
-        return _http.json_response(self._store.person(entity_id, self._now()))
+        return _http.json_response(self._person_json(entity_id, self._now()))
+
+    async def _search(self, request: web.Request) -> web.Response:
+        self._authorize(request, SEARCH)
+        query = search.parse(await validation.read_json(request))
+        self.searches["total"] += 1
+        self.searches.update(search.counted_kind(query.kinds))
+        ids, total = self.directory.search(query)
+        now = self._now()
+        people = [self._person_json(person_id, now) for person_id in ids]
+        return _http.json_response(search.spring_page(people, total, query.page, query.size))
 
     async def _company(self, request: web.Request) -> web.Response:
         entity_id = self._entity_id(request)
