@@ -8,9 +8,10 @@ Lance are translated.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Required
+from typing import Any, Literal, Required
 
 import aiohttp
 import orjson
@@ -33,6 +34,9 @@ TERMINAL_STATUSES = frozenset(
     }
 )
 Key = tuple[str, str, str]  # (entityType, entityId, field)
+SEARCH_SIZE_MAX = 100
+NameMode = Literal["SMART", "WORD", "STRICT"]
+NAME_MODES: frozenset[str] = frozenset({"SMART", "WORD", "STRICT"})
 
 
 class Enrichment(TypedDict, total=False):
@@ -70,6 +74,21 @@ _KINDS: dict[str, tuple[type, ...]] = {
 def key_of(record: Mapping[str, Any]) -> Key:
     """The (entityType, entityId, field) a record answers for; entityType defaults to person."""
     return (record.get("entityType") or "person", record["entityId"], record["field"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PersonPage:
+    """One page of a person search.
+
+    Attributes:
+        people: The candidates as Lance sent them, each with a non-empty string ``id``.
+        total: ``totalElements`` when Lance sent it as an integer, else ``None``.
+        skipped: Candidates left out because they had no usable ``id``.
+    """
+
+    people: list[dict[str, Any]]
+    total: int | None
+    skipped: int
 
 
 class LanceClient:
@@ -144,6 +163,30 @@ class LanceClient:
                 f"GET {path}: expected an object, got {type(data).__name__}"
             )
         return data
+
+    async def search_people(
+        self,
+        *,
+        linkedin_url: str | None = None,
+        full_name: str | None = None,
+        name_mode: NameMode = "STRICT",
+        company: str | None = None,
+        page: int = 0,
+        size: int = 10,
+    ) -> PersonPage:
+        """Search Lance's people by LinkedIn URL, full name and current company (all ANDed).
+
+        Raises:
+            ValueError: No filter, a blank one, an unknown ``name_mode`` or ``page``/``size``
+                outside 0-100 (page: at least 0); no request is made.
+        """
+        contact = _contact_filters(linkedin_url, full_name, name_mode, company)
+        if isinstance(page, bool) or not isinstance(page, int) or page < 0:
+            raise ValueError("page must be an integer of at least 0")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= SEARCH_SIZE_MAX:
+            raise ValueError(f"size must be an integer between 0 and {SEARCH_SIZE_MAX}")
+        body = {"page": page, "size": size, "contact": contact}
+        return _person_page(await self._call("POST", "/entities/prospects/person", json_body=body))
 
     async def balance(self) -> int:
         """The organization's credit balance (also a cheap check that the token works)."""
@@ -222,6 +265,49 @@ def _records(data: Any) -> list[Enrichment]:
         if problem:
             raise errors.LanceRetryableError(f"unexpected enrichment records: [{index}] {problem}")
     return data
+
+
+def _contact_filters(
+    linkedin_url: str | None, full_name: str | None, name_mode: str, company: str | None
+) -> dict[str, Any]:
+    """The documented ``contact.*`` filter objects for the keys given."""
+    if name_mode not in NAME_MODES:
+        raise ValueError(f"name_mode must be one of: {', '.join(sorted(NAME_MODES))}")
+    contact: dict[str, Any] = {}
+    for name, value in (
+        ("linkedin_url", linkedin_url),
+        ("full_name", full_name),
+        ("company", company),
+    ):
+        if value is not None and not value.strip():
+            raise ValueError(f"{name} is blank")
+    if linkedin_url is not None:
+        contact["socialMediaLink"] = {"any": {"include": [linkedin_url.strip()]}}
+    if full_name is not None:
+        include = {"mode": name_mode, "content": [full_name.strip()]}
+        contact["fullName"] = {"any": {"include": include}}
+    if company is not None:
+        contact["company"] = {"current": {"any": {"include": [company.strip()]}}}
+    if not contact:
+        raise ValueError("a person search needs linkedin_url, full_name or company")
+    return contact
+
+
+def _person_page(data: Any) -> PersonPage:
+    """A Spring page of people; unknown keys ignored, a candidate without an id skipped."""
+    if isinstance(data, dict):
+        content, total = data.get("content"), data.get("totalElements")
+    else:  # a bare array of people: tolerated, as on the batch trigger
+        content, total = data, None
+    if not isinstance(content, list):
+        raise errors.LanceRetryableError(
+            f"unexpected person search answer: expected a page, got {type(data).__name__}"
+        )
+    people = [
+        p for p in content if isinstance(p, dict) and isinstance(p.get("id"), str) and p["id"]
+    ]
+    known_total = total if isinstance(total, int) and not isinstance(total, bool) else None
+    return PersonPage(people, known_total, len(content) - len(people))
 
 
 def _record_ok(record: Any) -> bool:
