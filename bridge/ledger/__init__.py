@@ -204,7 +204,11 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
-        """(key, objectType, objectId) of events waiting for a record read, oldest first."""
+        """(key, objectType, objectId) of events waiting for a record read, oldest first.
+
+        Where replicas share the ledger the events returned are claimed (leased like the other
+        jobs' rows), so no two replicas read the same record.
+        """
 
     @abc.abstractmethod
     async def resolve(
