@@ -10,11 +10,14 @@
 # same bits. Linted in CI with hadolint (.hadolint.yaml).
 
 FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS build
+# `--build-arg EXTRAS=[postgres]` adds the PostgreSQL ledger's driver (docker-compose.yml does).
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY bridge ./bridge
 COPY connectors ./connectors
-RUN pip wheel --no-cache-dir --disable-pip-version-check -c constraints.txt --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --disable-pip-version-check -c constraints.txt --wheel-dir /wheels ".${EXTRAS}" \
+    && echo "${EXTRAS}" > /wheels/extras
 
 FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -24,7 +27,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 COPY --from=build /src/constraints.txt /tmp/constraints.txt
 RUN pip install --no-cache-dir --disable-pip-version-check --no-index --find-links=/wheels \
-        -c /tmp/constraints.txt lance-bridge \
+        -c /tmp/constraints.txt "lance-bridge$(cat /wheels/extras)" \
     && rm -rf /wheels /tmp/constraints.txt \
     && groupadd --system --gid 10001 lance \
     && useradd --system --uid 10001 --gid lance --home-dir /data --no-create-home \

@@ -148,6 +148,7 @@ def _jobs_ctx(
                 "deliver": (s.delivery.interval_seconds, bridge.jobs.dispatcher.run_once),
                 "resolve": (s.inbound.interval_seconds, bridge.jobs.resolver.run_once),
                 "ledger": (ledger.WATCH_INTERVAL_S, bridge.ledger.watch),
+                "heartbeat": (ledger.HEARTBEAT_INTERVAL_S, bridge.heartbeat),
             },
             observe=app[runtime.METRICS].job_ran,
         )

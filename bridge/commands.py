@@ -121,10 +121,11 @@ async def migrate(settings: settings_mod.Settings, _: argparse.Namespace) -> int
 
 
 async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
-    """Counts by state, oldest in-flight age, dead deliveries, last poll."""
+    """Counts by state, oldest in-flight age, dead deliveries, last poll, replicas."""
     store = await _open_existing(settings)
     try:
         facts = await store.counts()
+        replicas = await store.replicas()
     finally:
         await store.close()
     console = Console()
@@ -146,7 +147,20 @@ async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
     console.print(f"oldest in flight: {age}; last poll: {facts['lastPollAt'] or 'never'}")
     if facts["triggersHeld"]:
         console.print(f"[bold red]triggers held since {facts['triggersHeld']}[/]")
+    console.print(_replica_table(replicas, time.time()))
     return EXIT_OK
+
+
+def _replica_table(replicas: list[ledger.Replica], now: float) -> Table:
+    """Who shares the ledger: each replica's id, last heartbeat and the rows it holds."""
+    table = Table(title="replicas")
+    table.add_column("replica")
+    table.add_column("last heartbeat", justify="right")
+    table.add_column("rows held", justify="right")
+    for replica in replicas:
+        age = f"{max(0.0, now - replica.last_heartbeat):.0f} s ago"
+        table.add_row(replica.id, age, str(replica.held))
+    return table
 
 
 async def enrichments(settings: settings_mod.Settings, args: argparse.Namespace) -> int:

@@ -74,6 +74,7 @@ class LedgerFigures:
             deficit the ledger already had when the process started is not counted.
         unknown_states: Enrichment and delivery rows in a state the bridge does not know.
         inbound: Events CRMs sent that the ledger still keeps, by (connector, state).
+        replicas: The ``serve`` replicas registered in the ledger.
     """
 
     read_at: float
@@ -86,6 +87,7 @@ class LedgerFigures:
     undelivered: dict[str, int]
     unknown_states: int
     inbound: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    replicas: tuple[ledger.Replica, ...] = ()
 
     @property
     def invariant_ok(self) -> bool:
@@ -187,6 +189,7 @@ async def read_ledger(
         },
         unknown_states=_unknown_states(snap),
         inbound=inbound,
+        replicas=tuple(await store.replicas()),
     )
 
 
@@ -314,7 +317,32 @@ def _ledger_families(figures: LedgerFigures, connectors: tuple[str, ...]) -> Ite
     for (name, state), n in sorted(figures.inbound.items()):
         inbound.add_metric([name, state], n)
     yield from (states, awaiting, deliveries, oldest, charged, inbound)
+    yield from _replica_families(figures)
     yield from _invariant_families(figures)
+
+
+def _replica_families(figures: LedgerFigures) -> Iterator[Metric]:
+    count = _gauge(
+        "replicas",
+        "serve replicas registered in the ledger (SQLite: the one serve of the file);"
+        " a registration stays after its replica stops, see replica_heartbeat_age_seconds.",
+    )
+    count.add_metric([], len(figures.replicas))
+    age = _gauge(
+        "replica_heartbeat_age_seconds",
+        "Seconds since each replica's last heartbeat; far above 15 means it is gone and its"
+        " claims come back when their lease ends.",
+        ("replica",),
+    )
+    held = _gauge(
+        "replica_claims",
+        "Enrichments, deliveries and inbound events each replica holds a claim on now.",
+        ("replica",),
+    )
+    for replica in figures.replicas:
+        age.add_metric([replica.id], max(0.0, figures.read_at - replica.last_heartbeat))
+        held.add_metric([replica.id], replica.held)
+    yield from (count, age, held)
 
 
 def _invariant_families(figures: LedgerFigures) -> Iterator[Metric]:

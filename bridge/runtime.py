@@ -35,6 +35,10 @@ class Bridge:
             return False
         return self.supervisor is None or self.supervisor.running
 
+    async def heartbeat(self) -> None:
+        """The heartbeat job's single pass: this replica is alive; its leases are renewed."""
+        await self.ledger.heartbeat(self.clock())
+
     def live_metrics(self) -> metrics.Live:
         """The in-process counters of the parts that are open."""
         return metrics.Live(

@@ -244,6 +244,7 @@ class Ready(_Out):
     """``GET /readyz`` once the ledger is open and the jobs run."""
 
     status: Literal["ready"]
+    replica: str | None = None  # the replica that answered (ledger.replica_id or its own)
 
 
 class NotReady(_Out):
@@ -251,3 +252,4 @@ class NotReady(_Out):
 
     status: Literal["starting", "ledger_unavailable"]
     detail: str | None = None  # why the ledger is unavailable (no path, no data)
+    replica: str | None = None  # the replica that answered, once its ledger is open

@@ -61,6 +61,8 @@ class LedgerSettings(_Section):
     synchronous: Literal["normal", "full"] = "normal"
     url: SecretStr = SecretStr("")
     password_file: str = ""  # a file holding the PostgreSQL password (Docker secrets)
+    # This replica's name on its claims, in `status` and /metrics; empty: hostname-pid-random.
+    replica_id: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
 
     @pydantic.field_validator("url")
     @classmethod

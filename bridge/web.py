@@ -328,13 +328,16 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The ledger is open and usable, and the jobs are running."""
+    """The ledger is open and usable, and the jobs are running; names this replica."""
     bridge = request.app.get(runtime.BRIDGE)
+    # Which replica answered: behind a load balancer, the one to look for in `status`.
+    who = {} if bridge is None else {"replica": bridge.ledger.replica}
     problem = None if bridge is None else bridge.ledger.check()
     if problem is not None:
-        return _json({"status": "ledger_unavailable", "detail": problem}, status=503)
+        return _json({"status": "ledger_unavailable", "detail": problem, **who}, status=503)
     ready = bridge is not None and bridge.ready()
-    return _json({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+    body = {"status": "ready" if ready else "starting", **who}
+    return _json(body, status=200 if ready else 503)
 
 
 async def metrics_text(request: web.Request) -> web.Response:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import os
+import secrets
+import socket
 import typing
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +26,9 @@ from bridge import settings as settings_mod
 # How often the ledger watch job checks that the store is still there and, after a failure,
 # whether it can be written again.
 WATCH_INTERVAL_S = 1.0
+# How often a replica records that it is alive and renews the leases of the rows it holds:
+# several times within one lease, so a replica that is alive never loses a claim to another.
+HEARTBEAT_INTERVAL_S = 15.0
 # Backend name → the module that implements it (each has an ``open`` like :func:`open`'s).
 BACKENDS = {"sqlite": "bridge.ledger.sqlite", "postgres": "bridge.ledger.postgres"}
 
@@ -112,6 +118,31 @@ class Progress:
     unsettled: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replica:
+    """A ``serve`` process sharing the ledger, as ``status`` and ``/metrics`` show it.
+
+    Attributes:
+        id: Its name on its claims (``ledger.replica_id`` or hostname-pid-random).
+        started_at: When it first registered (epoch seconds).
+        last_heartbeat: When it last said it is alive (epoch seconds).
+        held: Rows (enrichments, deliveries, inbound events) whose claim it holds now.
+    """
+
+    id: str
+    started_at: float
+    last_heartbeat: float
+    held: int
+
+
+def replica_id(config: settings_mod.LedgerSettings) -> str:
+    """This process's replica name: ``ledger.replica_id``, else hostname-pid-random."""
+    if config.replica_id:
+        return config.replica_id
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class Ledger(abc.ABC):
     """What the jobs, the web layer, the CLI and the metrics ask of the ledger.
 
@@ -122,6 +153,7 @@ class Ledger(abc.ABC):
 
     path: Path
     router: outbox.Router
+    replica: str = "local"  # this process's replica id (set by the backend's ``open``)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path}>"
@@ -172,7 +204,11 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
-        """(key, objectType, objectId) of events waiting for a record read, oldest first."""
+        """(key, objectType, objectId) of events waiting for a record read, oldest first.
+
+        Where replicas share the ledger the events returned are claimed (leased like the other
+        jobs' rows), so no two replicas read the same record.
+        """
 
     @abc.abstractmethod
     async def resolve(
@@ -236,6 +272,19 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def replay(self, ids: Iterable[int], now: float) -> list[int]:
         """Make dead deliveries pending again, due now; returns the ids that were dead."""
+
+    # -- replicas -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat(self, now: float) -> None:
+        """Record that this replica is alive at ``now`` and renew the leases of what it holds.
+
+        The heartbeat job's single pass; run far more often than a lease lasts.
+        """
+
+    @abc.abstractmethod
+    async def replicas(self) -> list[Replica]:
+        """The replicas that registered, most recent heartbeat first."""
 
     # -- meta -----------------------------------------------------------------------------
 

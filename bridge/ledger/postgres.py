@@ -13,7 +13,6 @@ since is refused (fenced).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,13 @@ LEASE_S = 60.0
 # lease ended (their replica stalled or died).
 _CLAIMABLE = "(claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
 
+# Lease renewal, one statement per table that holds claims.
+_RENEW = tuple(
+    f"UPDATE {table} SET claim_expires_at = %s WHERE claimed_by = %s"  # noqa: S608 (constant)
+    " AND claim_expires_at < %s"
+    for table in ("enrichments", "deliveries", "inbound")
+)
+
 migrate = postgres_db.migrate
 
 
@@ -56,7 +62,9 @@ async def open(
     del exclusive, initialize
     if not config.url.get_secret_value():
         raise errors.ConfigError("ledger.url is empty: set it to a postgresql:// URL")
-    return PostgresLedger(await postgres_db.Db.open(config), router)
+    store = PostgresLedger(await postgres_db.Db.open(config), router)
+    store.replica = ledger.replica_id(config)
+    return store
 
 
 class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
@@ -66,7 +74,7 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         self.path = Path(db.where)  # for messages only; never holds the password
         self.router = router
         self.db = db
-        self.replica = f"r_{uuid.uuid4().hex[:12]}"  # this process's name on its claims
+        self.replica = ledger.replica_id(settings_mod.LedgerSettings())  # :func:`open` names it
 
     def __repr__(self) -> str:
         return f"<PostgresLedger {self.db.where}>"
@@ -116,12 +124,23 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         )
 
     async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
-        """(key, objectType, objectId) of events waiting for a record read, oldest first."""
+        """Claim events waiting for a record read, oldest first: (key, objectType, objectId).
+
+        Events another replica holds are skipped, so no two replicas read the same record.
+        """
+        # The interface gives this verb no clock, so the lease runs on the server's.
         rows = await self.db.fetch(
-            "SELECT key, object_type, object_id FROM inbound"
-            " WHERE source = %s AND state = 'lookup' ORDER BY received_at LIMIT %s",
-            (source, limit),
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),"
+            " due AS (SELECT source, key FROM inbound, now WHERE source = %(source)s"
+            " AND state = 'lookup'"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= now.now)"
+            " ORDER BY received_at LIMIT %(limit)s FOR UPDATE OF inbound SKIP LOCKED)"
+            " UPDATE inbound i SET claimed_by = %(me)s, claim_expires_at = now.now + %(lease)s"
+            " FROM due, now WHERE i.source = due.source AND i.key = due.key"
+            " RETURNING i.key, i.object_type, i.object_id, i.received_at",
+            {"source": source, "me": self.replica, "limit": limit, "lease": LEASE_S},
         )
+        rows.sort(key=lambda r: (r[3], r[0]))
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     async def resolve(
@@ -132,7 +151,8 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             return model.Received()
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE inbound SET state = r.state, detail = r.detail, updated_at = %s"
+                "UPDATE inbound SET state = r.state, detail = r.detail, updated_at = %s,"
+                " claimed_by = NULL, claim_expires_at = NULL"
                 " FROM unnest(%s::text[], %s::text[], %s::text[]) AS r (key, state, detail)"
                 " WHERE inbound.source = %s AND inbound.key = r.key AND inbound.state = 'lookup'",
                 (
@@ -351,6 +371,36 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             )
             rows = await cursor.fetchall()
         return sorted(int(row[0]) for row in rows)
+
+    # -- replicas -------------------------------------------------------------------------
+
+    async def heartbeat(self, now: float) -> None:
+        """Register this replica as alive at ``now`` and renew the leases of what it holds.
+
+        A lease only grows here: a long round keeps its rows while its replica lives, and the
+        rows of a replica that died come back one lease after its last heartbeat.
+        """
+        until = now + LEASE_S
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO replicas (id, started_at, last_heartbeat) VALUES (%s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat",
+                (self.replica, now, now),
+            )
+            for sql in _RENEW:
+                await conn.execute(sql, (until, self.replica, until))
+
+    async def replicas(self) -> list[ledger.Replica]:
+        """The registered replicas, most recent heartbeat first, with the rows each holds."""
+        rows = await self.db.fetch(
+            "SELECT r.id, r.started_at, r.last_heartbeat,"
+            " (SELECT count(*) FROM enrichments WHERE claimed_by = r.id"
+            " AND state IN ('queued', 'pending'))"
+            " + (SELECT count(*) FROM deliveries WHERE claimed_by = r.id AND state = 'pending')"
+            " + (SELECT count(*) FROM inbound WHERE claimed_by = r.id AND state = 'lookup')"
+            " FROM replicas r ORDER BY r.last_heartbeat DESC, r.id"
+        )
+        return [ledger.Replica(str(r[0]), float(r[1]), float(r[2]), int(r[3])) for r in rows]
 
     # -- meta and inspection ---------------------------------------------------------------
 

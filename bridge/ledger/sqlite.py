@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from bridge import batching, ledger, model, outbox
 from bridge import settings as settings_mod
 from bridge.ledger import sqlite_db, sqlite_outbox, sqlite_reads, sqlite_rows
@@ -44,7 +46,13 @@ async def open(
         exclusive=exclusive,
         initialize=initialize,
     )
-    return SQLiteLedger(db, router)
+    store = SQLiteLedger(db, router)
+    store.replica = ledger.replica_id(config)
+    return store
+
+
+# The meta key of the one replica a SQLite file has (the ``serve`` holding its lock).
+_REPLICA_META = "replica"
 
 
 class SQLiteLedger(sqlite_reads.Reads, ledger.Ledger):
@@ -66,6 +74,29 @@ class SQLiteLedger(sqlite_reads.Reads, ledger.Ledger):
         await self._accepts.close()
         await self._applies.close()
         await self.db.close()
+
+    # -- replicas -------------------------------------------------------------------------
+
+    async def heartbeat(self, now: float) -> None:
+        """Record the one ``serve`` of this file as alive; SQLite has no claims to renew."""
+        known = await self._replica()
+        started = known.started_at if known and known.id == self.replica else now
+        data = {"id": self.replica, "started_at": started, "last_heartbeat": now}
+        await self.set_meta(_REPLICA_META, orjson.dumps(data).decode())
+
+    async def replicas(self) -> list[ledger.Replica]:
+        """The one ``serve`` that last ran on this file (none before its first heartbeat)."""
+        known = await self._replica()
+        return [known] if known else []
+
+    async def _replica(self) -> ledger.Replica | None:
+        text = await self.get_meta(_REPLICA_META)
+        if not text:
+            return None
+        data = orjson.loads(text)
+        return ledger.Replica(
+            str(data["id"]), float(data["started_at"]), float(data["last_heartbeat"]), 0
+        )
 
     # -- health ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bridge.sim import sink as sink_mod
@@ -48,6 +49,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*_cli(), *args], capture_output=True, text=True, timeout=60, check=False)
 
 
+async def _replica_of(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/readyz") as response:
+        assert response.status == 200
+        return str((await response.json())["replica"])
+
+
 async def test_serve_refuses_an_unmigrated_database_then_two_replicas_share_it(
     tmp_path: Path,
     url: str,
@@ -84,6 +91,13 @@ async def test_serve_refuses_an_unmigrated_database_then_two_replicas_share_it(
         return len(sink.received) >= COUNT
 
     await _eventually(all_delivered, "every delivery")
+    # Each replica names itself on /readyz; `status` lists both (their first heartbeat ran at
+    # start).
+    names = [await _replica_of(replica.url) for replica in replicas]
+    assert len(set(names)) == 2
+    status = await asyncio.to_thread(_run, "status", "-c", str(configs[0]))
+    assert status.returncode == 0, status.stderr
+    assert all(name in status.stdout for name in names), status.stdout
     for replica in replicas:
         assert await replica.stop(signal.SIGTERM) == 0
 

@@ -728,7 +728,8 @@ async def test_readyz_is_ready_once_the_jobs_are_built(api: Client) -> None:
     assert api.app[runtime.BRIDGE].supervisor is None
     response = await api.get("/readyz")
     assert response.status == 200
-    assert await response.json() == {"status": "ready"}
+    replica = api.app[runtime.BRIDGE].ledger.replica
+    assert await response.json() == {"status": "ready", "replica": replica}
 
 
 def _registered(client: Client) -> set[tuple[str, str]]:

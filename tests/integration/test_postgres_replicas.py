@@ -1,0 +1,162 @@
+"""Several replicas on one real PostgreSQL ledger: heartbeats renew leases, a dead replica's
+claims come back, the lookup job claims its events, and status, /metrics and /readyz show who
+is there."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from bridge import ledger, metrics, model
+from bridge import settings as settings_mod
+from bridge.ledger import postgres, postgres_db
+from tests import pg
+from tests.acceptance.test_serve import _cli
+
+NOW = 1_800_000_000.0
+
+
+def _config(url: str, replica_id: str = "") -> settings_mod.LedgerSettings:
+    return settings_mod.LedgerSettings(url=SecretStr(url), replica_id=replica_id)
+
+
+@pytest.fixture
+async def migrated() -> AsyncIterator[str]:
+    async with pg.schema() as url:
+        await postgres_db.migrate(_config(url))
+        yield url
+
+
+@pytest.fixture
+async def pair(migrated: str) -> AsyncIterator[tuple[ledger.Ledger, ledger.Ledger]]:
+    """Two replicas, ``alpha`` and ``beta``, sharing one migrated schema."""
+    first = await ledger.open(_config(migrated, "alpha"))
+    second = await ledger.open(_config(migrated, "beta"))
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+def _tracked(n: int) -> list[model.Task]:
+    return [model.Task("person", str(uuid.uuid4()), "emails", "track") for _ in range(n)]
+
+
+async def test_a_heartbeat_renews_the_leases_its_replica_holds(
+    pair: tuple[ledger.Ledger, ledger.Ledger],
+) -> None:
+    first, second = pair
+    await first.accept(_tracked(3), NOW)
+    mine = await first.due_for_poll(NOW + 1, limit=10)
+    assert len(mine) == 3
+
+    # A round longer than one lease: alpha's heartbeats keep its rows while it lives.
+    await first.heartbeat(NOW + 40)
+    assert await second.due_for_poll(NOW + 1 + postgres.LEASE_S + 1, limit=10) == []
+    await first.heartbeat(NOW + 90)
+    assert await second.due_for_poll(NOW + 140, limit=10) == []
+
+    # alpha's write still lands: the lease it renewed is its own.
+    await first.apply([ledger.Change(r.id, "pending", next_poll_at=NOW + 141) for r in mine], NOW)
+    assert len(await second.due_for_poll(NOW + 141, limit=10)) == 3
+
+
+async def test_a_dead_replicas_claims_come_back_one_lease_after_its_last_heartbeat(
+    pair: tuple[ledger.Ledger, ledger.Ledger],
+) -> None:
+    first, second = pair
+    await first.accept(_tracked(2), NOW)
+    mine = await first.due_for_poll(NOW + 1, limit=10)
+    await first.heartbeat(NOW + 30)  # alpha's last sign of life; then it is killed
+
+    assert await second.due_for_poll(NOW + 30 + postgres.LEASE_S - 1, limit=10) == []
+    taken = await second.due_for_poll(NOW + 30 + postgres.LEASE_S, limit=10)
+    assert {r.id for r in taken} == {r.id for r in mine}
+    # A heartbeat never takes back what another replica claimed since.
+    await first.heartbeat(NOW + 95)
+    assert {r.id for r in await second.due_for_poll(NOW + 96, limit=10)} == {r.id for r in mine}
+
+
+async def test_the_lookup_job_claims_its_events_exclusively(
+    pair: tuple[ledger.Ledger, ledger.Ledger],
+) -> None:
+    first, second = pair
+    events = [model.Inbound(f"evt-{i}", lookup=("contact", str(i))) for i in range(5)]
+    received = await first.receive("hubspot", events, NOW)
+    assert received.lookups == 5
+
+    mine = await first.lookups("hubspot", 3)
+    theirs = await second.lookups("hubspot", 100)
+
+    assert (len(mine), len(theirs)) == (3, 2)
+    assert {key for key, _, _ in mine}.isdisjoint({key for key, _, _ in theirs})
+    assert mine == [("evt-0", "contact", "0"), ("evt-1", "contact", "1"), ("evt-2", "contact", "2")]
+    # The holder reads its own again (a failed round retries); nobody else does.
+    assert await first.lookups("hubspot", 100) == mine
+    assert await second.lookups("hubspot", 100) == theirs
+    # Settled events leave the claim behind them.
+    task = model.Task("person", str(uuid.uuid4()), "emails")
+    await first.resolve("hubspot", [model.Inbound("evt-0", tasks=(task,))], NOW + 1)
+    assert [key for key, _, _ in await first.lookups("hubspot", 100)] == ["evt-1", "evt-2"]
+
+
+async def test_status_and_metrics_show_each_replica_with_what_it_holds(
+    pair: tuple[ledger.Ledger, ledger.Ledger], migrated: str, tmp_path: Path
+) -> None:
+    first, second = pair
+    await first.accept(_tracked(5), NOW)
+    await first.due_for_poll(NOW + 1, limit=3)
+    await second.due_for_poll(NOW + 1, limit=100)
+    await first.heartbeat(NOW + 10)
+    await second.heartbeat(NOW + 12)
+
+    replicas = await first.replicas()
+    assert [(r.id, r.last_heartbeat, r.held) for r in replicas] == [
+        ("beta", NOW + 12, 2),
+        ("alpha", NOW + 10, 3),
+    ]
+
+    text = (await metrics.Metrics().render(first, metrics.Live(), NOW + 20)).decode()
+    assert "lance_bridge_replicas 2.0" in text
+    assert 'lance_bridge_replica_claims{replica="alpha"} 3.0' in text
+    assert 'lance_bridge_replica_heartbeat_age_seconds{replica="beta"} 8.0' in text
+
+    config = tmp_path / "lance-bridge.toml"
+    config.write_text("[ledger]\n")
+    env = {"LANCE_BRIDGE_LEDGER__URL": migrated, "PATH": "/usr/bin:/bin", "COLUMNS": "120"}
+    process = await asyncio.create_subprocess_exec(
+        *_cli(), "status", "-c", str(config), env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    lines = {
+        line.split()[1]: line
+        for line in out.decode().splitlines()
+        if "│ alpha" in line or "│ beta" in line
+    }
+    assert set(lines) == {"alpha", "beta"}
+    assert lines["alpha"].split()[-2] == "3"
+    assert lines["beta"].split()[-2] == "2"
+
+
+async def test_a_replica_without_a_configured_id_names_itself_host_pid_random(
+    migrated: str,
+) -> None:
+    store = await ledger.open(_config(migrated))
+    other = await ledger.open(_config(migrated))
+    try:
+        assert store.replica != other.replica
+        assert store.replica.split("-")[-2] == str(os.getpid())
+        await store.heartbeat(NOW)
+        assert [r.id for r in await other.replicas()] == [store.replica]
+    finally:
+        await store.close()
+        await other.close()
