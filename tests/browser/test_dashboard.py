@@ -137,3 +137,15 @@ async def test_an_operator_follows_work_through_the_dashboard(
     await expect(page).to_have_url(f"{base}/ui/login")
     await page.goto(f"{base}/ui/deliveries")
     await expect(page).to_have_url(f"{base}/ui/login")
+
+
+def test_without_chromium_the_browser_tests_skip_and_fail_in_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(f"{__name__}.CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        _need_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="is missing"):
+        _need_chromium()
