@@ -27,6 +27,7 @@ from bridge import (
     runtime,
     scheduler,
     triggerer,
+    ui,
 )
 from bridge import settings as settings_mod
 from bridge import (
@@ -75,6 +76,8 @@ def create_app(
     app.cleanup_ctx.append(_connectors_ctx)
     app.cleanup_ctx.append(_jobs_ctx(run_jobs, rng or random.Random()))  # noqa: S311 - jitter
     routes.setup_routes(app)
+    if settings.ui.enabled:
+        ui.setup(app, clock)
     return app
 
 

@@ -171,6 +171,13 @@ class LogSettings(_Section):
     format: Literal["console", "json"] = "console"
 
 
+class UISettings(_Section):
+    """``[ui]``: the web dashboard at ``/ui/``."""
+
+    enabled: bool = True
+    session_seconds: int = Field(default=28_800, ge=60, le=2_592_000)
+
+
 class Settings(pydantic_settings.BaseSettings):
     """The whole configuration. Build it with :func:`load`."""
 
@@ -185,6 +192,7 @@ class Settings(pydantic_settings.BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     inbound: InboundSettings = InboundSettings()
     log: LogSettings = LogSettings()
+    ui: UISettings = UISettings()
     connectors: tuple[connector.ConnectorConfig, ...] = ()
 
     @pydantic.field_validator("connectors", mode="before")
