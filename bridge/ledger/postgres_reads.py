@@ -1,7 +1,7 @@
 """The PostgreSQL ledger's reads: the views the HTTP API, the CLI and the metrics show.
 
-The API shapes are the SQLite backend's own (:func:`~bridge.ledger.sqlite_reads.enrichment_json`
-and :func:`~bridge.ledger.sqlite_reads.delivery_json`), so both backends answer alike.
+The API shapes and the reads whose SQL is the same in both backends are
+:mod:`bridge.ledger.reads`; these are the ones PostgreSQL answers its own way.
 """
 
 from __future__ import annotations
@@ -12,18 +12,13 @@ from typing import Any
 import psycopg
 
 from bridge import ledger, model
-from bridge.ledger import postgres_db
-from bridge.ledger.sqlite_reads import (
-    DELIVERY_LIST_COLUMNS,
-    ENRICHMENT_COLUMNS,
-    delivery_json,
-    enrichment_json,
-)
+from bridge.ledger import postgres_db, reads
 
 
-class Reads:
+class Reads(reads.Reads):
     """The read verbs of :class:`~bridge.ledger.postgres.PostgresLedger`."""
 
+    PARAM = "%s"
     db: postgres_db.Db
 
     async def enrichments(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -32,7 +27,7 @@ class Reads:
             return {}
         wanted = sorted(set(ids))
         rows = await self.db.fetch(
-            f"SELECT {ENRICHMENT_COLUMNS} FROM enrichments WHERE id = ANY(%s)",  # noqa: S608
+            f"SELECT {reads.ENRICHMENT_COLUMNS} FROM enrichments WHERE id = ANY(%s)",  # noqa: S608
             (wanted,),
         )
         targets: dict[int, list[model.Target]] = {}
@@ -42,7 +37,9 @@ class Reads:
             (wanted,),
         ):
             targets.setdefault(int(row[0]), []).append(model.Target(row[1], row[2], row[3]))
-        return {int(row[0]): enrichment_json(row, targets.get(int(row[0]), ())) for row in rows}
+        return {
+            int(row[0]): reads.enrichment_json(row, targets.get(int(row[0]), ())) for row in rows
+        }
 
     async def list_enrichments(
         self,
@@ -89,72 +86,6 @@ class Reads:
         found = await self.enrichments([int(row[0]) for row in rows])
         return {(e["entityType"], e["entityId"], e["field"]): e for e in found.values()}
 
-    async def list_deliveries(
-        self,
-        *,
-        state: str | None = None,
-        connector: str | None = None,
-        enrichment_id: int | None = None,
-        after: int = 0,
-        limit: int = 100,
-        updated_after: float | None = None,
-        updated_before: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """A page of deliveries in id order, starting after ``after``."""
-        clauses = ["id > %s"]
-        params: list[Any] = [after]
-        for clause, value in (
-            ("state = %s", state),
-            ("connector = %s", connector),
-            ("enrichment_id = %s", enrichment_id),
-            ("updated_at >= %s", updated_after),
-            ("updated_at <= %s", updated_before),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                params.append(value)
-        rows = await self.db.fetch(
-            f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries"  # noqa: S608 - fixed clauses
-            f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT %s",
-            (*params, limit),
-        )
-        return [delivery_json(row) for row in rows]
-
-    async def delivery(self, delivery_id: int) -> dict[str, Any] | None:
-        """One delivery, or ``None``."""
-        rows = await self.db.fetch(
-            f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries WHERE id = %s",  # noqa: S608
-            (delivery_id,),
-        )
-        return delivery_json(rows[0]) if rows else None
-
-    async def counts(self) -> dict[str, Any]:
-        """Counts by state, the oldest in-flight age and the last poll, for ``status``."""
-        rows = await self.db.fetch("SELECT state, count(*) FROM enrichments GROUP BY 1")
-        by_state = {str(state): int(n) for state, n in rows}
-        deliveries: dict[str, dict[str, int]] = {}
-        for name, state, n in await self.db.fetch(
-            "SELECT connector, state, count(*) FROM deliveries GROUP BY 1, 2"
-        ):
-            deliveries.setdefault(str(name), {})[str(state)] = int(n)
-        oldest = await self.db.fetch(
-            "SELECT min(created_at) FROM enrichments WHERE state IN ('queued', 'pending')"
-        )
-        return {
-            "enrichments": by_state,
-            "deliveries": deliveries,
-            "oldestInFlightCreatedAt": oldest[0][0] if oldest else None,
-            "lastPollAt": await self.get_meta("last_poll_at"),
-            "triggersHeld": (await self.get_meta("trigger_held") or None)
-            if by_state.get(model.EnrichmentState.QUEUED)
-            else None,
-        }
-
-    async def get_meta(self, key: str) -> str | None:
-        """A value from the ``meta`` table."""
-        rows = await self.db.fetch("SELECT value FROM meta WHERE key = %s", (key,))
-        return str(rows[0][0]) if rows else None
-
     async def snapshot(self) -> ledger.Snapshot:
         """The metrics' counts, from one REPEATABLE READ transaction (one snapshot)."""
         async with self.db.transaction() as conn:
@@ -193,37 +124,6 @@ class Reads:
             (after, upto),
         )
         return {str(field): int(n) for field, n in rows}
-
-    async def inbound_counts(self) -> dict[tuple[str, str], int]:
-        """Inbound events kept, by (source, state)."""
-        rows = await self.db.fetch("SELECT source, state, count(*) FROM inbound GROUP BY 1, 2")
-        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
-
-    async def count_enrichments(self, state: model.EnrichmentState) -> int:
-        """How many enrichments are in ``state``."""
-        rows = await self.db.fetch(
-            "SELECT count(*) FROM enrichments WHERE state = %s", (state.value,)
-        )
-        return int(rows[0][0])
-
-    async def count_deliveries(self, state: model.DeliveryState) -> int:
-        """How many deliveries are in ``state``."""
-        rows = await self.db.fetch(
-            "SELECT count(*) FROM deliveries WHERE state = %s", (state.value,)
-        )
-        return int(rows[0][0])
-
-    async def progress(self) -> ledger.Progress:
-        """Ended enrichments whose events are written, acknowledged and other deliveries."""
-        terminal = await self.db.fetch(
-            "SELECT count(*) FROM enrichments WHERE state NOT IN ('queued', 'pending')"
-            " AND needs_fetch = 0"
-        )
-        deliveries = await self.db.fetch(
-            "SELECT count(*) FILTER (WHERE state = 'delivered'),"
-            " count(*) FILTER (WHERE state != 'delivered') FROM deliveries"
-        )
-        return ledger.Progress(int(terminal[0][0]), int(deliveries[0][0]), int(deliveries[0][1]))
 
 
 async def _all(conn: psycopg.AsyncConnection[Any], sql: str) -> list[tuple[Any, ...]]:

@@ -1,0 +1,227 @@
+"""The ledger reads both backends answer alike: the API row shapes and the verbs whose SQL is
+the same in SQLite and PostgreSQL but for the parameter placeholder.
+
+Each backend's ``Reads`` extends :class:`Reads` with its placeholder and the reads that differ
+(JSON functions, arrays, snapshots).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Protocol
+
+from bridge import ledger, model, outbox
+
+
+class Fetches(Protocol):
+    """What the shared reads need of a backend's database handle."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ..., /) -> Sequence[Sequence[Any]]:
+        """The rows of one read."""
+
+
+ENRICHMENT_COLUMNS = (
+    "id, entity_type, entity_id, field, mode, state, lance_id, record, data_found, needs_fetch,"
+    " enriched, error, polls, created_at, updated_at, finished_at"
+)
+
+
+DELIVERY_LIST_COLUMNS = (
+    "id, enrichment_id, connector, object_type, object_id, event_type, message_id, state,"
+    " attempts, next_attempt_at, last_error, response_status, created_at, updated_at"
+)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else outbox.iso(ts)
+
+
+def enrichment_json(row: Sequence[Any], targets: Iterable[model.Target] = ()) -> dict[str, Any]:
+    """A row of :data:`ENRICHMENT_COLUMNS` in the API shape."""
+    (
+        row_id,
+        etype,
+        eid,
+        field,
+        mode,
+        state,
+        lance_id,
+        record,
+        found,
+        needs_fetch,
+        enriched,
+        error,
+        polls,
+        created,
+        updated,
+        finished,
+    ) = row
+    return {
+        "id": row_id,
+        "entityType": etype,
+        "entityId": eid,
+        "field": field,
+        "mode": mode,
+        "state": state,
+        "lanceId": lance_id,
+        "dataFound": None if found is None else bool(found),
+        "awaitingValues": bool(needs_fetch),
+        "values": json.loads(enriched) if enriched else None,
+        "error": error,
+        "polls": polls,
+        "record": json.loads(record) if record else None,
+        "targets": [t.as_json() for t in targets],
+        "createdAt": _iso(created),
+        "updatedAt": _iso(updated),
+        "finishedAt": _iso(finished),
+    }
+
+
+def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of :data:`DELIVERY_LIST_COLUMNS` in the API shape."""
+    (
+        row_id,
+        enrichment_id,
+        name,
+        otype,
+        oid,
+        event_type,
+        message_id,
+        state,
+        attempts,
+        next_at,
+        error,
+        status,
+        created,
+        updated,
+    ) = row
+    return {
+        "id": row_id,
+        "enrichmentId": enrichment_id,
+        "connector": name,
+        "target": model.target_json(name, otype, oid),
+        "eventType": event_type,
+        "messageId": message_id,
+        "state": state,
+        "attempts": attempts,
+        "nextAttemptAt": _iso(next_at),
+        "lastError": error,
+        "responseStatus": status,
+        "createdAt": _iso(created),
+        "updatedAt": _iso(updated),
+    }
+
+
+class Reads:
+    """The read verbs common to every SQL backend; ``PARAM`` is its parameter placeholder."""
+
+    PARAM: ClassVar[str]
+    db: Fetches
+
+    async def list_deliveries(
+        self,
+        *,
+        state: str | None = None,
+        connector: str | None = None,
+        enrichment_id: int | None = None,
+        after: int = 0,
+        limit: int = 100,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """A page of deliveries in id order, starting after ``after``.
+
+        ``updated_after`` / ``updated_before`` bound ``updated_at`` (Unix seconds, inclusive): the
+        last attempt or change, so for a dead delivery the time it died.
+        """
+        clauses: list[str] = [f"id > {self.PARAM}"]
+        params: list[Any] = [after]
+        for clause, value in (
+            (f"state = {self.PARAM}", state),
+            (f"connector = {self.PARAM}", connector),
+            (f"enrichment_id = {self.PARAM}", enrichment_id),
+            (f"updated_at >= {self.PARAM}", updated_after),
+            (f"updated_at <= {self.PARAM}", updated_before),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        rows = await self.db.fetch(
+            f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries"  # noqa: S608 - fixed clauses
+            f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT {self.PARAM}",
+            (*params, limit),
+        )
+        return [delivery_json(row) for row in rows]
+
+    async def delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        """One delivery, or ``None``."""
+        rows = await self.db.fetch(
+            f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries WHERE id = {self.PARAM}",  # noqa: S608
+            (delivery_id,),
+        )
+        return delivery_json(rows[0]) if rows else None
+
+    async def counts(self) -> dict[str, Any]:
+        """Counts by state, the oldest in-flight age and the last poll, for ``status``."""
+        rows = await self.db.fetch("SELECT state, count(*) FROM enrichments GROUP BY 1")
+        by_state = {str(state): int(n) for state, n in rows}
+        deliveries: dict[str, dict[str, int]] = {}
+        for name, state, n in await self.db.fetch(
+            "SELECT connector, state, count(*) FROM deliveries GROUP BY 1, 2"
+        ):
+            deliveries.setdefault(str(name), {})[str(state)] = int(n)
+        oldest = await self.db.fetch(
+            "SELECT min(created_at) FROM enrichments WHERE state IN ('queued', 'pending')"
+        )
+        return {
+            "enrichments": by_state,
+            "deliveries": deliveries,
+            "oldestInFlightCreatedAt": oldest[0][0] if oldest else None,
+            "lastPollAt": await self.get_meta("last_poll_at"),
+            # Nothing queued, nothing held: a hold left by a process that stopped means nothing.
+            "triggersHeld": (await self.get_meta("trigger_held") or None)
+            if by_state.get(model.EnrichmentState.QUEUED)
+            else None,
+        }
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value from the ``meta`` table."""
+        rows = await self.db.fetch(
+            f"SELECT value FROM meta WHERE key = {self.PARAM}",  # noqa: S608 - placeholder
+            (key,),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def count_enrichments(self, state: model.EnrichmentState) -> int:
+        """How many enrichments are in ``state`` (read from ``enrichments_by_state``)."""
+        rows = await self.db.fetch(
+            f"SELECT count(*) FROM enrichments WHERE state = {self.PARAM}",  # noqa: S608
+            (state.value,),
+        )
+        return int(rows[0][0])
+
+    async def count_deliveries(self, state: model.DeliveryState) -> int:
+        """How many deliveries are in ``state`` (read from ``deliveries_by_state``)."""
+        rows = await self.db.fetch(
+            f"SELECT count(*) FROM deliveries WHERE state = {self.PARAM}",  # noqa: S608
+            (state.value,),
+        )
+        return int(rows[0][0])
+
+    async def inbound_counts(self) -> dict[tuple[str, str], int]:
+        """Inbound events kept, by (source, state)."""
+        rows = await self.db.fetch("SELECT source, state, count(*) FROM inbound GROUP BY 1, 2")
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    async def progress(self) -> ledger.Progress:
+        """Ended enrichments whose events are written, acknowledged and other deliveries."""
+        terminal = await self.db.fetch(
+            "SELECT count(*) FROM enrichments WHERE state NOT IN ('queued', 'pending')"
+            " AND needs_fetch = 0"
+        )
+        deliveries = await self.db.fetch(
+            "SELECT count(*) FILTER (WHERE state = 'delivered'),"
+            " count(*) FILTER (WHERE state != 'delivered') FROM deliveries"
+        )
+        return ledger.Progress(int(terminal[0][0]), int(deliveries[0][0]), int(deliveries[0][1]))
