@@ -21,7 +21,7 @@ import orjson
 
 from bridge import errors, ledger, model, outbox
 from bridge import settings as settings_mod
-from bridge.ledger import postgres_db, postgres_reads, postgres_rows
+from bridge.ledger import events, postgres_db, postgres_reads, postgres_rows
 
 _PENDING = model.EnrichmentState.PENDING.value
 _FINISHED = model.EnrichmentState.FINISHED.value
@@ -305,7 +305,7 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
         )
         rows.sort(key=lambda r: (r[10], r[0]))
-        return [postgres_rows.delivery_of(row) for row in rows]
+        return [events.delivery_of(row) for row in rows]
 
     async def defer(self, ids: Sequence[int], until: float) -> None:
         """Put pending deliveries off until ``until`` (no attempt is counted)."""

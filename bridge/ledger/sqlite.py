@@ -18,7 +18,7 @@ import orjson
 
 from bridge import batching, ledger, model, outbox
 from bridge import settings as settings_mod
-from bridge.ledger import sqlite_db, sqlite_outbox, sqlite_reads, sqlite_rows
+from bridge.ledger import events, sqlite_db, sqlite_outbox, sqlite_reads, sqlite_rows
 
 # The states' plain string values, bound once: read for every row of the hot paths, where an
 # enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
@@ -323,7 +323,7 @@ class SQLiteLedger(sqlite_reads.Reads, ledger.Ledger):
             (now, limit),
             writer=True,
         )
-        return [sqlite_outbox.delivery_of(row) for row in rows]
+        return [events.delivery_of(row) for row in rows]
 
     async def defer(self, ids: Sequence[int], until: float) -> None:
         """Put pending deliveries off until ``until`` (no attempt is counted)."""

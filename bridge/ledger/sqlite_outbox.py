@@ -8,35 +8,17 @@ event bytes and a message id that stays the same across retries.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import aiosqlite
-import orjson
 
-from bridge import model, outbox
+from bridge import outbox
+from bridge.ledger import events
 
 DELIVERY_COLUMNS = (
     "id, enrichment_id, connector, object_type, object_id, event_type, message_id, body, attempts,"
     " created_at"
 )
-
-
-def delivery_of(row: Sequence[Any]) -> model.Delivery:
-    """A delivery from a row of :data:`DELIVERY_COLUMNS`."""
-    return model.Delivery(
-        int(row[0]),
-        int(row[1]),
-        str(row[2]),
-        str(row[3]),
-        str(row[4]),
-        str(row[5]),
-        str(row[6]),
-        bytes(row[7]),
-        int(row[8]),
-        float(row[9] or 0.0),
-    )
 
 
 async def emit(
@@ -65,14 +47,7 @@ async def emit(
         (id_list,),
     ):
         named.setdefault(int(row[0]), []).append((row[1], row[2], row[3]))
-    new = []
-    for row in rows:
-        event_type = f"enrichment.{row[4]}"
-        now = when[int(row[0])]
-        for target in router.targets(event_type, named.get(int(row[0]), [])):
-            message_id = f"msg_{uuid.uuid4().hex}"
-            body = _event_body(row, event_type, message_id, outbox.iso(now), target)
-            new.append((int(row[0]), *target, event_type, message_id, body, now, now, now))
+    new = events.delivery_rows(rows, named, when, router)
     if new:
         await db.executemany(
             "INSERT OR IGNORE INTO deliveries (enrichment_id, connector, object_type, object_id,"
@@ -81,33 +56,3 @@ async def emit(
             new,
         )
     return len(new)
-
-
-def _event_body(
-    row: Sequence[Any], event_type: str, message_id: str, stamp: str, target: tuple[str, str, str]
-) -> bytes:
-    row_id, entity_type, entity_id, field, state, record, enriched, error = row
-    lance_record = (
-        orjson.loads(record)
-        if record
-        else {
-            "entityId": entity_id,
-            "entityType": entity_type,
-            "field": field,
-            "status": None,
-        }
-    )
-    event = {
-        "type": event_type,
-        "id": message_id,
-        "timestamp": stamp,
-        "data": {
-            "ledgerId": row_id,
-            "state": state,
-            "reason": error,
-            "enrichment": lance_record,
-            "values": json.loads(enriched) if enriched else {},
-            "target": model.target_json(*target),
-        },
-    }
-    return orjson.dumps(event)
