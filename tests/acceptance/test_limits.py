@@ -277,8 +277,7 @@ async def test_more_clients_than_file_descriptors_are_refused_not_logged_as_a_fl
     clients: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         await serve_mod._eventually(slow.ready, "readyz", 20)
-        for _ in range(hard + 80):  # past the process's limit
-            clients.append(await _connect(slow))
+        clients.extend([await _connect(slow) for _ in range(hard + 80)])  # past the limit
         for _, writer in clients:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n")
         answers = await asyncio.gather(*(_received_within(r, 5 * SLACK_S) for r, _ in clients))
