@@ -298,7 +298,12 @@ def _posix_locks(path: Path) -> list[str]:
     st = path.stat()
     identity = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     text = Path("/proc/locks").read_text(encoding="ascii")
-    return [line for line in text.splitlines() if identity in line and " POSIX " in line]
+    # Each line without its leading ordinal, which moves as other processes' locks come and go.
+    return [
+        line.split(":", 1)[1].strip()
+        for line in text.splitlines()
+        if identity in line and " POSIX " in line
+    ]
 
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
