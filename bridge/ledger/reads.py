@@ -113,11 +113,145 @@ def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+INBOUND_COLUMNS = "source, key, state, object_type, object_id, detail, received_at, updated_at"
+
+
+def inbound_json(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of :data:`INBOUND_COLUMNS` in the API shape."""
+    source, key, state, otype, oid, detail, received, updated = row
+    return {
+        "source": source,
+        "key": key,
+        "state": state,
+        "objectType": otype,
+        "objectId": oid,
+        "detail": detail,
+        "receivedAt": _iso(received),
+        "receivedAtSeconds": received,
+        "updatedAt": _iso(updated),
+    }
+
+
 class Reads:
-    """The read verbs common to every SQL backend; ``PARAM`` is its parameter placeholder."""
+    """The read verbs common to every SQL backend; ``PARAM`` is its parameter placeholder, and
+    ``MINUTE`` the expression that turns Unix seconds (``{}``) into a whole minute number."""
 
     PARAM: ClassVar[str]
+    MINUTE: ClassVar[str]
     db: Fetches
+
+    def _filters(
+        self, clauses: list[str], params: list[Any], pairs: Sequence[tuple[str, Any]]
+    ) -> None:
+        """Append each clause (``{p}`` for the placeholder) whose value is given."""
+        for clause, value in pairs:
+            if value is not None and value != "":
+                clauses.append(clause.format(p=self.PARAM))
+                params.append(value)
+
+    async def list_enrichments(
+        self,
+        *,
+        state: str | None,
+        after: int,
+        limit: int,
+        entity_id: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        field: str | None = None,
+        record_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """A page of enrichments in id order, starting after ``after``.
+
+        ``created_after`` / ``created_before`` bound ``created_at`` (Unix seconds, inclusive);
+        ``record_id`` keeps the rows with a target naming that CRM record id.
+        """
+        clauses: list[str] = [f"id > {self.PARAM}"]
+        params: list[Any] = [after]
+        self._filters(
+            clauses,
+            params,
+            (
+                ("state = {p}", state),
+                ("field = {p}", field),
+                ("entity_id = {p}", entity_id),
+                ("created_at >= {p}", created_after),
+                ("created_at <= {p}", created_before),
+                ("id IN (SELECT enrichment_id FROM targets WHERE object_id = {p})", record_id),
+            ),
+        )
+        rows = await self.db.fetch(
+            f"SELECT id FROM enrichments WHERE {' AND '.join(clauses)}"  # noqa: S608 - fixed clauses
+            f" ORDER BY id LIMIT {self.PARAM}",
+            (*params, limit),
+        )
+        found = await self.enrichments([int(row[0]) for row in rows])
+        return [found[int(row[0])] for row in rows]
+
+    async def enrichments(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Enrichments by id, with their targets (each backend reads them its own way)."""
+        raise NotImplementedError
+
+    async def list_inbound(
+        self,
+        *,
+        state: str | None = None,
+        source: str | None = None,
+        before: tuple[float, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A page of inbound CRM events, newest first, starting after ``before``.
+
+        ``before`` is the (received_at, source, key) of the last row of the previous page.
+        """
+        clauses: list[str] = ["TRUE"]
+        params: list[Any] = []
+        self._filters(clauses, params, (("state = {p}", state), ("source = {p}", source)))
+        if before is not None:
+            p = self.PARAM
+            clauses.append(f"(received_at, source, key) < ({p}, {p}, {p})")
+            params.extend(before)
+        rows = await self.db.fetch(
+            f"SELECT {INBOUND_COLUMNS} FROM inbound"  # noqa: S608 - fixed clauses
+            f" WHERE {' AND '.join(clauses)}"
+            f" ORDER BY received_at DESC, source DESC, key DESC LIMIT {self.PARAM}",
+            (*params, limit),
+        )
+        return [inbound_json(row) for row in rows]
+
+    async def last_errors(self, connectors: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Each connector's most recent delivery error: ``error``, ``status``, ``at``."""
+        found: dict[str, dict[str, Any]] = {}
+        for name in connectors:
+            rows = await self.db.fetch(
+                "SELECT last_error, response_status, updated_at FROM deliveries"  # noqa: S608
+                f" WHERE connector = {self.PARAM} AND last_error IS NOT NULL"
+                " ORDER BY updated_at DESC LIMIT 1",
+                (name,),
+            )
+            if rows:
+                error, status, at = rows[0]
+                found[name] = {"error": error, "status": status, "at": float(at)}
+        return found
+
+    async def per_minute(self, since: float) -> dict[str, dict[int, int]]:
+        """Enrichments that ended and deliveries acknowledged from ``since`` on, by minute
+        (Unix seconds // 60): ``{"enrichments": {...}, "deliveries": {...}}``."""
+        p = self.PARAM
+        ended = await self.db.fetch(
+            f"SELECT {self.MINUTE.format('finished_at')}, count(*) FROM enrichments"  # noqa: S608
+            f" WHERE finished_at >= {p} GROUP BY 1",
+            (since,),
+        )
+        acked = await self.db.fetch(
+            f"SELECT {self.MINUTE.format('updated_at')}, count(*) FROM deliveries"  # noqa: S608
+            f" WHERE state = 'delivered' AND updated_at >= {p} GROUP BY 1",
+            (since,),
+        )
+        return {
+            "enrichments": {int(m): int(n) for m, n in ended},
+            "deliveries": {int(m): int(n) for m, n in acked},
+        }
 
     async def list_deliveries(
         self,

@@ -45,6 +45,7 @@ class Reads(reads.Reads):
     """The read verbs of :class:`~bridge.ledger.sqlite.SQLiteLedger`, on the reader connection."""
 
     PARAM = "?"
+    MINUTE = "CAST({} / 60 AS INTEGER)"
     db: sqlite_db.Db
 
     async def enrichments(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -71,39 +72,6 @@ class Reads(reads.Reads):
         ):
             found.setdefault(int(row[0]), []).append(model.Target(row[1], row[2], row[3]))
         return found
-
-    async def list_enrichments(
-        self,
-        *,
-        state: str | None,
-        after: int,
-        limit: int,
-        entity_id: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """A page of enrichments in id order, starting after ``after``.
-
-        ``created_after`` / ``created_before`` bound ``created_at`` (Unix seconds, inclusive).
-        """
-        clauses: list[str] = ["id > ?"]
-        params: list[str | float] = [after]
-        for clause, value in (
-            ("state = ?", state),
-            ("entity_id = ?", entity_id),
-            ("created_at >= ?", created_after),
-            ("created_at <= ?", created_before),
-        ):
-            if value is not None and value != "":
-                clauses.append(clause)
-                params.append(value)
-        rows = await self.db.fetch(
-            f"SELECT id FROM enrichments WHERE {' AND '.join(clauses)}"  # noqa: S608 - fixed clauses
-            " ORDER BY id LIMIT ?",
-            (*params, limit),
-        )
-        found = await self.enrichments([int(row[0]) for row in rows])
-        return [found[int(row[0])] for row in rows]
 
     async def latest_for_keys(
         self, keys: Sequence[tuple[str, str, str]]

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bridge import ledger, runtime
+from bridge import ledger, model, runtime
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
-from tests.conftest import API_TOKEN, BridgeFactory, Clock, auth, drain, make_settings, tasks_for
+from tests.conftest import (
+    API_TOKEN,
+    BridgeFactory,
+    Clock,
+    LedgerFactory,
+    auth,
+    drain,
+    make_settings,
+    tasks_for,
+)
 
 Client = TestClient[web.Request, web.Application]
 HOSTILE = "<script>window.pwned=1</script>"
@@ -203,3 +213,44 @@ async def test_the_dashboard_can_be_turned_off(
 ) -> None:
     client = await _bridge(make_bridge, tmp_path, simulator, sink, ui={"enabled": False})
     assert (await client.get("/ui/login")).status == 404
+
+
+async def test_the_ledger_reads_the_pages_need(open_ledger: LedgerFactory, tmp_path: Path) -> None:
+    """list_inbound pages newest first; field and record filters; errors and minutes (both
+    backends)."""
+    store = await open_ledger(tmp_path / "ledger.db")
+    now = 1_800_000_000.0
+    try:
+        target = model.Target("hubspot", "contacts", "501")
+        tasks = [
+            model.Task("person", str(uuid.uuid4()), "emails", targets=(target,)),
+            model.Task("person", str(uuid.uuid4()), "phones"),
+        ]
+        [with_record, phone] = await store.accept(tasks, now)
+        by_field = await store.list_enrichments(state=None, after=0, limit=10, field="phones")
+        assert [r["id"] for r in by_field] == [phone.id]
+        by_record = await store.list_enrichments(state=None, after=0, limit=10, record_id="501")
+        assert [r["id"] for r in by_record] == [with_record.id]
+        assert await store.list_enrichments(state=None, after=0, limit=10, record_id="5") == []
+
+        events = [
+            model.Inbound(f"k{i}", skipped="no Lance id on the record", record=("contacts", f"{i}"))
+            for i in range(5)
+        ]
+        for i, event in enumerate(events):
+            await store.receive("hubspot", [event], now + i)
+        first = await store.list_inbound(limit=3)
+        assert [r["key"] for r in first] == ["k4", "k3", "k2"]
+        assert first[0]["detail"] == "no Lance id on the record"
+        last = first[-1]
+        cursor = (last["receivedAtSeconds"], last["source"], last["key"])
+        assert [r["key"] for r in await store.list_inbound(before=cursor, limit=3)] == ["k1", "k0"]
+        assert await store.list_inbound(state="accepted") == []
+        assert await store.list_inbound(source="salesforce") == []
+
+        await store.apply([ledger.Change(phone.id, "failed", None, error="x")], now + 120)
+        minutes = await store.per_minute(now)
+        assert minutes["enrichments"] == {int((now + 120) // 60): 1}
+        assert await store.last_errors(["hubspot"]) == {}
+    finally:
+        await store.close()
