@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import (
     API_TOKEN,
+    SECRET,
     BridgeFactory,
     Clock,
     LedgerFactory,
@@ -26,6 +28,7 @@ from tests.conftest import (
 
 Client = TestClient[web.Request, web.Application]
 HOSTILE = "<script>window.pwned=1</script>"
+PAGE_SIZE = 50  # rows per dashboard page
 
 
 async def _login(client: Client, token: str = API_TOKEN) -> str:
@@ -254,3 +257,234 @@ async def test_the_ledger_reads_the_pages_need(open_ledger: LedgerFactory, tmp_p
         assert await store.last_errors(["hubspot"]) == {}
     finally:
         await store.close()
+
+
+async def _page(client: Client, path: str, status: int = 200) -> str:
+    response = await client.get(path, allow_redirects=False)
+    text = await response.text()
+    assert response.status == status, (path, text[:500])
+    return text
+
+
+async def test_every_page_carries_the_csp_and_no_inline_script(
+    make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any
+) -> None:
+    client = await _bridge(make_bridge, tmp_path, simulator, sink)
+    body = {"tasks": tasks_for(1, "emails")}
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+    await drain(client)
+    await _login(client)
+    paths = [
+        "/ui/login",
+        "/ui/",
+        "/ui/fragments/counts",
+        "/ui/enrichments",
+        "/ui/enrichments/1",
+        "/ui/deliveries",
+        "/ui/deliveries/1",
+        "/ui/deliveries/retry-dead",
+        "/ui/inbound",
+        "/ui/connectors",
+        "/ui/enrichments/999",
+    ]
+    for path in paths:
+        response = await client.get(path)
+        csp = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "default-src 'none'" in csp, path
+        assert "'unsafe-inline'" not in csp
+        page = await response.text()
+        # Scripts only from files; no inline style either (style-src 'self').
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == [], path
+        assert "<style" not in page and " style=" not in page, path
+        # Every control has a label.
+        for control in re.findall(
+            r'<(?:input|select)(?![^>]*type="hidden")[^>]*\bid="([^"]+)"', page
+        ):
+            assert f'for="{control}"' in page, (path, control)
+    for asset in ("dashboard.css", "local-times.js", "htmx.min.js"):
+        assert (await client.get(f"/ui/static/{asset}")).status == 200
+
+
+async def test_overview_charts_the_last_hour_and_jump_goes_to_an_id(
+    make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any
+) -> None:
+    client = await _bridge(make_bridge, tmp_path, simulator, sink)
+    body = {"tasks": tasks_for(3, "emails")}
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+    await drain(client)
+    await _login(client)
+    page = await _page(client, "/ui/")
+    throughput = re.search(r'data-testid="throughput">(.*?)</figure>', page, re.S)
+    assert throughput
+    assert "enrichments ended: 3" in throughput.group(1)
+    assert "deliveries acknowledged: 3" in throughput.group(1)
+    bars = re.findall(
+        r"<title>\d\d:\d\d UTC: ([\d,]+) (enrichments ended|deliveries acknowl)", page
+    )
+    assert sum(int(n) for n, kind in bars if kind == "enrichments ended") == 3
+    lance = re.search(r'data-testid="lance-requests">(.*?)</figure>', page, re.S)
+    assert lance
+    requests = re.search(r"requests: ([\d,]+)\)", lance.group(1))
+    assert requests and int(requests.group(1)) >= 2  # at least a trigger and a status query
+
+    jumped = await client.get("/ui/jump?kind=delivery&id=1", allow_redirects=False)
+    assert jumped.headers["Location"] == "/ui/deliveries/1"
+    jumped = await client.get("/ui/jump?id=%232", allow_redirects=False)
+    assert jumped.headers["Location"] == "/ui/enrichments/2"
+    for bad in ("/ui/jump?id=x", "/ui/jump?id=0", "/ui/jump?kind=user&id=1"):
+        assert " must be " in await _page(client, bad, 400)
+    assert "There is no delivery 77" in await _page(client, "/ui/deliveries/77", 404)
+
+
+async def test_enrichment_filters_by_crm_record_and_time(
+    make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any, clock: Clock
+) -> None:
+    client = await _bridge(make_bridge, tmp_path, simulator, sink)
+    target = {"connector": "hook"}
+    early = tasks_for(2, "emails", targets=[target])
+    assert (await client.post("/v1/triggers", json={"tasks": early}, headers=auth())).status == 202
+    clock.advance(3600)
+    late = tasks_for(1, "phones")
+    answer = await client.post("/v1/triggers", json={"tasks": late}, headers=auth())
+    late_id = (await answer.json())["enrichments"][0]["id"]
+    store = client.app[runtime.BRIDGE].ledger
+    crm = model.Task(
+        "person", str(uuid.uuid4()), "emails", targets=(model.Target("hook", "contacts", "9001"),)
+    )
+    [with_record] = await store.accept([crm], clock())
+    await _login(client)
+
+    cut = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(clock() - 60))
+    page = await _page(client, f"/ui/enrichments?from={cut}")
+    assert re.findall(r'<tr data-id="(\d+)"', page) == [str(late_id), str(with_record.id)]
+    page = await _page(client, f"/ui/enrichments?to={cut}Z")
+    assert len(re.findall(r'<tr data-id="(\d+)"', page)) == 2
+    page = await _page(client, "/ui/enrichments?record_id=9001")
+    assert re.findall(r'<tr data-id="(\d+)"', page) == [str(with_record.id)]
+    assert "hook contacts 9001" in page
+    for bad in ("from=yesterday", "to=2026-13-01T00:00", "record_id=" + "9" * 201):
+        assert " must be " in await _page(client, f"/ui/enrichments?{bad}", 400)
+
+
+async def test_retry_every_dead_delivery_of_a_filter_after_a_confirmation(
+    make_bridge: BridgeFactory,
+    tmp_path: Path,
+    simulator: tuple[sim.LanceSimulator, str],
+    sink: tuple[sink_mod.WebhookSink, str],
+    clock: Clock,
+) -> None:
+    receiver, _ = sink
+    client = await _bridge(make_bridge, tmp_path, simulator, sink)
+    receiver.fail_always(410)
+    body = {"tasks": tasks_for(4, "emails")}
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+    await drain(client)
+    csrf = await _login(client)
+    store = client.app[runtime.BRIDGE].ledger
+    assert await store.count_deliveries(model.DeliveryState.DEAD) == 4
+
+    # A filter in the future selects none: nothing to retry, no button.
+    later = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(clock() + 3600))
+    none = await _page(client, f"/ui/deliveries/retry-dead?connector=hook&from={later}")
+    assert "nothing to retry" in none and '<button type="submit">Retry' not in none
+    confirm = await _page(client, "/ui/deliveries/retry-dead?connector=hook")
+    assert "4 dead deliveries will be made pending" in confirm
+    action = re.search(r'<form method="post" action="([^"]+)"', confirm)
+    assert action
+    url = action.group(1).replace("&amp;", "&")
+
+    # Without the CSRF token nothing changes.
+    refused = await client.post(url, data={}, allow_redirects=False)
+    assert refused.status == 403
+    assert await store.count_deliveries(model.DeliveryState.DEAD) == 4
+    bad = await client.post("/ui/deliveries/retry-dead?connector=nope", data={"csrf": csrf})
+    assert bad.status == 400
+    assert await store.count_deliveries(model.DeliveryState.DEAD) == 4
+
+    receiver.fail_always(None)
+    done = await client.post(url, data={"csrf": csrf}, allow_redirects=False)
+    assert done.status == 303
+    listing = await _page(client, done.headers["Location"])
+    assert "4 dead deliveries are pending again." in listing
+    assert len(re.findall(r'<tr data-id="', listing)) == 4
+    await drain(client)
+    assert await store.count_deliveries(model.DeliveryState.DELIVERED) == 4
+    assert len(receiver.received) == 4
+    # A second confirmation finds none; a replay of a delivered event is refused.
+    assert "nothing to retry" in await _page(client, "/ui/deliveries/retry-dead")
+    again = await client.post("/ui/deliveries/1/retry", data={"csrf": csrf})
+    assert again.status == 409
+    assert "only dead deliveries can be retried" in await again.text()
+
+
+async def test_inbound_events_show_their_state_and_reason_as_text(
+    make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any, clock: Clock
+) -> None:
+    client = await _bridge(make_bridge, tmp_path, simulator, sink)
+    store = client.app[runtime.BRIDGE].ledger
+    task = model.Task("person", str(uuid.uuid4()), "emails")
+    events = [
+        model.Inbound("evt-accepted", tasks=(task,), record=("contacts", "11")),
+        model.Inbound("evt-skipped", skipped=f"no Lance id: {HOSTILE}", record=("contacts", "12")),
+    ]
+    await store.receive("hook", events, clock())
+    for i in range(PAGE_SIZE + 2):
+        await store.receive("hook", [model.Inbound(f"old-{i}", skipped="old")], clock() - 60 - i)
+    await _login(client)
+
+    page = await _page(client, "/ui/inbound")
+    assert HOSTILE not in page
+    assert "no Lance id: &lt;script&gt;" in page
+    assert re.findall(r'<tr data-key="([^"]+)"', page)[:2] in (
+        ["evt-accepted", "evt-skipped"],
+        ["evt-skipped", "evt-accepted"],
+    )
+    nxt = re.search(r'rel="next" href="([^"]+)"', page)
+    assert nxt
+    rest = await _page(client, nxt.group(1).replace("&amp;", "&"))
+    seen = re.findall(r'<tr data-key="([^"]+)"', page) + re.findall(r'<tr data-key="([^"]+)"', rest)
+    assert len(seen) == len(set(seen)) == PAGE_SIZE + 4
+    accepted = await _page(client, "/ui/inbound?state=accepted")
+    assert re.findall(r'<tr data-key="([^"]+)"', accepted) == ["evt-accepted"]
+    # A state the match feature writes is offered and filters to nothing yet.
+    assert "no inbound events match" in await _page(client, "/ui/inbound?state=ambiguous")
+    for bad in ("state=%3Cb%3E", "source=elsewhere", "before=x", "before=%5B1%2C2%5D"):
+        assert " must be " in await _page(client, f"/ui/inbound?{bad}", 400)
+
+
+async def test_connectors_show_success_rate_last_error_and_budget(
+    make_bridge: BridgeFactory,
+    tmp_path: Path,
+    simulator: tuple[sim.LanceSimulator, str],
+    sink: tuple[sink_mod.WebhookSink, str],
+) -> None:
+    receiver, sink_url = sink
+    hubspot = {
+        "name": "crm",
+        "type": "hubspot",
+        "base_url": "http://127.0.0.1:9",
+        "access_token": "pat-secret-token",
+        "client_secret": "hs-secret",
+    }
+    hook = {"name": "hook", "type": "webhook", "url": f"{sink_url}/hook", "secret": SECRET}
+    client = await make_bridge(
+        make_settings(tmp_path, simulator[1], None, connectors=[hook, hubspot])
+    )
+    body = {"tasks": tasks_for(3, "emails")}
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+    await drain(client)
+    receiver.fail_always(410)
+    body = {"tasks": tasks_for(1, "emails")}
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+    await drain(client)
+    await _login(client)
+
+    page = await _page(client, "/ui/connectors")
+    hook_part = page.split('data-connector="hook"')[1].split("</section>")[0]
+    assert "75.0 % (3 delivered, 1 dead)" in hook_part
+    assert "HTTP 410" in hook_part
+    crm_part = page.split('data-connector="crm"')[1].split("</section>")[0]
+    assert "no delivery settled yet" in crm_part
+    assert "0 of 100 requests used in the last 10 s" in crm_part
+    assert "pat-secret-token" not in page and "hs-secret" not in page and SECRET not in page
+    assert "none: every job may call Lance" in page
