@@ -346,6 +346,31 @@ class Ledger(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def delivery_ids(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> list[int]:
+        """The ids of a page of deliveries in ``state``, in id order, filtered as
+        :meth:`list_deliveries` (what "retry every dead delivery" replays)."""
+
+    @abc.abstractmethod
+    async def count_matching_deliveries(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> int:
+        """How many deliveries in ``state`` the filters of :meth:`list_deliveries` select."""
+
+    @abc.abstractmethod
     async def delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """One delivery in the API shape, or ``None``."""
 

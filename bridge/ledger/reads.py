@@ -269,24 +269,94 @@ class Reads:
         ``updated_after`` / ``updated_before`` bound ``updated_at`` (Unix seconds, inclusive): the
         last attempt or change, so for a dead delivery the time it died.
         """
-        clauses: list[str] = [f"id > {self.PARAM}"]
-        params: list[Any] = [after]
-        for clause, value in (
-            (f"state = {self.PARAM}", state),
-            (f"connector = {self.PARAM}", connector),
-            (f"enrichment_id = {self.PARAM}", enrichment_id),
-            (f"updated_at >= {self.PARAM}", updated_after),
-            (f"updated_at <= {self.PARAM}", updated_before),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                params.append(value)
+        clauses, params = self._delivery_clauses(
+            state=state,
+            connector=connector,
+            enrichment_id=enrichment_id,
+            after=after,
+            updated_after=updated_after,
+            updated_before=updated_before,
+        )
         rows = await self.db.fetch(
             f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries"  # noqa: S608 - fixed clauses
             f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT {self.PARAM}",
             (*params, limit),
         )
         return [delivery_json(row) for row in rows]
+
+    def _delivery_clauses(
+        self,
+        *,
+        state: str | None,
+        connector: str | None,
+        enrichment_id: int | None,
+        after: int,
+        updated_after: float | None,
+        updated_before: float | None,
+    ) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = [f"id > {self.PARAM}"]
+        params: list[Any] = [after]
+        self._filters(
+            clauses,
+            params,
+            (
+                ("state = {p}", state),
+                ("connector = {p}", connector),
+                ("enrichment_id = {p}", enrichment_id),
+                ("updated_at >= {p}", updated_after),
+                ("updated_at <= {p}", updated_before),
+            ),
+        )
+        return clauses, params
+
+    async def delivery_ids(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> list[int]:
+        """The ids of a page of deliveries in ``state``, filtered as :meth:`list_deliveries`."""
+        clauses, params = self._delivery_clauses(
+            state=state,
+            connector=connector,
+            enrichment_id=None,
+            after=after,
+            updated_after=updated_after,
+            updated_before=updated_before,
+        )
+        rows = await self.db.fetch(
+            f"SELECT id FROM deliveries WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f" ORDER BY id LIMIT {self.PARAM}",
+            (*params, limit),
+        )
+        return [int(row[0]) for row in rows]
+
+    async def count_matching_deliveries(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> int:
+        """How many deliveries in ``state`` the filters of :meth:`list_deliveries` select."""
+        clauses, params = self._delivery_clauses(
+            state=state,
+            connector=connector,
+            enrichment_id=None,
+            after=0,
+            updated_after=updated_after,
+            updated_before=updated_before,
+        )
+        rows = await self.db.fetch(
+            f"SELECT count(*) FROM deliveries WHERE {' AND '.join(clauses)}",  # noqa: S608
+            params,
+        )
+        return int(rows[0][0])
 
     async def delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """One delivery, or ``None``."""

@@ -310,15 +310,15 @@ async def _dead_ids(request: web.Request, wanted: dict[str, Any]) -> list[int]:
     """The ids of every dead delivery the filters select, a keyset page at a time."""
     store = request.app[runtime.BRIDGE].ledger
     ids: list[int] = []
-    after = 0
     while True:
-        page = await store.list_deliveries(
-            **(wanted | {"state": model.DeliveryState.DEAD.value}), after=after, limit=api.MAX_PAGE
+        page = await store.delivery_ids(
+            **(wanted | {"state": model.DeliveryState.DEAD.value}),
+            after=ids[-1] if ids else 0,
+            limit=api.MAX_PAGE,
         )
-        ids += [int(row["id"]) for row in page]
+        ids += page
         if len(page) < api.MAX_PAGE:
             return ids
-        after = ids[-1]
 
 
 async def retry_dead_confirm(request: web.Request) -> web.Response:
@@ -330,9 +330,11 @@ async def retry_dead_confirm(request: web.Request) -> web.Response:
         wanted = _delivery_filters(request)
     except _BadQuery as exc:
         return problem(request, 400, str(exc), current)
-    ids = await _dead_ids(request, wanted)
+    count = await request.app[runtime.BRIDGE].ledger.count_matching_deliveries(
+        **(wanted | {"state": model.DeliveryState.DEAD.value})
+    )
     filters = _shown(request, ("connector", "from", "to"))
-    context = {"count": len(ids), "filters": filters, "back": _query(filters, state="dead")}
+    context = {"count": count, "filters": filters, "back": _query(filters, state="dead")}
     return render(request, "retry_dead.html", context, current)
 
 

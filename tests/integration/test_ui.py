@@ -255,6 +255,8 @@ async def test_the_ledger_reads_the_pages_need(open_ledger: LedgerFactory, tmp_p
         minutes = await store.per_minute(now)
         assert minutes["enrichments"] == {int((now + 120) // 60): 1}
         assert await store.last_errors(["hubspot"]) == {}
+        assert await store.count_matching_deliveries(state="dead", connector="hubspot") == 0
+        assert await store.delivery_ids(state="dead", updated_after=now) == []
     finally:
         await store.close()
 
