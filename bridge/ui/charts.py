@@ -18,7 +18,9 @@ from markupsafe import Markup, escape
 
 from bridge import ledger, metrics
 
-FRESH_S = 1.0  # the overview re-reads the ledger's figures at most this often
+FRESH_S = 2.0  # the overview re-reads the ledger's figures at most this often
+# Charged rows are counted this many ids per read, so a page read waits for one short chunk.
+CHARGE_CHUNK_IDS = 10_000
 MINUTES = 60  # the charts show the last hour, a bar per minute
 WIDTH, HEIGHT, TOP, BOTTOM, LEFT = 720, 150, 16, 22, 44
 COLOURS = ("#2f6fd6", "#e08a1e")
@@ -28,7 +30,7 @@ class Figures:
     """The last ledger figures the overview read, refreshed beside the requests."""
 
     def __init__(self) -> None:
-        self._charges = metrics._Charges()  # the metrics' own incremental count
+        self._charges = metrics._Charges(CHARGE_CHUNK_IDS)  # the metrics' incremental count
         self._last: tuple[float, metrics.LedgerFigures] | None = None
         self._refresh: asyncio.Task[metrics.LedgerFigures] | None = None
 

@@ -96,13 +96,16 @@ def _query(filters: dict[str, str], **extra: str) -> str:
 async def _overview_context(request: web.Request) -> dict[str, Any]:
     bridge = request.app[runtime.BRIDGE]
     now = bridge.clock()
+    # The page's own reads first: a refresh of the figures that this request starts then
+    # runs after them, not before.
+    minutes = await bridge.ledger.per_minute(now - charts.MINUTES * 60)
+    held_meta = await bridge.ledger.get_meta("trigger_held")
     figures = await request.app[FIGURES].get(bridge.ledger, now)
     deliveries: dict[str, dict[str, int]] = {}
     for (name, state), n in figures.deliveries.items():
         deliveries.setdefault(name, {})[state] = n
-    counts_held = figures.enrichments.get(model.EnrichmentState.QUEUED)
-    held = (await bridge.ledger.get_meta("trigger_held") or None) if counts_held else None
-    minutes = await bridge.ledger.per_minute(now - charts.MINUTES * 60)
+    # Nothing queued, nothing held: a hold left by a process that stopped means nothing.
+    held = (held_meta or None) if figures.enrichments.get(model.EnrichmentState.QUEUED) else None
     lance = bridge.client.per_minute if bridge.client else {}
     return {
         "enrichment_states": [

@@ -8,10 +8,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bridge import ledger, model, runtime
+from bridge.ledger import sqlite_reads
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import (
@@ -218,7 +220,9 @@ async def test_the_dashboard_can_be_turned_off(
     assert (await client.get("/ui/login")).status == 404
 
 
-async def test_the_ledger_reads_the_pages_need(open_ledger: LedgerFactory, tmp_path: Path) -> None:
+async def test_the_ledger_reads_the_pages_need(
+    open_ledger: LedgerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """list_inbound pages newest first; field and record filters; errors and minutes (both
     backends)."""
     store = await open_ledger(tmp_path / "ledger.db")
@@ -235,6 +239,15 @@ async def test_the_ledger_reads_the_pages_need(open_ledger: LedgerFactory, tmp_p
         by_record = await store.list_enrichments(state=None, after=0, limit=10, record_id="501")
         assert [r["id"] for r in by_record] == [with_record.id]
         assert await store.list_enrichments(state=None, after=0, limit=10, record_id="5") == []
+        # A creation-time range read through its index (narrow) or along the ids (wide).
+        for probe in (0, 20_000):
+            monkeypatch.setattr(sqlite_reads, "CREATED_PROBE_ROWS", probe)
+            found = await store.list_enrichments(state=None, after=0, limit=10, created_after=now)
+            assert [r["id"] for r in found] == [with_record.id, phone.id]
+            later = await store.list_enrichments(
+                state=None, after=0, limit=10, created_after=now + 1, created_before=now + 9
+            )
+            assert later == []
 
         events = [
             model.Inbound(f"k{i}", skipped="no Lance id on the record", record=("contacts", f"{i}"))

@@ -9,4 +9,6 @@ CREATE INDEX deliveries_acknowledged ON deliveries (updated_at) WHERE state = 'd
 CREATE INDEX deliveries_errors ON deliveries (connector, updated_at) WHERE last_error IS NOT NULL;
 -- The enrichments page's field and CRM record filters (field never changes after insert).
 CREATE INDEX enrichments_by_field ON enrichments (field, id);
+-- The enrichments page's creation-time filter (created_at never changes after insert).
+CREATE INDEX enrichments_by_created ON enrichments (created_at);
 CREATE INDEX targets_by_object ON targets (object_id) WHERE object_id != '';
