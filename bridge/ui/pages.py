@@ -289,9 +289,10 @@ async def _delivery_page(
 async def retry(request: web.Request) -> web.Response:
     """Replay a dead delivery through the ledger; anything else is refused with a message."""
     current = signed_in(request)
-    form = await request.post()
-    if isinstance(current, web.Response) or not csrf_ok(current, form):
-        return csrf_refused(request, None if isinstance(current, web.Response) else current)
+    if isinstance(current, web.Response):
+        return current  # an expired session: the login page, and nothing changes
+    if not csrf_ok(current, await request.post()):
+        return csrf_refused(request, current)
     bridge = request.app[runtime.BRIDGE]
     delivery_id = _id(request)
     row = await bridge.ledger.delivery(delivery_id) if delivery_id else None
@@ -344,9 +345,10 @@ async def retry_dead_confirm(request: web.Request) -> web.Response:
 async def retry_dead(request: web.Request) -> web.Response:
     """Replay every dead delivery of the filter (CSRF-checked); replays cost no credits."""
     current = signed_in(request)
-    form = await request.post()
-    if isinstance(current, web.Response) or not csrf_ok(current, form):
-        return csrf_refused(request, None if isinstance(current, web.Response) else current)
+    if isinstance(current, web.Response):
+        return current  # an expired session: the login page, and nothing changes
+    if not csrf_ok(current, await request.post()):
+        return csrf_refused(request, current)
     # The form repeats the filters in the query string, where they are checked as on a GET.
     try:
         wanted = _delivery_filters(request)

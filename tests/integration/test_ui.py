@@ -80,8 +80,13 @@ async def test_an_expired_or_forged_session_gets_the_login_page(
     await _login(client)
     assert (await client.get("/ui/", allow_redirects=False)).status == 200
     clock.advance(61)
-    response = await client.get("/ui/", allow_redirects=False)
-    assert (response.status, response.headers["Location"]) == (303, "/ui/login")
+    for path in ("/ui/", "/ui/inbound", "/ui/connectors", "/ui/jump?id=1"):
+        response = await client.get(path, allow_redirects=False)
+        assert (response.status, response.headers["Location"]) == (303, "/ui/login"), path
+    # A form sent after the session expired changes nothing and leads to the login page.
+    for path in ("/ui/deliveries/1/retry", "/ui/deliveries/retry-dead"):
+        response = await client.post(path, data={"csrf": "x"}, allow_redirects=False)
+        assert (response.status, response.headers["Location"]) == (303, "/ui/login"), path
 
     client.session.cookie_jar.clear()
     forged = await client.get(
