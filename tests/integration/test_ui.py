@@ -513,3 +513,16 @@ async def test_connectors_show_success_rate_last_error_and_budget(
     assert "hs-secret" not in page
     assert SECRET not in page
     assert "none: every job may call Lance" in page
+
+
+async def test_bench_ui_times_every_page_logged_in(tmp_path: Path) -> None:
+    """A small ``bench ui``: every page answers 200 (the bench fails on a login page)."""
+    from bridge.bench import ui as bench_ui  # noqa: PLC0415 - pulls in the bench's parts
+
+    result = await bench_ui.bench_ui(2_000, tmp_path, rounds=2)
+    assert result.scenario == "ui"
+    assert result.figures["rows"] == 2_000
+    timed = [key for key in result.figures if key.endswith("p50/p99 ms")]
+    assert len(timed) == len(result.bars) == 20
+    assert "inbound p50/p99 ms" in timed
+    assert "retry-dead confirmation p50/p99 ms" in timed
