@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from bridge import ledger, model, runtime
-from bridge.ledger import sqlite_reads
+from bridge import settings as settings_mod
+from bridge.ledger import postgres_db, sqlite_reads
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
+from tests import pg
 from tests.conftest import (
     API_TOKEN,
     SECRET,
@@ -526,3 +529,44 @@ async def test_bench_ui_times_every_page_logged_in(tmp_path: Path) -> None:
     assert len(timed) == len(result.bars) == 20
     assert "inbound p50/p99 ms" in timed
     assert "retry-dead confirmation p50/p99 ms" in timed
+
+
+async def test_the_pages_on_postgresql_list_the_replicas(
+    make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any, clock: Clock
+) -> None:
+    """Every page on a PostgreSQL ledger shared by two replicas; the overview lists both."""
+    async with pg.schema() as url:
+        config = settings_mod.LedgerSettings(url=SecretStr(url), replica_id="ui-b")
+        await postgres_db.migrate(config)
+        other = await ledger.open(config)
+        try:
+            await other.heartbeat(clock())
+            ledger_section = {"url": url, "replica_id": "ui-a"}
+            client = await _bridge(make_bridge, tmp_path, simulator, sink, ledger=ledger_section)
+            await client.app[runtime.BRIDGE].ledger.heartbeat(clock())
+            body = {"tasks": tasks_for(2, "emails")}
+            assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+            await drain(client)
+            await client.app[runtime.BRIDGE].ledger.receive(
+                "hook", [model.Inbound("pg-1", skipped="no Lance id")], clock()
+            )
+            await _login(client)
+            overview = await _page(client, "/ui/")
+            replicas = re.search(r'data-testid="replicas">(.*?)</table>', overview, re.S)
+            assert replicas
+            assert "ui-a" in replicas.group(1)
+            assert "ui-b" in replicas.group(1)
+            assert "enrichments ended: 2" in overview
+            cut = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(clock() - 600))
+            for path in (
+                "/ui/enrichments?field=emails&from=" + cut,
+                "/ui/enrichments/1",
+                "/ui/deliveries?connector=hook&from=" + cut,
+                "/ui/deliveries/retry-dead",
+                "/ui/inbound?state=skipped",
+                "/ui/connectors",
+            ):
+                await _page(client, path)
+            assert "no Lance id" in await _page(client, "/ui/inbound")
+        finally:
+            await other.close()
