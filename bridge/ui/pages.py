@@ -107,15 +107,14 @@ async def _overview_context(request: web.Request) -> dict[str, Any]:
     # Nothing queued, nothing held: a hold left by a process that stopped means nothing.
     held = (held_meta or None) if figures.enrichments.get(model.EnrichmentState.QUEUED) else None
     lance = bridge.client.per_minute if bridge.client else {}
+    in_flight = sum(figures.enrichments.get(s, 0) for s in model.IN_FLIGHT)
     return {
         "enrichment_states": [
             (s.value, figures.enrichments.get(s.value, 0)) for s in model.EnrichmentState
         ],
         "deliveries": deliveries,
         "delivery_states": [s.value for s in model.DeliveryState],
-        "oldest_age": figures.oldest_in_flight_s
-        if figures.enrichments.get("queued") or figures.enrichments.get("pending")
-        else None,
+        "oldest_age": figures.oldest_in_flight_s if in_flight else None,
         "charged": figures.charged,
         "charged_total": sum(figures.charged.values()),
         "held": held,

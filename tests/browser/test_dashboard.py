@@ -187,6 +187,12 @@ async def test_inbound_connectors_filters_retry_all_and_jump_in_the_browser(
     await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     await expect(page.get_by_test_id("throughput").locator("svg rect").first).to_be_visible()
     await _shot(page, "overview-charts")
+    # Keyboard: the first Tab reaches the navigation, and Enter follows it.
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Overview"
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="Enrichments")).to_be_visible()
 
     await page.get_by_role("link", name="Inbound", exact=True).click()
     await expect(page.get_by_role("heading", name="Inbound events")).to_be_visible()
