@@ -130,6 +130,10 @@ async def test_hostile_query_strings_get_400_and_unknown_ids_404(
         "/ui/enrichments?entity_id=a%00b",
         "/ui/deliveries?state=gone",
         "/ui/deliveries?connector=unknown",
+        "/ui/deliveries?from=noon",
+        "/ui/deliveries?to=2026-02-30T00:00",
+        "/ui/deliveries/retry-dead?connector=unknown",
+        "/ui/deliveries/retry-dead?from=%00",
     ):
         response = await client.get(query)
         assert response.status == 400, query
