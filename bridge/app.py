@@ -113,6 +113,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
             lance_config.base_url,
             lance_config.token,
             timeout_s=lance_config.timeout_seconds,
+            clock=bridge.clock,
         )
         yield
 

@@ -141,12 +141,12 @@ def _parser() -> argparse.ArgumentParser:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="poll, ingest, deliver, e2e, scale (default: poll ingest e2e)",
+        help="poll, ingest, deliver, e2e, scale, ui (default: poll ingest e2e)",
     )
     bench.add_argument(
         "--count",
         type=int,
-        help="poll/e2e: enrichments, deliver: events (100,000); scale: rows in flight (1,000,000)",
+        help="poll/e2e: enrichments, deliver: events (100,000); scale, ui: rows (1,000,000)",
     )
     bench.add_argument("--seconds", type=float, default=10.0, help="ingest: load duration")
     bench.add_argument("--concurrency", type=int, default=32, help="ingest: clients at once")

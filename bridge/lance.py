@@ -10,7 +10,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Required
 
 import aiohttp
@@ -35,6 +36,7 @@ TERMINAL_STATUSES = frozenset(
 )
 Key = tuple[str, str, str]  # (entityType, entityId, field)
 SEARCH_SIZE_MAX = 100
+MINUTES_KEPT = 61  # the dashboard charts the last hour of requests per minute
 NameMode = Literal["SMART", "WORD", "STRICT"]
 NAME_MODES: frozenset[str] = frozenset({"SMART", "WORD", "STRICT"})
 
@@ -98,6 +100,8 @@ class LanceClient:
         requests: Requests made, by endpoint (``"POST enrichment/batch/query"`` ...).
         statuses: Requests made, by (endpoint, HTTP status); status ``"none"`` when no answer
             came (connection failure, timeout).
+        per_minute: Requests made in each of the last :data:`MINUTES_KEPT` minutes, by minute
+            number (Unix seconds // 60 on ``clock``), for the dashboard's chart.
     """
 
     def __init__(
@@ -107,16 +111,26 @@ class LanceClient:
         token: SecretStr,
         *,
         timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
+        self._clock = clock
         self._base = base_url.rstrip("/") + API
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.requests: collections.Counter[str] = collections.Counter()
         self.statuses: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.per_minute: collections.Counter[int] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"<LanceClient {self._base}>"
+
+    def _count_minute(self) -> None:
+        minute = int(self._clock() // 60)
+        if minute not in self.per_minute and len(self.per_minute) >= MINUTES_KEPT:
+            for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
+                del self.per_minute[old]
+        self.per_minute[minute] += 1
 
     async def trigger_batch(self, field: str, person_ids: Sequence[str]) -> list[Enrichment]:
         """Trigger ``field`` for up to 100 persons; returns the new or reused records."""
@@ -238,6 +252,7 @@ class LanceClient:
             raise errors.LanceRetryableError(f"{endpoint}: {reason}") from exc
         finally:
             self.statuses[endpoint, status] += 1
+            self._count_minute()
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -104,7 +104,8 @@ class _Charges:
     the oldest in-flight one up. (Should the ledger ever prune rows, this must recount.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_ids: int = CHARGE_CHUNK_IDS) -> None:
+        self.chunk_ids = chunk_ids  # ids counted per read (shorter: other reads wait less)
         self.settled_upto = 0
         self.settled: collections.Counter[str] = collections.Counter()
         self.last: tuple[float, collections.Counter[str]] | None = None
@@ -116,17 +117,19 @@ class _Charges:
             return self.last[1]
         boundary = last_id if first_in_flight is None else first_in_flight - 1
         if boundary > self.settled_upto:
-            self.settled += await _charged(store, self.settled_upto, boundary)
+            self.settled += await _charged(store, self.settled_upto, boundary, self.chunk_ids)
             self.settled_upto = boundary
-        counted = self.settled + await _charged(store, self.settled_upto, last_id)
+        counted = self.settled + await _charged(store, self.settled_upto, last_id, self.chunk_ids)
         self.last = (now, counted)
         return counted
 
 
-async def _charged(store: ledger.Ledger, after: int, upto: int) -> collections.Counter[str]:
+async def _charged(
+    store: ledger.Ledger, after: int, upto: int, chunk_ids: int
+) -> collections.Counter[str]:
     found: collections.Counter[str] = collections.Counter()
-    for start in range(after, upto, CHARGE_CHUNK_IDS):
-        found.update(await store.charged(start, min(start + CHARGE_CHUNK_IDS, upto)))
+    for start in range(after, upto, chunk_ids):
+        found.update(await store.charged(start, min(start + chunk_ids, upto)))
     return found
 
 

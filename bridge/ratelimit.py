@@ -72,6 +72,12 @@ class RollingWindow:
             if counted:
                 self._release()
 
+    def usage(self) -> tuple[int, float]:
+        """(requests counted in the current window or in flight, seconds paused from now)."""
+        now = self._clock()
+        used = sum(1 for stamp in self._stamps if stamp > now - self.window_s)
+        return used + self._in_flight, max(0.0, self._paused_until - now)
+
     def pause(self, seconds: float) -> None:
         """Hold every request for ``seconds`` (the remote said its budget is spent)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)

@@ -19,6 +19,7 @@ server loop) measured in the same run, with our rate as a share of it.
   ``--crm hubspot``: HubSpot-signed webhooks start them and batch updates write them back to the
   HubSpot sandbox; HubSpot requests per 1,000 contact updates against one write per record.
 - ``scale``: RSS and poll tick time with 1,000,000 rows in flight.
+- ``ui``: every dashboard page's p50/p99 with 1,000,000 rows in the ledger (bar: < 200 ms).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-SCENARIOS = ("poll", "ingest", "deliver", "e2e", "scale")
+SCENARIOS = ("poll", "ingest", "deliver", "e2e", "scale", "ui")
 
 
 @dataclasses.dataclass(slots=True)
@@ -77,6 +78,10 @@ async def run(
                 results.append(await deliver.bench_deliver(count or 100_000, where))
             elif name == "e2e":
                 results.append(await e2e.bench_e2e(count or 100_000, where, crm))
+            elif name == "ui":
+                from bridge.bench import ui  # noqa: PLC0415 - as the others, imported when run
+
+                results.append(await ui.bench_ui(count or 1_000_000, where))
             else:
                 results.append(await poll.bench_scale(count or 1_000_000, where))
             _print(console, results[-1])

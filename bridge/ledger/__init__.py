@@ -312,10 +312,13 @@ class Ledger(abc.ABC):
         entity_id: str | None = None,
         created_after: float | None = None,
         created_before: float | None = None,
+        field: str | None = None,
+        record_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """A page of enrichments in id order, starting after ``after``.
 
-        ``created_after`` / ``created_before`` bound ``created_at`` (Unix seconds, inclusive).
+        ``created_after`` / ``created_before`` bound ``created_at`` (Unix seconds, inclusive);
+        ``record_id`` keeps the rows with a target naming that CRM record id.
         """
 
     @abc.abstractmethod
@@ -341,6 +344,31 @@ class Ledger(abc.ABC):
         ``updated_after`` / ``updated_before`` bound ``updated_at`` (Unix seconds, inclusive):
         the last attempt or change, so for a dead delivery the time it died.
         """
+
+    @abc.abstractmethod
+    async def delivery_ids(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> list[int]:
+        """The ids of a page of deliveries in ``state``, in id order, filtered as
+        :meth:`list_deliveries` (what "retry every dead delivery" replays)."""
+
+    @abc.abstractmethod
+    async def count_matching_deliveries(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> int:
+        """How many deliveries in ``state`` the filters of :meth:`list_deliveries` select."""
 
     @abc.abstractmethod
     async def delivery(self, delivery_id: int) -> dict[str, Any] | None:
@@ -370,6 +398,31 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def inbound_counts(self) -> dict[tuple[str, str], int]:
         """Inbound events the ledger still keeps, by (source, state)."""
+
+    @abc.abstractmethod
+    async def list_inbound(
+        self,
+        *,
+        state: str | None = None,
+        source: str | None = None,
+        before: tuple[float, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A page of inbound CRM events, newest first, in the API shape.
+
+        ``before`` is the (received_at, source, key) of the previous page's last row: the
+        keyset cursor of the next page.
+        """
+
+    @abc.abstractmethod
+    async def last_errors(self, connectors: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Each named connector's most recent delivery error (``error``, ``status``, ``at``);
+        a connector with none is absent."""
+
+    @abc.abstractmethod
+    async def per_minute(self, since: float) -> dict[str, dict[int, int]]:
+        """Enrichments that ended (``enrichments``) and deliveries acknowledged
+        (``deliveries``) from ``since`` on, by minute number (Unix seconds // 60)."""
 
     @abc.abstractmethod
     async def progress(self) -> Progress:

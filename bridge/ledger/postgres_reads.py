@@ -19,6 +19,7 @@ class Reads(reads.Reads):
     """The read verbs of :class:`~bridge.ledger.postgres.PostgresLedger`."""
 
     PARAM = "%s"
+    MINUTE = "floor({} / 60)::bigint"
     db: postgres_db.Db
 
     async def enrichments(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -40,36 +41,6 @@ class Reads(reads.Reads):
         return {
             int(row[0]): reads.enrichment_json(row, targets.get(int(row[0]), ())) for row in rows
         }
-
-    async def list_enrichments(
-        self,
-        *,
-        state: str | None,
-        after: int,
-        limit: int,
-        entity_id: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """A page of enrichments in id order, starting after ``after``."""
-        clauses = ["id > %s"]
-        params: list[Any] = [after]
-        for clause, value in (
-            ("state = %s", state),
-            ("entity_id = %s", entity_id),
-            ("created_at >= %s", created_after),
-            ("created_at <= %s", created_before),
-        ):
-            if value is not None and value != "":
-                clauses.append(clause)
-                params.append(value)
-        rows = await self.db.fetch(
-            f"SELECT id FROM enrichments WHERE {' AND '.join(clauses)}"  # noqa: S608
-            " ORDER BY id LIMIT %s",
-            (*params, limit),
-        )
-        found = await self.enrichments([int(row[0]) for row in rows])
-        return [found[int(row[0])] for row in rows]
 
     async def latest_for_keys(
         self, keys: Sequence[tuple[str, str, str]]

@@ -113,11 +113,152 @@ def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+INBOUND_COLUMNS = "source, key, state, object_type, object_id, detail, received_at, updated_at"
+
+
+def inbound_json(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of :data:`INBOUND_COLUMNS` in the API shape."""
+    source, key, state, otype, oid, detail, received, updated = row
+    return {
+        "source": source,
+        "key": key,
+        "state": state,
+        "objectType": otype,
+        "objectId": oid,
+        "detail": detail,
+        "receivedAt": _iso(received),
+        "receivedAtSeconds": received,
+        "updatedAt": _iso(updated),
+    }
+
+
 class Reads:
-    """The read verbs common to every SQL backend; ``PARAM`` is its parameter placeholder."""
+    """The read verbs common to every SQL backend; ``PARAM`` is its parameter placeholder, and
+    ``MINUTE`` the expression that turns Unix seconds (``{}``) into a whole minute number."""
 
     PARAM: ClassVar[str]
+    MINUTE: ClassVar[str]
     db: Fetches
+
+    def _filters(
+        self, clauses: list[str], params: list[Any], pairs: Sequence[tuple[str, Any]]
+    ) -> None:
+        """Append each clause (``{p}`` for the placeholder) whose value is given."""
+        for clause, value in pairs:
+            if value is not None and value != "":
+                clauses.append(clause.format(p=self.PARAM))
+                params.append(value)
+
+    async def list_enrichments(
+        self,
+        *,
+        state: str | None,
+        after: int,
+        limit: int,
+        entity_id: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        field: str | None = None,
+        record_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """A page of enrichments in id order, starting after ``after``.
+
+        ``created_after`` / ``created_before`` bound ``created_at`` (Unix seconds, inclusive);
+        ``record_id`` keeps the rows with a target naming that CRM record id.
+        """
+        clauses: list[str] = [f"id > {self.PARAM}"]
+        params: list[Any] = [after]
+        hint, created = await self._created_plan(created_after, created_before)
+        self._filters(
+            clauses,
+            params,
+            (
+                ("state = {p}", state),
+                ("field = {p}", field),
+                ("entity_id = {p}", entity_id),
+                (created + " >= {p}", created_after),
+                (created + " <= {p}", created_before),
+                ("id IN (SELECT enrichment_id FROM targets WHERE object_id = {p})", record_id),
+            ),
+        )
+        rows = await self.db.fetch(
+            f"SELECT id FROM enrichments {hint} WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f" ORDER BY id LIMIT {self.PARAM}",
+            (*params, limit),
+        )
+        found = await self.enrichments([int(row[0]) for row in rows])
+        return [found[int(row[0])] for row in rows]
+
+    async def enrichments(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Enrichments by id, with their targets (each backend reads them its own way)."""
+        raise NotImplementedError
+
+    async def _created_plan(self, after: float | None, before: float | None) -> tuple[str, str]:
+        """How :meth:`list_enrichments` reads a creation-time filter: a table hint and the
+        column expression. By default the backend's planner chooses (PostgreSQL has the
+        statistics to)."""
+        return "", "created_at"
+
+    async def list_inbound(
+        self,
+        *,
+        state: str | None = None,
+        source: str | None = None,
+        before: tuple[float, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A page of inbound CRM events, newest first, starting after ``before``.
+
+        ``before`` is the (received_at, source, key) of the last row of the previous page.
+        """
+        clauses: list[str] = ["TRUE"]
+        params: list[Any] = []
+        self._filters(clauses, params, (("state = {p}", state), ("source = {p}", source)))
+        if before is not None:
+            p = self.PARAM
+            clauses.append(f"(received_at, source, key) < ({p}, {p}, {p})")
+            params.extend(before)
+        rows = await self.db.fetch(
+            f"SELECT {INBOUND_COLUMNS} FROM inbound"  # noqa: S608 - fixed clauses
+            f" WHERE {' AND '.join(clauses)}"
+            f" ORDER BY received_at DESC, source DESC, key DESC LIMIT {self.PARAM}",
+            (*params, limit),
+        )
+        return [inbound_json(row) for row in rows]
+
+    async def last_errors(self, connectors: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Each connector's most recent delivery error: ``error``, ``status``, ``at``."""
+        found: dict[str, dict[str, Any]] = {}
+        for name in connectors:
+            rows = await self.db.fetch(
+                "SELECT last_error, response_status, updated_at FROM deliveries"  # noqa: S608
+                f" WHERE connector = {self.PARAM} AND last_error IS NOT NULL"
+                " ORDER BY updated_at DESC LIMIT 1",
+                (name,),
+            )
+            if rows:
+                error, status, at = rows[0]
+                found[name] = {"error": error, "status": status, "at": float(at)}
+        return found
+
+    async def per_minute(self, since: float) -> dict[str, dict[int, int]]:
+        """Enrichments that ended and deliveries acknowledged from ``since`` on, by minute
+        (Unix seconds // 60): ``{"enrichments": {...}, "deliveries": {...}}``."""
+        p = self.PARAM
+        ended = await self.db.fetch(
+            f"SELECT {self.MINUTE.format('finished_at')}, count(*) FROM enrichments"  # noqa: S608
+            f" WHERE finished_at >= {p} GROUP BY 1",
+            (since,),
+        )
+        acked = await self.db.fetch(
+            f"SELECT {self.MINUTE.format('updated_at')}, count(*) FROM deliveries"  # noqa: S608
+            f" WHERE state = 'delivered' AND updated_at >= {p} GROUP BY 1",
+            (since,),
+        )
+        return {
+            "enrichments": {int(m): int(n) for m, n in ended},
+            "deliveries": {int(m): int(n) for m, n in acked},
+        }
 
     async def list_deliveries(
         self,
@@ -135,24 +276,94 @@ class Reads:
         ``updated_after`` / ``updated_before`` bound ``updated_at`` (Unix seconds, inclusive): the
         last attempt or change, so for a dead delivery the time it died.
         """
-        clauses: list[str] = [f"id > {self.PARAM}"]
-        params: list[Any] = [after]
-        for clause, value in (
-            (f"state = {self.PARAM}", state),
-            (f"connector = {self.PARAM}", connector),
-            (f"enrichment_id = {self.PARAM}", enrichment_id),
-            (f"updated_at >= {self.PARAM}", updated_after),
-            (f"updated_at <= {self.PARAM}", updated_before),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                params.append(value)
+        clauses, params = self._delivery_clauses(
+            state=state,
+            connector=connector,
+            enrichment_id=enrichment_id,
+            after=after,
+            updated_after=updated_after,
+            updated_before=updated_before,
+        )
         rows = await self.db.fetch(
             f"SELECT {DELIVERY_LIST_COLUMNS} FROM deliveries"  # noqa: S608 - fixed clauses
             f" WHERE {' AND '.join(clauses)} ORDER BY id LIMIT {self.PARAM}",
             (*params, limit),
         )
         return [delivery_json(row) for row in rows]
+
+    def _delivery_clauses(
+        self,
+        *,
+        state: str | None,
+        connector: str | None,
+        enrichment_id: int | None,
+        after: int,
+        updated_after: float | None,
+        updated_before: float | None,
+    ) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = [f"id > {self.PARAM}"]
+        params: list[Any] = [after]
+        self._filters(
+            clauses,
+            params,
+            (
+                ("state = {p}", state),
+                ("connector = {p}", connector),
+                ("enrichment_id = {p}", enrichment_id),
+                ("updated_at >= {p}", updated_after),
+                ("updated_at <= {p}", updated_before),
+            ),
+        )
+        return clauses, params
+
+    async def delivery_ids(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> list[int]:
+        """The ids of a page of deliveries in ``state``, filtered as :meth:`list_deliveries`."""
+        clauses, params = self._delivery_clauses(
+            state=state,
+            connector=connector,
+            enrichment_id=None,
+            after=after,
+            updated_after=updated_after,
+            updated_before=updated_before,
+        )
+        rows = await self.db.fetch(
+            f"SELECT id FROM deliveries WHERE {' AND '.join(clauses)}"  # noqa: S608
+            f" ORDER BY id LIMIT {self.PARAM}",
+            (*params, limit),
+        )
+        return [int(row[0]) for row in rows]
+
+    async def count_matching_deliveries(
+        self,
+        *,
+        state: str,
+        connector: str | None = None,
+        updated_after: float | None = None,
+        updated_before: float | None = None,
+    ) -> int:
+        """How many deliveries in ``state`` the filters of :meth:`list_deliveries` select."""
+        clauses, params = self._delivery_clauses(
+            state=state,
+            connector=connector,
+            enrichment_id=None,
+            after=0,
+            updated_after=updated_after,
+            updated_before=updated_before,
+        )
+        rows = await self.db.fetch(
+            f"SELECT count(*) FROM deliveries WHERE {' AND '.join(clauses)}",  # noqa: S608
+            params,
+        )
+        return int(rows[0][0])
 
     async def delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """One delivery, or ``None``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,10 +42,16 @@ _CHARGED = (
 )
 
 
+# A creation-time range with at most this many rows is read through its index (and its ids
+# sorted); a wider one walks the ids in order, where matches are dense.
+CREATED_PROBE_ROWS = 20_000
+
+
 class Reads(reads.Reads):
     """The read verbs of :class:`~bridge.ledger.sqlite.SQLiteLedger`, on the reader connection."""
 
     PARAM = "?"
+    MINUTE = "CAST({} / 60 AS INTEGER)"
     db: sqlite_db.Db
 
     async def enrichments(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -72,38 +79,28 @@ class Reads(reads.Reads):
             found.setdefault(int(row[0]), []).append(model.Target(row[1], row[2], row[3]))
         return found
 
-    async def list_enrichments(
-        self,
-        *,
-        state: str | None,
-        after: int,
-        limit: int,
-        entity_id: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """A page of enrichments in id order, starting after ``after``.
+    async def _created_plan(self, after: float | None, before: float | None) -> tuple[str, str]:
+        """The plan SQLite lacks the statistics to choose for a creation-time filter.
 
-        ``created_after`` / ``created_before`` bound ``created_at`` (Unix seconds, inclusive).
+        A narrow range (few rows, wherever they are) is read through ``enrichments_by_created``
+        and sorted; a wide one by walking the ids with the range as a plain filter (``+``), so
+        the first page comes at once instead of after sorting every match. Counting up to
+        :data:`CREATED_PROBE_ROWS` index entries decides which.
         """
-        clauses: list[str] = ["id > ?"]
-        params: list[str | float] = [after]
-        for clause, value in (
-            ("state = ?", state),
-            ("entity_id = ?", entity_id),
-            ("created_at >= ?", created_after),
-            ("created_at <= ?", created_before),
-        ):
-            if value is not None and value != "":
-                clauses.append(clause)
-                params.append(value)
+        if after is None and before is None:
+            return "", "created_at"
         rows = await self.db.fetch(
-            f"SELECT id FROM enrichments WHERE {' AND '.join(clauses)}"  # noqa: S608 - fixed clauses
-            " ORDER BY id LIMIT ?",
-            (*params, limit),
+            "SELECT count(*) FROM (SELECT 1 FROM enrichments WHERE created_at >= ?"
+            " AND created_at <= ? LIMIT ?)",
+            (
+                -math.inf if after is None else after,
+                math.inf if before is None else before,
+                CREATED_PROBE_ROWS + 1,
+            ),
         )
-        found = await self.enrichments([int(row[0]) for row in rows])
-        return [found[int(row[0])] for row in rows]
+        if int(rows[0][0]) <= CREATED_PROBE_ROWS:
+            return "INDEXED BY enrichments_by_created", "created_at"
+        return "", "+created_at"
 
     async def latest_for_keys(
         self, keys: Sequence[tuple[str, str, str]]
