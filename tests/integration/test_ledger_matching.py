@@ -72,7 +72,7 @@ async def test_settling_accepts_matched_tasks_caches_outcomes_and_queues_write_b
     assert sorted(queued) == ["emails", "phones"]
     assert {row.entity_id for rows in queued.values() for row in rows} == {person}
     by_key = {row["key"]: row for row in await store.list_inbound(state=None)}
-    assert by_key["ev1"]["state"] == "matched" and by_key["ev1"]["entityId"] == person
+    assert (by_key["ev1"]["state"], by_key["ev1"]["entityId"]) == ("matched", person)
     assert by_key["ev2"]["state"] == "ambiguous"
     assert by_key["ev2"]["candidates"] == list(others)
     assert (by_key["ev3"]["state"], by_key["ev3"]["reason"]) == ("unmatched", "nobody at Lance")
@@ -96,7 +96,11 @@ async def test_write_back_outcomes_are_recorded(store: ledger.Ledger) -> None:
     waiting = await store.waiting_matches(NOW, 10)
     ids = [str(uuid.uuid4()) for _ in waiting]
     await store.settle_matches(
-        [(w, ledger.Found(w.match.key, "matched", i, (i,))) for w, i in zip(waiting, ids)], NOW
+        [
+            (w, ledger.Found(w.match.key, "matched", i, (i,)))
+            for w, i in zip(waiting, ids, strict=True)
+        ],
+        NOW,
     )
     first, second = await store.due_write_backs(NOW, 10)
     await store.record_write_backs(
