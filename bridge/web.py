@@ -5,6 +5,8 @@ A rejected request stores nothing: bodies are fully validated before the ledger 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENRICHMENT_STATES = frozenset(model.EnrichmentState)
 DELIVERY_STATES = frozenset(model.DeliveryState)
+INBOUND_STATES = frozenset(model.InboundState)
 MAX_PAGE = 1000
 
 
@@ -279,6 +282,36 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return _json({"deliveries": rows, "nextCursor": cursor})
 
 
+async def list_inbound(request: web.Request) -> web.Response:
+    """A page of inbound CRM events and what became of them, filtered by state and source."""
+    state = _choice(request, "state", INBOUND_STATES)
+    limit, _ = _page(request, cursor=False)
+    after = _inbound_cursor(request.query.get("cursor", ""))
+    rows = await request.app[runtime.BRIDGE].ledger.list_inbound(
+        state=state, source=request.query.get("source") or None, after=after, limit=limit
+    )
+    cursor = _encode_cursor(rows[-1].pop("cursor")) if len(rows) == limit else None
+    for row in rows:
+        row.pop("cursor", None)
+    return _json({"inbound": rows, "nextCursor": cursor})
+
+
+def _encode_cursor(position: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
+
+
+def _inbound_cursor(raw: str) -> tuple[float, str, str] | None:
+    """The (receivedAt, source, key) an inbound ``nextCursor`` names."""
+    if not raw:
+        return None
+    try:
+        received, source, key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        position = (float(received), str(source), str(key))
+    except (ValueError, TypeError, binascii.Error):
+        fail(400, "invalid_parameter", "cursor must be a value from nextCursor")
+    return position
+
+
 async def retry_delivery(request: web.Request) -> web.Response:
     """Replay a dead delivery (never re-triggers Lance)."""
     delivery_id = _int_path(request, "id")
@@ -375,8 +408,9 @@ def _choice(request: web.Request, name: str, allowed: frozenset[str]) -> str | N
     return value
 
 
-def _page(request: web.Request) -> tuple[int, int]:
-    limit_raw, cursor_raw = request.query.get("limit", "100"), request.query.get("cursor", "0")
+def _page(request: web.Request, *, cursor: bool = True) -> tuple[int, int]:
+    limit_raw = request.query.get("limit", "100")
+    cursor_raw = request.query.get("cursor", "0") if cursor else "0"
     if not _is_number(limit_raw) or not 1 <= int(limit_raw) <= MAX_PAGE:
         fail(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_PAGE}")
     if not _is_number(cursor_raw):
@@ -392,6 +426,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/enrichments/{id}", get_enrichment)
     app.router.add_get("/v1/deliveries", list_deliveries)
     app.router.add_post("/v1/deliveries/{id}/retry", retry_delivery)
+    app.router.add_get("/v1/inbound", list_inbound)
     app.router.add_post("/hooks/{kind}", post_hook)
     app.router.add_post("/hooks/{kind}/{name}", post_hook)
     app.router.add_get("/healthz", healthz)

@@ -201,9 +201,7 @@ class Hooks(auth.Api):
         lance_field = self.settings.objects()[object_type].lance_id_field
         lance_id = values.get(lance_field.lower(), "")
         tasks = self.tasks_for(object_type, canonical, lance_id)
-        if isinstance(tasks, str):
-            return model.Inbound(key, skipped=tasks, record=(object_type, canonical))
-        return model.Inbound(key, tasks=tasks, record=(object_type, canonical))
+        return connector.inbound_of(key, tasks, (object_type, canonical))
 
     def _flow_events(self, request: HookRequest) -> list[model.Inbound]:
         try:
@@ -233,10 +231,7 @@ class Hooks(auth.Api):
                 raise _JsonRefusal(400, "invalid_body", f"{where or 'body'}: {tasks}")
             key = f"flow:{digest}:{index}"
             target = (record.object_type, canonical)
-            if isinstance(tasks, str):
-                events.append(model.Inbound(key, skipped=tasks, record=target))
-            else:
-                events.append(model.Inbound(key, tasks=tasks, record=target))
+            events.append(connector.inbound_of(key, tasks, target))
         return events
 
     def tasks_for(
