@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
@@ -21,6 +22,7 @@ from bridge import (
     errors,
     hooks,
     jsonbody,
+    linkedin,
     metrics,
     model,
     openapi,
@@ -35,6 +37,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENRICHMENT_STATES = frozenset(model.EnrichmentState)
 DELIVERY_STATES = frozenset(model.DeliveryState)
 INBOUND_STATES = frozenset(model.InboundState)
+# The inbound source of ``match`` tasks sent to ``POST /v1/triggers``.
+API_SOURCE = "api"
 MAX_PAGE = 1000
 
 
@@ -163,11 +167,19 @@ async def post_triggers(request: web.Request) -> web.Response:
     """Accept tasks; an (entityType, entityId, field) already in flight gets the targets."""
     body: schemas.TriggerRequest = await _body(request, schemas.TriggerRequest)
     bridge = request.app[runtime.BRIDGE]
-    tasks = [
-        _task(bridge.ledger.router, bridge.connectors, index, task)
+    checked = [
+        (index, _task(bridge.ledger.router, bridge.connectors, index, task))
         for index, task in enumerate(body.tasks)
     ]
-    accepted = await bridge.ledger.accept(tasks, bridge.clock())
+    tasks = [task for _, task in checked if isinstance(task, model.Task)]
+    matches = [(i, task) for i, task in checked if isinstance(task, model.Inbound)]
+    now = bridge.clock()
+    # A task naming a CRM record settles that record's ambiguous match, in its transaction.
+    settles = any(target.object_id for task in tasks for target in task.targets)
+    accept = bridge.ledger.accept_settling if settles else bridge.ledger.accept
+    accepted = await accept(tasks, now) if tasks else []
+    if matches:
+        await bridge.ledger.receive(API_SOURCE, [event for _, event in matches], now)
     shaped = [
         {
             "id": row.id,
@@ -180,7 +192,13 @@ async def post_triggers(request: web.Request) -> web.Response:
         }
         for task, row in zip(tasks, accepted, strict=True)
     ]
-    return _json({"enrichments": shaped}, status=202)
+    answer: dict[str, Any] = {"enrichments": shaped}
+    if matches:
+        answer["matching"] = [
+            {"task": i, "source": API_SOURCE, "key": event.key, "state": event.state}
+            for i, event in matches
+        ]
+    return _json(answer, status=202)
 
 
 def _task(
@@ -188,8 +206,16 @@ def _task(
     connectors: Mapping[str, connector.Connector],
     index: int,
     task: schemas.TriggerTask,
-) -> model.Task:
+) -> model.Task | model.Inbound:
     where = f"tasks.{index}"
+    if task.match is not None and (
+        task.mode != "trigger" or task.entityType != "person" or task.field == "summary"
+    ):
+        fail(
+            422,
+            "validation_error",
+            f"{where}.match: a match finds a person to trigger: person phones or emails only",
+        )
     if task.mode == "trigger" and (task.entityType != "person" or task.field == "summary"):
         fail(
             422,
@@ -216,7 +242,29 @@ def _task(
         if problem:
             fail(422, "validation_error", f"{where}.targets: {problem}")
     targets = tuple(model.Target(t.connector, t.objectType, t.objectId) for t in task.targets)
-    return model.Task(task.entityType, task.entityId, task.field, task.mode, targets)
+    if task.match is None:
+        assert task.entityId is not None  # the schema allows exactly one of the two
+        return model.Task(task.entityType, task.entityId, task.field, task.mode, targets)
+    return _match_event(router, task.match, task.field, targets)
+
+
+def _match_event(
+    router: outbox.Router, match: schemas.MatchIn, field: str, targets: tuple[model.Target, ...]
+) -> model.Inbound:
+    """A ``match`` task as the inbound event the match job settles (DESIGN §12)."""
+    if match.linkedinUrl is not None:
+        key = linkedin.match_key(match.linkedinUrl)
+    else:
+        found = linkedin.name_key(match.fullName, match.company)
+        assert found is not None  # the schema checked both are given
+        key = found
+    record = targets[0] if targets and targets[0].object_id else None
+    route = router.route(record.connector) if record else None
+    # The id found is written back when the first target is a CRM record.
+    write_back = bool(route and route.needs_record)
+    found_match = model.Match(key, (field,), targets, write_back)
+    where = (record.object_type, record.object_id) if record else ("", "")
+    return model.Inbound(f"api:{uuid.uuid4()}", match=found_match, record=where)
 
 
 async def post_query(request: web.Request) -> web.Response:
