@@ -262,21 +262,14 @@ async def inbound(settings: settings_mod.Settings, args: argparse.Namespace) -> 
         await store.close()
     for row in rows:
         row.pop("cursor", None)
-    columns = ("source", "record", "state", "entity", "candidates", "reason", "received")
+    columns = ("record", "state", "found", "reason")
     return _print_rows(rows, columns, _inbound_cells, as_json=args.json)
 
 
 def _inbound_cells(row: dict[str, Any]) -> list[str]:
-    record = f"{row['objectType']} {row['objectId']}".strip()
-    return [
-        row["source"],
-        record,
-        row["state"],
-        row["entityId"] or "",
-        " ".join(row["candidates"]),
-        row["reason"] or "",
-        row["receivedAt"],
-    ]
+    record = f"{row['source']} {row['objectType']} {row['objectId']}".strip()
+    found = row["entityId"] or (f"{len(row['candidates'])} candidates" if row["candidates"] else "")
+    return [record, row["state"], found, row["reason"] or ""]
 
 
 async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
