@@ -23,6 +23,7 @@ from connectors.salesforce.config import (
     UUID4,
     UUID4_RE,
     ObjectType,
+    PersonSettings,
     id18,
     object_type_of,
     same_org_id,
@@ -201,7 +202,41 @@ class Hooks(auth.Api):
         lance_field = self.settings.objects()[object_type].lance_id_field
         lance_id = values.get(lance_field.lower(), "")
         tasks = self.tasks_for(object_type, canonical, lance_id)
+        if isinstance(tasks, str) and not lance_id:
+            tasks = self._match(object_type, canonical, values) or tasks
         return connector.inbound_of(key, tasks, (object_type, canonical))
+
+    def _match(
+        self, object_type: ObjectType, record_id: str, values: Mapping[str, str]
+    ) -> model.Match | None:
+        """The person search a Lead or Contact without a Lance id asks for, if it can."""
+        settings = self.settings.objects()[object_type]
+        if not isinstance(settings, PersonSettings):
+            return None
+        record = model.Target(self.name, object_type, record_id)
+        for kind in settings.match_by:
+            if kind == "linkedin":
+                value = values.get(settings.linkedin_field.lower())
+                match = connector.linkedin_match(
+                    value,
+                    settings.linkedin_field,
+                    settings.enrich,
+                    record,
+                    write_back=settings.write_back,
+                )
+            else:
+                first = values.get(settings.first_name_field.lower(), "")
+                last = values.get(settings.last_name_field.lower(), "")
+                match = connector.name_match(
+                    f"{first} {last}",
+                    values.get(settings.company_field.lower()),
+                    settings.enrich,
+                    record,
+                    write_back=settings.write_back,
+                )
+            if match is not None:
+                return match
+        return None
 
     def _flow_events(self, request: HookRequest) -> list[model.Inbound]:
         try:
