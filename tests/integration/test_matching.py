@@ -221,3 +221,38 @@ async def test_each_failed_search_leaves_a_reason_and_the_rest_of_the_batch_goes
     assert (await jobs_of(client).matcher.run_once()).searches == 3  # 401, 500, malformed
     clock.advance(60)
     assert (await jobs_of(client).matcher.run_once()).searches == 4  # and now the 429 too
+
+
+@pytest.mark.parametrize("match_by", [["linkedin"], ["linkedin", "name_company"]])
+async def test_name_and_company_are_searched_only_when_match_by_names_them(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    clock: Clock,
+    match_by: list[str],
+) -> None:
+    lance, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    contacts = {"match_by": match_by}
+    client = await make_bridge(
+        hubspot_settings(tmp_path, lance_url, hubspot_url, contacts=contacts)
+    )
+    names = collections.Counter((p.full_name, p.company_name) for p in lance.directory.people)
+    person = next(p for p in lance.directory.people if names[(p.full_name, p.company_name)] == 1)
+    first, _, last = person.full_name.partition(" ")
+    fields = {"firstname": first, "lastname": last, "company": person.company_name.upper()}
+    contact = sandbox.add_record("contacts", fields)
+
+    await post_events(client, [hs.creation(int(contact), clock=clock)], clock)
+    await jobs_of(client).resolver.run_once()
+    report = await jobs_of(client).matcher.run_once()
+
+    if match_by == ["linkedin"]:
+        assert report.searches == 0
+        [event] = await _inbound(client, "skipped")
+        assert event["reason"] == f"no lance_person_id on contacts {contact}"
+        return
+    assert (report.searches, report.matched) == (1, 1)
+    assert lance.searches["fullName"] == lance.searches["company.current"] == 1
+    assert sandbox.record("contacts", contact)["lance_person_id"] == person.id
