@@ -27,6 +27,7 @@ from tests.integration.test_hubspot import (
     hubspot_settings,
     lance_values,
     post_events,
+    post_workflow,
 )
 
 # Each written in one of the forms CRMs hold them in; all name the same profile.
@@ -157,3 +158,31 @@ async def test_500_contacts_without_lance_ids_are_matched_written_back_and_enric
     counts = await client.app[runtime.BRIDGE].ledger.inbound_counts()
     assert counts[("hubspot", "ambiguous")] == 40 * 2
     assert counts[("hubspot", "unmatched")] == 60 * 2
+
+
+async def test_workflow_calls_and_linkedin_changes_of_contacts_without_a_lance_id_match(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
+    first, second = lance.directory.people[1], lance.directory.people[2]
+    by_workflow = sandbox.add_record("contacts", {"hs_linkedin_url": first.linkedin_url})
+    by_change = sandbox.add_record("contacts", {})
+    customised = {"hs_object_id": by_workflow, "hs_linkedin_url": first.linkedin_url + "/"}
+
+    workflow = await post_workflow(client, customised, clock)
+    change = hs.property_change(int(by_change), "hs_linkedin_url", second.linkedin_url, clock=clock)
+    changed = await post_events(client, [change], clock)
+    report = await jobs_of(client).matcher.run_once()
+
+    assert (workflow.status, changed.status) == (200, 200)
+    assert (report.searches, report.matched) == (2, 2)
+    assert sandbox.record("contacts", by_workflow)["lance_person_id"] == first.id
+    assert sandbox.record("contacts", by_change)["lance_person_id"] == second.id
+    await drain(client)
+    assert sandbox.record("contacts", by_change)["email"] == lance_values(second.id, "emails")[0]
