@@ -138,15 +138,17 @@ class Matcher:
             return ledger.Found(key, _UNMATCHED, reason=reason, cached=False)
         except errors.LanceError as exc:
             wait_s = max(self.config.retry_seconds, exc.retry_after_s or 0.0)
-            return self._retry(key, f"person search failed: {exc}", wait_s)
+            return self._retry(key, f"person search failed: {exc}", wait_s, exc)
         return outcome_of(key, page)
 
-    def _retry(self, key: str, reason: str, wait_s: float) -> ledger.Found:
+    def _retry(self, key: str, reason: str, wait_s: float, exc: errors.LanceError) -> ledger.Found:
+        # Only the kind of failure is logged: Lance's message may echo the URL searched.
         logger.warning(
-            "person search failed, asked again in %.0f s: %s",
+            "person search failed (%s, HTTP %s), asked again in %.0f s",
+            type(exc).__name__,
+            exc.status or "none",
             wait_s,
-            reason,
-            extra={"event": "match.search_failed"},
+            extra={"event": "match.search_failed", "status": exc.status},
         )
         retry_at = self.clock() + wait_s
         return ledger.Found(key, _RETRY, reason=reason, cached=False, retry_at=retry_at)

@@ -208,7 +208,7 @@ class Match:
             the event is ``unmatched`` with this reason and no search is made.
     """
 
-    key: str
+    key: str = dataclasses.field(repr=False)  # a LinkedIn URL or a name: personal data
     fields: tuple[str, ...] = ()
     targets: tuple[Target, ...] = ()
     write_back: bool = False
