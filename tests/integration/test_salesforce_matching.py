@@ -15,9 +15,12 @@ from bridge.sim import lance as sim
 from bridge.sim import salesforce as sf
 from tests.conftest import BridgeFactory, auth, drain, jobs_of
 from tests.integration.test_salesforce import (
+    FLOW_TOKEN,
+    HOOK,
     TRIGGER,
     UPDATE,
     envelope,
+    flow_headers,
     lance_values,
     post_soap,
     rsa_keys,  # noqa: F401 - a fixture the sandbox needs
@@ -89,3 +92,35 @@ async def test_leads_and_contacts_without_lance_ids_are_matched_and_written_back
     await _send(client, envelope(sandbox, others))  # new messages for the unsettled ones
     await drain(client)
     assert (lance.searches["total"], lance.requests[TRIGGER]) == (searches, triggers)
+
+
+async def test_a_flow_callout_with_a_linkedin_url_is_matched_and_junk_is_unmatched(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    salesforce: tuple[sf.SalesforceSandbox, str],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    lance, lance_url = simulator
+    sandbox, salesforce_url = salesforce
+    client = await start(make_bridge, tmp_path, lance_url, sf_table(salesforce_url))
+    person = lance.directory.people[4]
+    lead = sandbox.add_record("Lead", {"LastName": "L", "Company": "Acme"})
+    contact = sandbox.add_record("Contact", {"LastName": "C"})
+    body = [
+        {"recordId": lead, "objectType": "Lead", "linkedinUrl": person.linkedin_url + "/"},
+        {"recordId": contact, "objectType": "Contact", "linkedinUrl": "my profile"},
+    ]
+
+    response = await client.post(HOOK, json=body, headers=flow_headers(FLOW_TOKEN))
+    both = {"recordId": lead, "objectType": "Lead", "linkedinUrl": "x", "lanceId": person.id}
+    refused = await client.post(HOOK, json=both, headers=flow_headers(FLOW_TOKEN))
+    report = await jobs_of(client).matcher.run_once()
+
+    assert response.status == 200, await response.text()
+    assert refused.status == 400
+    assert (report.searches, report.matched) == (1, 1)
+    assert sandbox.record("Lead", lead)["Lance_Person_Id__c"] == person.id
+    [junk] = (await (await client.get("/v1/inbound?state=unmatched", headers=auth())).json())[
+        "inbound"
+    ]
+    assert (junk["objectId"], junk["reason"]) == (contact, "linkedinUrl: contains whitespace")
