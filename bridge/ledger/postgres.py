@@ -3,7 +3,8 @@
 The backend of :class:`bridge.ledger.Ledger` that ``ledger.url`` selects. Its siblings:
 :mod:`~bridge.ledger.postgres_db` (pool, schema version, migrations, the one seam translating
 psycopg errors), :mod:`~bridge.ledger.postgres_rows` (batch writes) and
-:mod:`~bridge.ledger.postgres_reads` (API, CLI and metrics reads).
+:mod:`~bridge.ledger.postgres_reads` (API, CLI and metrics reads); the matching verbs are in
+:mod:`~bridge.ledger.postgres_match`.
 
 Replicas: due rows are claimed with ``FOR UPDATE SKIP LOCKED`` and a lease (``claimed_by``,
 ``claim_expires_at``), so two replicas never hand the same rows to two jobs; a claimed row

@@ -201,7 +201,7 @@ class Matching(postgres_reads.Reads):
 
 async def _cache(conn: postgres_rows.Conn, found: Sequence[ledger.Found], now: float) -> None:
     rows: dict[str, tuple[Any, ...]] = {
-        f.key: (f.key, f.outcome, f.entity_id, json.dumps(list(f.candidates)))
+        f.key: (f.key, f.outcome, f.entity_id, json.dumps(list(f.candidates)), f.reason)
         for f in found
         if f.cached and f.outcome != _RETRY and f.key
     }
@@ -209,10 +209,11 @@ async def _cache(conn: postgres_rows.Conn, found: Sequence[ledger.Found], now: f
         return
     columns = list(zip(*rows.values(), strict=True))
     await conn.execute(
-        "INSERT INTO matches (key, outcome, entity_id, candidates, searched_at)"
-        " SELECT k, o, e, c, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
-        " AS m (k, o, e, c) ON CONFLICT (key) DO UPDATE SET outcome = excluded.outcome,"
-        " entity_id = excluded.entity_id, candidates = excluded.candidates,"
+        "INSERT INTO matches (key, outcome, entity_id, candidates, reason, searched_at)"
+        " SELECT k, o, e, c, r, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+        " %s::text[]) AS m (k, o, e, c, r) ON CONFLICT (key) DO UPDATE"
+        " SET outcome = excluded.outcome, entity_id = excluded.entity_id,"
+        " candidates = excluded.candidates, reason = excluded.reason,"
         " searched_at = excluded.searched_at",
         (now, *[list(c) for c in columns]),
     )

@@ -143,13 +143,15 @@ def inbound_json(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def found_of(row: Sequence[Any]) -> ledger.Found:
-    """A match-table row (key, outcome, entity_id, candidates) as a :class:`ledger.Found`."""
-    key, outcome, entity_id, candidates = row
+    """A match-table row (key, outcome, entity_id, candidates, reason) as a
+    :class:`ledger.Found`."""
+    key, outcome, entity_id, candidates, reason = row
     return ledger.Found(
         str(key),
         str(outcome),
         None if entity_id is None else str(entity_id),
         tuple(json.loads(candidates or "[]")),
+        None if reason is None else str(reason),
     )
 
 
@@ -262,7 +264,7 @@ class Reads:
             chunk = wanted[start : start + MATCH_KEYS_PER_READ]
             marks = ", ".join([self.PARAM] * len(chunk))
             rows = await self.db.fetch(
-                "SELECT key, outcome, entity_id, candidates FROM matches"  # noqa: S608
+                "SELECT key, outcome, entity_id, candidates, reason FROM matches"  # noqa: S608
                 f" WHERE key IN ({marks})",
                 chunk,
             )

@@ -4,7 +4,8 @@ The embedded default backend of :class:`bridge.ledger.Ledger`. Its SQL lives in 
 its ``sqlite_*`` siblings: :mod:`~bridge.ledger.sqlite_db` (connections, file, health, the one
 seam translating sqlite3 errors), :mod:`~bridge.ledger.sqlite_file` (lock and migrations),
 :mod:`~bridge.ledger.sqlite_rows` (the hot writes), :mod:`~bridge.ledger.sqlite_outbox`
-(delivery rows) and :mod:`~bridge.ledger.sqlite_reads` (API, CLI and metrics reads).
+(delivery rows), :mod:`~bridge.ledger.sqlite_match` (matching CRM records to Lance people) and
+:mod:`~bridge.ledger.sqlite_reads` (API, CLI and metrics reads).
 """
 
 from __future__ import annotations

@@ -140,8 +140,12 @@ class Matching(sqlite_reads.Reads):
 
 async def _cache(db: aiosqlite.Connection, found: Sequence[ledger.Found], now: float) -> None:
     rows: dict[str, tuple[Any, ...]] = {
-        f.key: (f.key, f.outcome, f.entity_id, json.dumps(list(f.candidates)), now)
+        f.key: (f.key, f.outcome, f.entity_id, json.dumps(list(f.candidates)), now, f.reason)
         for f in found
         if f.cached and f.outcome != _RETRY and f.key
     }
-    await db.executemany("INSERT OR REPLACE INTO matches VALUES (?, ?, ?, ?, ?)", rows.values())
+    await db.executemany(
+        "INSERT OR REPLACE INTO matches"
+        " (key, outcome, entity_id, candidates, searched_at, reason) VALUES (?, ?, ?, ?, ?, ?)",
+        rows.values(),
+    )

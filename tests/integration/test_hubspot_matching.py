@@ -155,6 +155,10 @@ async def test_500_contacts_without_lance_ids_are_matched_written_back_and_enric
     assert lance.searches["total"] == searches
     assert lance.requests[TRIGGER] == triggers
     assert lance.charges == credits
+    # The events settled from the match table carry the reason the search gave.
+    ambiguous = await _inbound(client, "ambiguous")
+    assert len(ambiguous) == 80
+    assert all(r["reason"].startswith("2 Lance people match") for r in ambiguous)
     counts = await client.app[runtime.BRIDGE].ledger.inbound_counts()
     assert counts[("hubspot", "ambiguous")] == 40 * 2
     assert counts[("hubspot", "unmatched")] == 60 * 2

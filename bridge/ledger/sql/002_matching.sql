@@ -21,6 +21,7 @@ CREATE TABLE matches (
     outcome     TEXT NOT NULL,                  -- matched | unmatched | ambiguous
     entity_id   TEXT,                           -- the one person found
     candidates  TEXT NOT NULL DEFAULT '[]',     -- Lance ids of every person found (JSON)
+    reason      TEXT,                           -- why it is not a match
     searched_at REAL NOT NULL
 ) WITHOUT ROWID;
 

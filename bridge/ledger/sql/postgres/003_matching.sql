@@ -21,6 +21,7 @@ CREATE TABLE matches (
     outcome     text NOT NULL,                  -- matched | unmatched | ambiguous
     entity_id   text,                           -- the one person found
     candidates  text NOT NULL DEFAULT '[]',     -- Lance ids of every person found (JSON)
+    reason      text,                           -- why it is not a match
     searched_at double precision NOT NULL
 );
 
