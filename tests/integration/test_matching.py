@@ -72,6 +72,33 @@ async def test_a_match_task_triggers_only_once_its_one_person_is_found(
     assert len(charged) == 2  # the match, and the task that named its entityId
     states = collections.Counter(row["state"] for row in await _inbound(client))
     assert states == {"matched": 1, "ambiguous": 1, "unmatched": 1}
+    scraped = await (await client.get("/metrics", headers=auth())).text()
+    for outcome, n in (("matched", 1), ("ambiguous", 1), ("unmatched", 1), ("error", 0)):
+        assert f'lance_bridge_person_searches_total{{outcome="{outcome}"}} {n}.0' in scraped
+
+
+async def test_write_back_false_enriches_without_writing_the_id(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    settings = hubspot_settings(tmp_path, lance_url, hubspot_url, contacts={"write_back": False})
+    client = await make_bridge(settings)
+    person = lance.directory.people[5]
+    contact = sandbox.add_record("contacts", {"hs_linkedin_url": person.linkedin_url})
+
+    await post_events(client, [hs.creation(int(contact), clock=clock)], clock)
+    await drain(client)
+
+    record = sandbox.record("contacts", contact)
+    assert not record.get("lance_person_id")
+    assert record["email"]
+    [event] = await _inbound(client, "matched")
+    assert event["entityId"] == person.id
 
 
 @pytest.mark.parametrize(
