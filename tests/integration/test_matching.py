@@ -283,3 +283,24 @@ async def test_name_and_company_are_searched_only_when_match_by_names_them(
     assert (report.searches, report.matched) == (1, 1)
     assert lance.searches["fullName"] == lance.searches["company.current"] == 1
     assert sandbox.record("contacts", contact)["lance_person_id"] == person.id
+
+
+async def test_a_match_task_by_name_and_company_finds_its_person(
+    make_bridge: BridgeFactory, simulator: tuple[sim.LanceSimulator, str], tmp_path: Path
+) -> None:
+    lance, lance_url = simulator
+    client = await make_bridge(make_settings(tmp_path, lance_url))
+    names = collections.Counter((p.full_name, p.company_name) for p in lance.directory.people)
+    person = next(p for p in lance.directory.people if names[(p.full_name, p.company_name)] == 1)
+    match = {"fullName": f" {person.full_name.lower()} ", "company": person.company_name}
+
+    response = await client.post(
+        "/v1/triggers", json={"tasks": [{"match": match, "field": "phones"}]}, headers=auth()
+    )
+    report = await jobs_of(client).matcher.run_once()
+
+    assert response.status == 202
+    assert report.matched == 1
+    [event] = await _inbound(client, "matched")
+    assert event["entityId"] == person.id
+    assert event["matchKey"] == f"name:{person.full_name.lower()}\t{person.company_name.lower()}"
