@@ -190,3 +190,30 @@ async def test_workflow_calls_and_linkedin_changes_of_contacts_without_a_lance_i
     assert sandbox.record("contacts", by_change)["lance_person_id"] == second.id
     await drain(client)
     assert sandbox.record("contacts", by_change)["email"] == lance_values(second.id, "emails")[0]
+
+
+async def test_a_failed_write_back_is_retried_and_never_holds_up_the_enrichment(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
+    person = lance.directory.people[6]
+    contact = sandbox.add_record("contacts", {"hs_linkedin_url": person.linkedin_url})
+    await _send(client, _creations([contact], clock, 50_000), clock)
+    await jobs_of(client).resolver.run_once()
+    sandbox.fail_next(1, 503, route="batch/update")
+
+    report = await jobs_of(client).matcher.run_once()
+    triggered = await jobs_of(client).triggerer.run_once()
+
+    assert (report.matched, report.written_back, report.write_back_failed) == (1, 0, 1)
+    assert not sandbox.record("contacts", contact).get("lance_person_id")
+    assert triggered.requests >= 1
+    clock.advance(61)
+    assert (await jobs_of(client).matcher.run_once()).written_back == 1
+    assert sandbox.record("contacts", contact)["lance_person_id"] == person.id
