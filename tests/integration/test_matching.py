@@ -304,3 +304,30 @@ async def test_a_match_task_by_name_and_company_finds_its_person(
     [event] = await _inbound(client, "matched")
     assert event["entityId"] == person.id
     assert event["matchKey"] == f"name:{person.full_name.lower()}\t{person.company_name.lower()}"
+
+
+async def test_searches_keep_to_their_budget_and_the_rest_wait(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance, lance_url = simulator
+    settings = make_settings(tmp_path, lance_url, match={"searches_per_minute": 2})
+    client = await make_bridge(settings)
+    people = lance.directory.people[7:12]
+    tasks = [{"match": {"linkedinUrl": p.linkedin_url}, "field": "emails"} for p in people]
+    await client.post("/v1/triggers", json={"tasks": tasks}, headers=auth())
+    matcher = jobs_of(client).matcher
+
+    first = await matcher.run_once()
+    again = await matcher.run_once()
+    clock.advance(30)
+    half = await matcher.run_once()
+    clock.advance(31)
+    later = await matcher.run_once()
+
+    assert (first.searches, first.deferred) == (2, 3)
+    assert (again.searches, half.searches, later.searches) == (0, 0, 2)
+    assert lance.searches["total"] == 4
+    assert len(await _inbound(client, "matching")) == 1
