@@ -19,6 +19,7 @@ from bridge import (
     fetcher,
     lance,
     ledger,
+    matcher,
     metrics,
     outbox,
     poller,
@@ -151,6 +152,7 @@ def _jobs_ctx(
                 "fetch": (s.fetch.interval_seconds, bridge.jobs.fetcher.run_once),
                 "deliver": (s.delivery.interval_seconds, bridge.jobs.dispatcher.run_once),
                 "resolve": (s.inbound.interval_seconds, bridge.jobs.resolver.run_once),
+                "match": (s.match.interval_seconds, bridge.jobs.matcher.run_once),
                 "ledger": (ledger.WATCH_INTERVAL_S, bridge.ledger.watch),
                 "heartbeat": (ledger.HEARTBEAT_INTERVAL_S, bridge.heartbeat),
             },
@@ -186,4 +188,5 @@ def build_jobs(bridge: runtime.Bridge, rng: random.Random) -> scheduler.Jobs:
             store, bridge.connectors, s.delivery, clock=clock, rng=rng
         ),
         resolver=resolver.Resolver(store, bridge.connectors, s.inbound, clock=clock),
+        matcher=matcher.Matcher(store, client, bridge.connectors, s.match, clock=clock),
     )

@@ -216,6 +216,12 @@ def _inspection_commands(commands: Commands[_Parser]) -> None:
     retry.add_argument("--all-dead", action="store_true", help="every dead delivery")
     retry.add_argument("--connector", help="with --all-dead: only this connector's")
     _time_range(retry, "that died (with --all-dead)")
+    inbound = _command(commands, "inbound", "inspect CRM events received and what became of them")
+    sub = inbound.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = _action(sub, "list", "list inbound events, oldest first, with their reasons")
+    listing.add_argument("--state", choices=_values(model.InboundState))
+    listing.add_argument("--source", help="only this connector's events (api: match tasks)")
+    _list_options(listing)
 
 
 def _list_options(parser: argparse.ArgumentParser) -> None:
@@ -339,6 +345,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "migrate": commands.migrate,
         "enrichments": commands.enrichments,
         "deliveries": commands.deliveries,
+        "inbound": commands.inbound,
         "healthcheck": commands.healthcheck,
     }[args.command]
     return asyncio.run(runner(settings, args))

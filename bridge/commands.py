@@ -253,6 +253,25 @@ def _delivery_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
+async def inbound(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """``inbound list``: CRM events received, matched / unmatched / ambiguous with why."""
+    store = await _open_existing(settings)
+    try:
+        rows = await store.list_inbound(state=args.state, source=args.source, limit=args.limit)
+    finally:
+        await store.close()
+    for row in rows:
+        row.pop("cursor", None)
+    columns = ("record", "state", "found", "reason")
+    return _print_rows(rows, columns, _inbound_cells, as_json=args.json)
+
+
+def _inbound_cells(row: dict[str, Any]) -> list[str]:
+    record = f"{row['source']} {row['objectType']} {row['objectId']}".strip()
+    found = row["entityId"] or (f"{len(row['candidates'])} candidates" if row["candidates"] else "")
+    return [record, row["state"], found, row["reason"] or ""]
+
+
 async def _retry(store: ledger.Ledger, args: argparse.Namespace) -> int:
     ids = list(args.ids)
     if not ids and not args.all_dead:

@@ -22,7 +22,7 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from bridge import classify, errors, jsonbody, model
+from bridge import classify, errors, jsonbody, linkedin, model
 from bridge.classify import Outcome
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,50 @@ class Reply:
 # Told the outcomes of one chunk as they arrive: (indexes into the events sent, outcomes).
 OutcomesCallback = Callable[[Sequence[int], Sequence[Outcome]], None]
 
-# What a record lookup found: the tasks to accept, or why there are none.
-Lookup = tuple[model.Task, ...] | str
+# What a record lookup found: the tasks to accept, why there are none, or (a record without
+# a Lance id) the person search that finds its Lance id first.
+Lookup = tuple[model.Task, ...] | str | model.Match
+# A Lance id found for a CRM record: (objectType, objectId, Lance id) to write to the record.
+IdWrite = tuple[str, str, str]
+
+
+def inbound_of(key: str, found: Lookup, record: tuple[str, str] = ("", "")) -> model.Inbound:
+    """The inbound event a record's answer makes: its tasks, its person search, or a skip."""
+    if isinstance(found, str):
+        return model.Inbound(key, skipped=found, record=record)
+    if isinstance(found, model.Match):
+        return model.Inbound(key, match=found, record=record)
+    return model.Inbound(key, tasks=found, record=record)
+
+
+def linkedin_match(
+    value: Any, where: str, fields: Sequence[str], record: model.Target, *, write_back: bool
+) -> model.Match | None:
+    """The person search a record's LinkedIn value asks for, or ``None`` without a value.
+
+    Args:
+        value: The record's LinkedIn property as the CRM sent it.
+        where: Names the property in the reason kept for a value that is not a profile URL.
+        fields: The fields to enrich once the person is found.
+        record: The record itself, the target of the results (and of the write-back).
+        write_back: Whether the Lance id found is written to the record.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    targets, kept = (record,), tuple(fields)
+    try:
+        key = linkedin.match_key(value)
+    except linkedin.NotAProfileUrl as exc:
+        return model.Match("", kept, targets, write_back, problem=f"{where}: {exc.reason}")
+    return model.Match(key, kept, targets, write_back)
+
+
+def name_match(
+    full_name: Any, company: Any, fields: Sequence[str], record: model.Target, *, write_back: bool
+) -> model.Match | None:
+    """The name + company search (``match_by`` opt-in), or ``None`` unless both are given."""
+    key = linkedin.name_key(full_name, company)
+    return None if key is None else model.Match(key, tuple(fields), (record,), write_back)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -272,6 +314,14 @@ class Connector(abc.ABC):
             Records left out are read again on the next run (a transient failure).
         """
         return dict.fromkeys(records, "this connector reads no records")
+
+    async def write_ids(self, writes: Sequence[IdWrite]) -> list[Outcome]:
+        """Write Lance ids found by a person search to their records' Lance-id property.
+
+        Batched as the CRM's API allows; one outcome per write, in order. Connectors that
+        take no inbound records write nothing.
+        """
+        return [Outcome("dead", None, f"connector {self.name} writes no ids")] * len(writes)
 
     async def send(
         self, events: Sequence[model.Delivery], *, on_outcomes: OutcomesCallback | None = None

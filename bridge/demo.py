@@ -5,16 +5,22 @@ runs the bridge on a temporary ledger, sends the triggers over its HTTP API, sho
 and prints a summary. Exit 0 only if every enrichment reached a terminal state and every
 delivery was acknowledged.
 
-``--crm hubspot`` starts the HubSpot sandbox instead: contacts carrying a Lance id are created
-there, HubSpot-signed ``contact.propertyChange`` webhooks start the enrichments, and the
-results are written back to the contacts with batch updates. ``--crm salesforce`` does the same
-with the Salesforce sandbox: Outbound Messages in, sObject Collections updates out.
+``--crm hubspot`` starts the HubSpot sandbox instead, seeded the way a real portal is: most
+contacts carry a LinkedIn URL (in the forms CRMs hold them) and no Lance id, a few are a second
+record of the same person, some URLs belong to two Lance people (namesakes) and some to nobody.
+HubSpot-signed ``contact.creation`` webhooks tell the bridge; it reads the contacts, finds their
+Lance person (one search per distinct URL), writes the ids back, enriches the matched ones and
+writes the results back with batch updates; the summary shows matched / unmatched / ambiguous,
+searches per contact, the ids written back and the cost per 1,000 contacts.
+``--crm salesforce`` runs Contacts carrying a Lance id through the Salesforce sandbox:
+Outbound Messages in, sObject Collections updates out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import math
 import os
@@ -32,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bridge import app as app_mod
-from bridge import ledger
+from bridge import ledger, linkedin
 from bridge import settings as settings_mod
 from bridge.sim import _http
 from bridge.sim import hubspot as hubspot_sim
@@ -44,6 +50,9 @@ TRIGGER_CHUNK = 1000  # tasks per POST /v1/triggers (the API's maximum)
 PROGRESS_EVERY_S = 0.25
 FIELDS = ("emails", "phones")
 CRMS = ("webhook", "hubspot", "salesforce")
+# The simulator's directory per seeded contact: it holds every 25th profile twice, so a
+# portal's share of ambiguous URLs needs a directory this much larger than the portal.
+PEOPLE_PER_CONTACT = 3
 HUBSPOT_TOKEN = "pat-demo"  # noqa: S105 - the sandbox's token, valid on loopback only
 SALESFORCE_SECRET = secrets.token_urlsafe(24)
 
@@ -61,6 +70,24 @@ class Stage:
     hubspot: hubspot_sim.HubSpotSandbox | None = None
     hubspot_secret: str = ""
     salesforce: salesforce_sim.SalesforceSandbox | None = None
+    portal: Portal | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Portal:
+    """The HubSpot contacts the demo seeded, by what a search should find for them.
+
+    Attributes:
+        contacts: Contacts created, all without a Lance id.
+        findable: Contacts whose LinkedIn URL names exactly one Lance person.
+        persons: Distinct Lance people among those (two records of one person share it).
+        keys: Distinct LinkedIn profiles among all contacts (the searches to expect).
+    """
+
+    contacts: int
+    findable: int
+    persons: int
+    keys: int
 
 
 def demo_settings(
@@ -88,6 +115,8 @@ def demo_settings(
         fetch={"interval_seconds": 0.25},
         delivery={"interval_seconds": 0.25, "retry_schedule_seconds": [0, 0.5, 1, 2, 5]},
         inbound={"interval_seconds": 0.25},
+        # The demo's Lance is on loopback: a budget well above a portal's first sync.
+        match={"interval_seconds": 0.25, "searches_per_minute": 60_000},
         connectors=connectors if connectors is not None else [webhook],
     )
 
@@ -104,19 +133,26 @@ async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook"
     if crm != "webhook" and count % len(FIELDS):
         count += 1  # each contact asks for emails and phones
     with tempfile.TemporaryDirectory(prefix="lance-bridge-demo-") as folder:
-        stage = await _start(Path(folder), crm)
+        stage = await _start(Path(folder), crm, count // len(FIELDS))
+        inbound: dict[tuple[str, str], int] = {}
+        deliveries = count
         try:
             started = time.monotonic()
             if stage.hubspot is not None:
-                await _send_hubspot_events(stage, count // len(FIELDS))
+                stage.portal = await _send_hubspot_events(stage, count // len(FIELDS))
+                count = len(FIELDS) * stage.portal.persons
+                deliveries = len(FIELDS) * stage.portal.findable
             elif stage.salesforce is not None:
                 await _send_outbound_messages(stage, count // len(FIELDS))
             else:
                 await _send_triggers(stage, count)
             store = await ledger.open(stage.settings.ledger, exclusive=False)
             try:
-                done = await _watch(store, count, timeout_s, quiet, console)
+                done = await _watch(
+                    store, count, deliveries, timeout_s=timeout_s, quiet=quiet, console=console
+                )
                 facts = await store.counts()
+                inbound = await store.inbound_counts()
             finally:
                 await store.close()
             elapsed = time.monotonic() - started
@@ -124,8 +160,9 @@ async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook"
             for runner in reversed(stage.runners):
                 await runner.cleanup()
     _summary(console, stage, facts, count, elapsed)
-    if stage.hubspot is not None:
-        ok = done and _hubspot_written(stage.hubspot) == count // len(FIELDS)
+    if stage.hubspot is not None and stage.portal is not None:
+        _matching_summary(console, stage, stage.portal, inbound)
+        ok = done and _hubspot_written(stage.hubspot) == stage.portal.findable
     elif stage.salesforce is not None:
         ok = done and _salesforce_written(stage.salesforce) == count // len(FIELDS)
     else:
@@ -134,8 +171,10 @@ async def run(count: int, *, timeout_s: float, quiet: bool, crm: str = "webhook"
     return 0 if ok else 1
 
 
-async def _start(folder: Path, crm: str) -> Stage:
-    simulator = sim.LanceSimulator(sim.SimConfig(completion_s=(0.2, 2.0)))
+async def _start(folder: Path, crm: str, contacts: int) -> Stage:
+    # Enough people that the portal's URLs (and the profiles Lance holds twice) are found.
+    people = max(sim.SimConfig.people, contacts * PEOPLE_PER_CONTACT)
+    simulator = sim.LanceSimulator(sim.SimConfig(completion_s=(0.2, 2.0), people=people))
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     sink = sink_mod.WebhookSink(secret)
     runners = [await sim.serve(simulator), await sink_mod.serve(sink)]
@@ -205,20 +244,13 @@ async def _start(folder: Path, crm: str) -> Stage:
     )
 
 
-async def _send_hubspot_events(stage: Stage, contacts: int) -> None:
-    """Create contacts with a Lance id in the sandbox; HubSpot tells the bridge, signed."""
+async def _send_hubspot_events(stage: Stage, contacts: int) -> Portal:
+    """Seed a portal's contacts (no Lance ids); HubSpot tells the bridge they were created."""
     sandbox = stage.hubspot
     assert sandbox is not None
-    ids = [
-        sandbox.add_record("contacts", {"lance_person_id": str(uuid.uuid4())})
-        for _ in range(contacts)
-    ]
-    events = [
-        hubspot_sim.property_change(
-            int(i), "lance_person_id", sandbox.record("contacts", i)["lance_person_id"]
-        )
-        for i in ids
-    ]
+    urls, found = _portal_urls(stage.simulator, contacts)
+    ids = [sandbox.add_record("contacts", {"hs_linkedin_url": url}) for url in urls]
+    events = [hubspot_sim.creation(int(i)) for i in ids]
     async with aiohttp.ClientSession() as session:
         for start in range(0, len(events), hubspot_sim.MAX_WEBHOOK_EVENTS):
             batch = events[start : start + hubspot_sim.MAX_WEBHOOK_EVENTS]
@@ -226,6 +258,46 @@ async def _send_hubspot_events(stage: Stage, contacts: int) -> None:
             status = await hubspot_sim.send_webhook(session, url, stage.hubspot_secret, batch)
             if status != 200:
                 raise RuntimeError(f"HubSpot webhook refused: {status}")
+    keys = {linkedin.match_key(url) for url in urls}
+    persons = {linkedin.match_key(url) for url in found}
+    return Portal(contacts, len(found), len(persons), len(keys))
+
+
+def _portal_urls(simulator: sim.LanceSimulator, contacts: int) -> tuple[list[str], list[str]]:
+    """The LinkedIn URLs of a portal's contacts, as CRMs hold them, and the findable ones.
+
+    Of every 20 contacts: 16 name one Lance person (one of them a second record of a person
+    already seeded), 2 a profile Lance holds twice (ambiguous) and 2 nobody Lance knows.
+    """
+    directory = simulator.directory.people
+    shared = collections.Counter(p.linkedin_url for p in directory)
+    single = [p.linkedin_url for p in directory if shared[p.linkedin_url] == 1]
+    twins = sorted(url for url, n in shared.items() if n > 1)
+    urls: list[str] = []
+    found: list[str] = []
+    for n in range(contacts):
+        slot = n % 20
+        if slot < 16 and single:
+            # The 16th is a second record of the 15th's person, written another way.
+            person = single[(n - n // 20 - (slot == 15)) % len(single)]
+            urls.append(_as_crms_hold(person, n))
+            found.append(urls[-1])
+        elif slot < 18 and twins:
+            urls.append(twins[(n // 20) % len(twins)])
+        else:
+            urls.append(f"https://www.linkedin.com/in/not-at-lance-{n}")
+    return urls, found
+
+
+def _as_crms_hold(url: str, n: int) -> str:
+    """``url`` in one of the forms CRM records hold LinkedIn URLs in (all one profile)."""
+    forms = (
+        url,
+        url.removeprefix("https://www."),
+        url.replace("https://www.", "http://uk.") + "/?originalSubdomain=uk",
+        url.upper() + "/",
+    )
+    return forms[n % len(forms)]
 
 
 async def _send_outbound_messages(stage: Stage, contacts: int) -> None:
@@ -259,6 +331,32 @@ def _salesforce_written(sandbox: salesforce_sim.SalesforceSandbox) -> int:
     return sum(1 for record in sandbox.records["Contact"].values() if record.get("Lance_Status__c"))
 
 
+def _matching_summary(
+    console: Console, stage: Stage, portal: Portal, inbound: dict[tuple[str, str], int]
+) -> None:
+    """What matching did, and what it cost per 1,000 contacts (searches, triggers, writes)."""
+    assert stage.hubspot is not None
+    table = Table(title=f"matching {portal.contacts} HubSpot contacts without a Lance id")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_column("per 1,000 contacts", justify="right")
+    searches = stage.simulator.searches["total"]
+    triggers = _trigger_calls(stage)
+    writes = sum(n for key, n in stage.hubspot.counts.items() if key.endswith("/batch/update"))
+    ids = sum(1 for r in stage.hubspot.objects["contacts"].values() if r.get("lance_person_id"))
+    per = 1000 / portal.contacts
+    for state in ("matched", "unmatched", "ambiguous"):
+        n = inbound.get(("hubspot", state), 0)
+        table.add_row(f"contacts {state}", str(n), f"{n * per:.0f}")
+    table.add_row("person searches", str(searches), f"{searches * per:.0f}")
+    table.add_row("searches per contact", f"{searches / portal.contacts:.3f}", "")
+    table.add_row("Lance ids written back", str(ids), f"{ids * per:.0f}")
+    table.add_row("Lance batch triggers", str(triggers), f"{triggers * per:.1f}")
+    table.add_row("HubSpot batch updates (ids + values)", str(writes), f"{writes * per:.1f}")
+    table.add_row("credits charged", str(stage.simulator.credits_charged), "")
+    console.print(table)
+
+
 def _hubspot_written(sandbox: hubspot_sim.HubSpotSandbox) -> int:
     """Contacts whose enrichment status was written back."""
     return sum(
@@ -283,7 +381,13 @@ async def _send_triggers(stage: Stage, count: int) -> None:
 
 
 async def _watch(
-    store: ledger.Ledger, count: int, timeout_s: float, quiet: bool, console: Console
+    store: ledger.Ledger,
+    count: int,
+    deliveries: int,
+    *,
+    timeout_s: float,
+    quiet: bool,
+    console: Console,
 ) -> bool:
     columns = (
         TextColumn("{task.description:<24}"),
@@ -293,13 +397,13 @@ async def _watch(
     )
     with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
         finished = progress.add_task("enrichments terminal", total=count)
-        delivered = progress.add_task("deliveries acknowledged", total=count)
+        delivered = progress.add_task("deliveries acknowledged", total=deliveries)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             terminal, acked, unsettled = await _progress(store)
             progress.update(finished, completed=terminal)
             progress.update(delivered, completed=acked)
-            if terminal == count and acked == count and not unsettled:
+            if terminal == count and acked == deliveries and not unsettled:
                 return True
             await asyncio.sleep(PROGRESS_EVERY_S)
     return False
@@ -322,7 +426,8 @@ def _summary(
         for state, n in sorted(by_state.items()):
             table.add_row(f"deliveries {state} ({name})", str(n))
     if stage.hubspot is not None:
-        _hubspot_rows(table, stage.hubspot, count)
+        written = stage.portal.findable if stage.portal else count // len(FIELDS)
+        _hubspot_rows(table, stage.hubspot, written)
     elif stage.salesforce is not None:
         _salesforce_rows(table, stage.salesforce, count)
     else:
@@ -340,8 +445,8 @@ def _summary(
     console.print(table)
 
 
-def _hubspot_rows(table: Table, sandbox: hubspot_sim.HubSpotSandbox, count: int) -> None:
-    contacts = count // len(FIELDS)
+def _hubspot_rows(table: Table, sandbox: hubspot_sim.HubSpotSandbox, contacts: int) -> None:
+    # ``contacts``: the matched ones; the others are never enriched.
     table.add_row("HubSpot contacts written back", f"{_hubspot_written(sandbox)} of {contacts}")
     total = 0
     for endpoint, n in sorted(sandbox.counts.items()):

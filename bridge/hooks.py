@@ -83,13 +83,15 @@ async def handle_hook(
         return chosen.hook_error(hook, exc)
     received = await store.receive(chosen.name, events, now)
     logger.info(
-        "%s sent %d events: %d new enrichments, %d duplicates, %d skipped, %d to look up",
+        "%s sent %d events: %d new enrichments, %d duplicates, %d skipped, %d to look up,"
+        " %d to match",
         chosen.name,
         received.events,
         sum(row.created for row in received.accepted),
         received.duplicates,
         received.skipped,
         received.lookups,
+        received.matching,
         extra={
             "event": "hook.received",
             "connector": chosen.name,
@@ -97,6 +99,7 @@ async def handle_hook(
             "duplicates": received.duplicates,
             "skipped": received.skipped,
             "lookups": received.lookups,
+            "matching": received.matching,
         },
     )
     return chosen.hook_reply(hook, received)

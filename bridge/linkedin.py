@@ -16,6 +16,9 @@ import re
 import urllib.parse
 
 CANONICAL_PREFIX = "https://www.linkedin.com/in/"
+# The two kinds of match key (DESIGN §12): a canonical profile URL, or a name at a company.
+MATCH_PREFIX = "linkedin:"
+NAME_PREFIX = "name:"
 # linkedin.com itself, www., the mobile m. and the two-letter country subdomains (uk., de. ...).
 _HOST = re.compile(r"(?:(?:www|m|[a-z]{2})\.)?linkedin\.com")
 _PUB_SEGMENT = re.compile(r"[0-9a-f]{1,3}")
@@ -49,6 +52,26 @@ def normalise(value: str) -> str:
     if not _HOST.fullmatch(host):
         raise NotAProfileUrl("not a linkedin.com address")
     return CANONICAL_PREFIX + _slug(parts.path)
+
+
+def match_key(value: str) -> str:
+    """The match table's key of a profile URL: ``linkedin:`` and its canonical form.
+
+    Raises:
+        NotAProfileUrl: ``value`` does not name a LinkedIn person profile.
+    """
+    return MATCH_PREFIX + normalise(value)
+
+
+def name_key(full_name: object, company: object) -> str | None:
+    """The match table's key of a full name at a company (case and spacing folded), or
+    ``None`` unless both are non-blank strings."""
+    if not isinstance(full_name, str) or not isinstance(company, str):
+        return None
+    name, firm = " ".join(full_name.split()), " ".join(company.split())
+    if not name or not firm:
+        return None
+    return f"{NAME_PREFIX}{name.casefold()}\t{firm.casefold()}"
 
 
 def is_profile_url(value: str) -> bool:

@@ -50,12 +50,15 @@ class Live:
         attempts: Delivery attempts by (connector, outcome, status).
         skipped: Scheduler runs skipped because the previous one was still busy, by job.
         crm: Requests connectors made to their CRM, by (connector, endpoint, status).
+        searches: Person searches the match job made, by outcome (matched, unmatched,
+            ambiguous, error).
     """
 
     lance: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     attempts: Mapping[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
     crm: Mapping[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
+    searches: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -420,4 +423,12 @@ def _live_families(live: Live, connectors: tuple[str, ...]) -> Iterator[Metric]:
     )
     for (name, endpoint, status), n in sorted(live.crm.items()):
         crm.add_metric([name, endpoint, status], n)
-    yield from (lance, attempts, retries, dead, skipped, crm)
+    searches = CounterMetricFamily(
+        PREFIX + "person_searches_total",
+        "Lance person searches made to match CRM records without a Lance id, by outcome"
+        " (matched, unmatched, ambiguous, error).",
+        labels=("outcome",),
+    )
+    for outcome, n in sorted(live.searches.items()):
+        searches.add_metric([outcome], n)
+    yield from (lance, attempts, retries, dead, skipped, crm, searches)

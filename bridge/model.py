@@ -56,6 +56,16 @@ class InboundState(enum.StrEnum):
     ACCEPTED = "accepted"
     LOOKUP = "lookup"
     SKIPPED = "skipped"
+    # A record without a Lance id, waiting for the ``match`` job's person search (DESIGN §12),
+    # then what the search found: one person (enriched), nobody, or several (nothing spent).
+    MATCHING = "matching"
+    MATCHED = "matched"
+    UNMATCHED = "unmatched"
+    AMBIGUOUS = "ambiguous"
+
+
+# The settled outcomes of a person search, as the match table keeps them.
+MATCH_OUTCOMES = (InboundState.MATCHED, InboundState.UNMATCHED, InboundState.AMBIGUOUS)
 
 
 # Plain string values, bound once: Inbound.state is read and stored for every event received,
@@ -63,6 +73,8 @@ class InboundState(enum.StrEnum):
 _ACCEPTED = InboundState.ACCEPTED.value
 _LOOKUP = InboundState.LOOKUP.value
 _SKIPPED = InboundState.SKIPPED.value
+_MATCHING = InboundState.MATCHING.value
+_UNMATCHED = InboundState.UNMATCHED.value
 
 
 EventType = Literal[
@@ -182,11 +194,58 @@ class Accepted:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Match:
+    """A CRM record without a Lance id: how to find its person, and what to do once found.
+
+    Attributes:
+        key: The normalised search key, the match table's identity of the search:
+            ``linkedin:<canonical profile URL>`` or ``name:<full name>\\t<company>`` (both
+            lowercased). Empty when ``problem`` says why the record cannot be searched.
+        fields: The person fields to enrich once exactly one person is found.
+        targets: Where the results go; the first names the record itself.
+        write_back: Whether the found id is written to the record's Lance-id property.
+        problem: Why the record's value cannot be searched (junk in its LinkedIn property):
+            the event is ``unmatched`` with this reason and no search is made.
+    """
+
+    key: str = dataclasses.field(repr=False)  # a LinkedIn URL or a name: personal data
+    fields: tuple[str, ...] = ()
+    targets: tuple[Target, ...] = ()
+    write_back: bool = False
+    problem: str | None = None
+
+    def tasks(self, entity_id: str) -> tuple[Task, ...]:
+        """The trigger tasks once the person ``entity_id`` is found."""
+        return tuple(
+            Task("person", entity_id, field, "trigger", self.targets) for field in self.fields
+        )
+
+    def as_json(self) -> str:
+        """The form the ledger stores with a waiting event."""
+        return json.dumps(
+            {
+                "fields": list(self.fields),
+                "targets": [list(dataclasses.astuple(t)) for t in self.targets],
+                "writeBack": self.write_back,
+            }
+        )
+
+    @classmethod
+    def of_json(cls, key: str, text: str) -> Match:
+        """The match :meth:`as_json` stored for ``key``."""
+        data = json.loads(text)
+        targets = tuple(Target(*t) for t in data.get("targets") or ())
+        fields = tuple(data.get("fields") or ())
+        return cls(key, fields, targets, bool(data.get("writeBack")))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Inbound:
     """One event a CRM sent to ``/hooks/*``: its identity and what it asks for.
 
     Exactly one of: ``tasks`` to accept now; ``lookup``, a (objectType, objectId) record to
-    read before the tasks are known (a creation event carries no properties); or ``skipped``,
+    read before the tasks are known (a creation event carries no properties); ``match``, a
+    record without a Lance id whose person is searched first (DESIGN §12); or ``skipped``,
     why it triggers nothing. An event whose ``key`` was already received stores nothing.
     """
 
@@ -195,13 +254,28 @@ class Inbound:
     lookup: tuple[str, str] | None = None
     skipped: str | None = None
     record: tuple[str, str] = ("", "")
+    match: Match | None = None
 
     @property
     def state(self) -> str:
         """How the ledger records it: the value of an :class:`InboundState`."""
         if self.lookup is not None:
             return _LOOKUP
+        if self.match is not None:
+            return _UNMATCHED if self.match.problem is not None else _MATCHING
         return _SKIPPED if self.skipped is not None or not self.tasks else _ACCEPTED
+
+    @property
+    def detail(self) -> str | None:
+        """Why it triggers nothing (skipped, or a record that cannot be searched)."""
+        return self.match.problem if self.match is not None else self.skipped
+
+    @property
+    def match_columns(self) -> tuple[str | None, str | None]:
+        """(match key, stored match request) for the ledger; ``None`` without a match."""
+        if self.match is None or self.match.problem is not None:
+            return (None, None)
+        return (self.match.key, self.match.as_json())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -213,3 +287,4 @@ class Received:
     skipped: int = 0
     lookups: int = 0
     accepted: tuple[Accepted, ...] = ()
+    matching: int = 0

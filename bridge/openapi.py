@@ -36,6 +36,7 @@ _RESPONSES: tuple[type[Any], ...] = (
     schemas.EnrichmentPage,
     schemas.Delivery,
     schemas.DeliveryPage,
+    schemas.InboundPage,
     schemas.Health,
     schemas.Ready,
     schemas.NotReady,
@@ -225,6 +226,27 @@ def _v1_paths(ref: Refs, error: dict[str, Any]) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(ref(schemas.DeliveryPage), "a page"),
+                    **_errors(error, 400, 401, 503),
+                },
+            }
+        },
+        "/v1/inbound": {
+            "get": {
+                "operationId": "listInbound",
+                "summary": "A page of inbound CRM events and what became of them (matching too)",
+                "security": _BEARER,
+                "parameters": [
+                    _query(
+                        "state",
+                        {"type": "string", "enum": list(typing.get_args(schemas.InboundState))},
+                        "only events in this state",
+                    ),
+                    _page_params(())[1],
+                    _query("cursor", {"type": "string"}, "the `nextCursor` of the previous page"),
+                    _query("source", {"type": "string"}, "only this connector's events (or api)"),
+                ],
+                "responses": {
+                    "200": _json(ref(schemas.InboundPage), "a page"),
                     **_errors(error, 400, 401, 503),
                 },
             }

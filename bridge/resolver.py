@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 
-from bridge import connector, errors, ledger, model
+from bridge import connector, errors, ledger
 from bridge import settings as settings_mod
 
 # The logger name these lines have always carried, which operators' log filters match.
@@ -29,6 +29,7 @@ class ResolveReport:
     accepted: int = 0
     skipped: int = 0
     pruned: int = 0
+    matching: int = 0  # records without a Lance id, left to the match job
 
 
 class Resolver:
@@ -88,11 +89,9 @@ class Resolver:
             answer = found.get((object_type, object_id))
             if answer is None:
                 continue
-            if isinstance(answer, str):
-                resolved.append(model.Inbound(key, skipped=answer))
-            else:
-                resolved.append(model.Inbound(key, tasks=answer))
+            resolved.append(connector.inbound_of(key, answer, (object_type, object_id)))
         result = await self.store.resolve(item.name, resolved, self.clock())
         report.looked_up += len(records)
         report.accepted += len(result.accepted)
         report.skipped += result.skipped
+        report.matching += result.matching

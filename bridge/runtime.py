@@ -45,6 +45,7 @@ class Bridge:
             lance=self.client.statuses if self.client else {},
             attempts=self.jobs.dispatcher.attempts if self.jobs else {},
             skipped=self.supervisor.skipped if self.supervisor else {},
+            searches=self.jobs.matcher.searches if self.jobs else {},
             crm={
                 (name, endpoint, status): n
                 for name, item in self.connectors.items()

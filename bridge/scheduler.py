@@ -25,7 +25,7 @@ from apscheduler import events  # type: ignore[import-untyped]
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
-from bridge import dispatcher, errors, fetcher, poller, resolver, triggerer
+from bridge import dispatcher, errors, fetcher, matcher, poller, resolver, triggerer
 
 logger = logging.getLogger(__name__)
 # Keys a LogRecord already has: a report field of that name must not be passed as ``extra``.
@@ -41,11 +41,13 @@ class Jobs:
     fetcher: fetcher.Fetcher
     dispatcher: dispatcher.Dispatcher
     resolver: resolver.Resolver
+    matcher: matcher.Matcher
 
     async def run_all_once(self) -> dict[str, Any]:
         """One pass of every job, in pipeline order (tests and ``demo`` drive the bridge so)."""
         return {
             "resolve": await self.resolver.run_once(),
+            "match": await self.matcher.run_once(),
             "trigger": await self.triggerer.run_once(),
             "poll": await self.poller.run_once(),
             "fetch": await self.fetcher.run_once(),

@@ -14,7 +14,7 @@ import pydantic
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from bridge import lance, model
+from bridge import lance, linkedin, model
 
 MAX_TRIGGER_TASKS = 1000
 MAX_QUERY_TASKS = 200
@@ -56,11 +56,47 @@ class QueryRequest(_Strict):
     tasks: list[QueryTask] = Field(min_length=1, max_length=MAX_QUERY_TASKS)
 
 
-class TriggerTask(QueryTask):
-    """One enrichment to start (``trigger``) or follow (``track``), and where results go."""
+class MatchIn(_Strict):
+    """How the bridge finds the Lance person first (DESIGN §12): a LinkedIn profile URL, or a
+    full name together with the current company."""
 
+    linkedinUrl: str | None = Field(default=None, min_length=1, max_length=2000)
+    fullName: str | None = Field(default=None, min_length=1, max_length=300)
+    company: str | None = Field(default=None, min_length=1, max_length=300)
+
+    @pydantic.model_validator(mode="after")
+    def _one_way(self) -> MatchIn:
+        if self.linkedinUrl is not None:
+            if self.fullName is not None or self.company is not None:
+                raise ValueError("give linkedinUrl, or fullName and company, not both")
+            try:
+                linkedin.normalise(self.linkedinUrl)
+            except linkedin.NotAProfileUrl as exc:
+                raise ValueError(f"linkedinUrl: {exc.reason}") from None
+        elif linkedin.name_key(self.fullName, self.company) is None:
+            raise ValueError("give linkedinUrl, or both fullName and company")
+        return self
+
+
+class TriggerTask(_Strict):
+    """One enrichment to start (``trigger``) or follow (``track``), and where results go.
+
+    The person is named by ``entityId``, or by ``match``: then the bridge finds it first
+    and triggers only when exactly one Lance person is found.
+    """
+
+    entityId: Uuid | None = None
+    match: MatchIn | None = None
+    field: Literal["phones", "emails", "summary"]
+    entityType: Literal["person", "company"] = "person"
     mode: Literal["trigger", "track"] = "trigger"
     targets: list[TargetIn] = Field(default_factory=list, max_length=20)
+
+    @pydantic.model_validator(mode="after")
+    def _entity_or_match(self) -> TriggerTask:
+        if (self.entityId is None) == (self.match is None):
+            raise ValueError("give entityId or match (exactly one)")
+        return self
 
 
 class TriggerRequest(_Strict):
@@ -81,10 +117,12 @@ if typing.TYPE_CHECKING:
     InFlightState = str
     EnrichmentState = str
     DeliveryState = str
+    InboundState = str
 else:
     InFlightState = Literal[tuple(state.value for state in model.IN_FLIGHT)]
     EnrichmentState = Literal[tuple(state.value for state in model.EnrichmentState)]
     DeliveryState = Literal[tuple(state.value for state in model.DeliveryState)]
+    InboundState = Literal[tuple(state.value for state in model.InboundState)]
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 # A ``nextCursor``: the last id of a page, as the digit string the handlers read back.
 CURSOR_PATTERN = r"^[0-9]{1,18}$"
@@ -144,10 +182,46 @@ class AcceptedEnrichment(_Out):
     created: bool
 
 
+class MatchingTask(_Out):
+    """A ``match`` task: stored as an inbound event until the person is found (``GET
+    /v1/inbound`` shows what became of it)."""
+
+    task: int
+    source: str
+    key: str
+    state: str
+
+
 class TriggerAnswer(_Out):
-    """``202`` of ``POST /v1/triggers``: one row per task, in the order of the tasks."""
+    """``202`` of ``POST /v1/triggers``: one row per ``entityId`` task, in the order of the
+    tasks; ``matching`` lists the ``match`` tasks (present when there are any)."""
 
     enrichments: list[AcceptedEnrichment]
+    matching: list[MatchingTask] = Field(default_factory=list)
+
+
+class InboundEvent(_Out):
+    """One event a CRM (or a ``match`` task) sent, and what became of it."""
+
+    source: str
+    key: str
+    state: InboundState
+    objectType: str
+    objectId: str
+    reason: str | None
+    matchKey: str | None
+    entityId: str | None
+    candidates: list[str]
+    attempts: int
+    receivedAt: Timestamp
+    updatedAt: Timestamp
+
+
+class InboundPage(_Out):
+    """A page of inbound events; ``nextCursor`` is ``null`` on the last page."""
+
+    inbound: list[InboundEvent]
+    nextCursor: str | None
 
 
 class LanceRecord(lance.Enrichment):

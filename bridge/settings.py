@@ -164,6 +164,20 @@ class InboundSettings(_Section):
     retention_days: float = Field(default=7.0, gt=0)
 
 
+class MatchSettings(_Section):
+    """``[match]``: finding the Lance person of CRM records without a Lance id (DESIGN §12)."""
+
+    interval_seconds: float = Field(default=2.0, gt=0)
+    batch_size: int = Field(default=500, ge=1)  # waiting events taken per run
+    # Person searches let go per rolling minute (Lance documents no limit; 0: no budget).
+    searches_per_minute: int = Field(default=300, ge=0)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    # Candidates asked per search: enough to tell one from several, and to list them.
+    candidates: int = Field(default=10, ge=2, le=100)
+    retry_seconds: float = Field(default=60.0, gt=0)  # a failed search is asked again after
+    write_back_batch_size: int = Field(default=1000, ge=1)  # write-backs taken per run
+
+
 class LogSettings(_Section):
     """``[log]``: logging."""
 
@@ -191,6 +205,7 @@ class Settings(pydantic_settings.BaseSettings):
     fetch: FetchSettings = FetchSettings()
     delivery: DeliverySettings = DeliverySettings()
     inbound: InboundSettings = InboundSettings()
+    match: MatchSettings = MatchSettings()
     log: LogSettings = LogSettings()
     ui: UISettings = UISettings()
     connectors: tuple[connector.ConnectorConfig, ...] = ()

@@ -5,8 +5,11 @@ A rejected request stores nothing: bodies are fully validated before the ledger 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
@@ -19,6 +22,7 @@ from bridge import (
     errors,
     hooks,
     jsonbody,
+    linkedin,
     metrics,
     model,
     openapi,
@@ -32,6 +36,9 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENRICHMENT_STATES = frozenset(model.EnrichmentState)
 DELIVERY_STATES = frozenset(model.DeliveryState)
+INBOUND_STATES = frozenset(model.InboundState)
+# The inbound source of ``match`` tasks sent to ``POST /v1/triggers``.
+API_SOURCE = "api"
 MAX_PAGE = 1000
 
 
@@ -160,11 +167,19 @@ async def post_triggers(request: web.Request) -> web.Response:
     """Accept tasks; an (entityType, entityId, field) already in flight gets the targets."""
     body: schemas.TriggerRequest = await _body(request, schemas.TriggerRequest)
     bridge = request.app[runtime.BRIDGE]
-    tasks = [
-        _task(bridge.ledger.router, bridge.connectors, index, task)
+    checked = [
+        (index, _task(bridge.ledger.router, bridge.connectors, index, task))
         for index, task in enumerate(body.tasks)
     ]
-    accepted = await bridge.ledger.accept(tasks, bridge.clock())
+    tasks = [task for _, task in checked if isinstance(task, model.Task)]
+    matches = [(i, task) for i, task in checked if isinstance(task, model.Inbound)]
+    now = bridge.clock()
+    # A task naming a CRM record settles that record's ambiguous match, in its transaction.
+    settles = any(target.object_id for task in tasks for target in task.targets)
+    accept = bridge.ledger.accept_settling if settles else bridge.ledger.accept
+    accepted = await accept(tasks, now) if tasks else []
+    if matches:
+        await bridge.ledger.receive(API_SOURCE, [event for _, event in matches], now)
     shaped = [
         {
             "id": row.id,
@@ -177,7 +192,13 @@ async def post_triggers(request: web.Request) -> web.Response:
         }
         for task, row in zip(tasks, accepted, strict=True)
     ]
-    return _json({"enrichments": shaped}, status=202)
+    answer: dict[str, Any] = {"enrichments": shaped}
+    if matches:
+        answer["matching"] = [
+            {"task": i, "source": API_SOURCE, "key": event.key, "state": event.state}
+            for i, event in matches
+        ]
+    return _json(answer, status=202)
 
 
 def _task(
@@ -185,8 +206,16 @@ def _task(
     connectors: Mapping[str, connector.Connector],
     index: int,
     task: schemas.TriggerTask,
-) -> model.Task:
+) -> model.Task | model.Inbound:
     where = f"tasks.{index}"
+    if task.match is not None and (
+        task.mode != "trigger" or task.entityType != "person" or task.field == "summary"
+    ):
+        fail(
+            422,
+            "validation_error",
+            f"{where}.match: a match finds a person to trigger: person phones or emails only",
+        )
     if task.mode == "trigger" and (task.entityType != "person" or task.field == "summary"):
         fail(
             422,
@@ -213,7 +242,29 @@ def _task(
         if problem:
             fail(422, "validation_error", f"{where}.targets: {problem}")
     targets = tuple(model.Target(t.connector, t.objectType, t.objectId) for t in task.targets)
-    return model.Task(task.entityType, task.entityId, task.field, task.mode, targets)
+    if task.match is None:
+        assert task.entityId is not None  # the schema allows exactly one of the two
+        return model.Task(task.entityType, task.entityId, task.field, task.mode, targets)
+    return _match_event(router, task.match, task.field, targets)
+
+
+def _match_event(
+    router: outbox.Router, match: schemas.MatchIn, field: str, targets: tuple[model.Target, ...]
+) -> model.Inbound:
+    """A ``match`` task as the inbound event the match job settles (DESIGN §12)."""
+    if match.linkedinUrl is not None:
+        key = linkedin.match_key(match.linkedinUrl)
+    else:
+        found = linkedin.name_key(match.fullName, match.company)
+        assert found is not None  # the schema checked both are given
+        key = found
+    record = targets[0] if targets and targets[0].object_id else None
+    route = router.route(record.connector) if record else None
+    # The id found is written back when the first target is a CRM record.
+    write_back = bool(route and route.needs_record)
+    found_match = model.Match(key, (field,), targets, write_back)
+    where = (record.object_type, record.object_id) if record else ("", "")
+    return model.Inbound(f"api:{uuid.uuid4()}", match=found_match, record=where)
 
 
 async def post_query(request: web.Request) -> web.Response:
@@ -277,6 +328,36 @@ async def list_deliveries(request: web.Request) -> web.Response:
     )
     cursor = str(rows[-1]["id"]) if len(rows) == limit else None
     return _json({"deliveries": rows, "nextCursor": cursor})
+
+
+async def list_inbound(request: web.Request) -> web.Response:
+    """A page of inbound CRM events and what became of them, filtered by state and source."""
+    state = _choice(request, "state", INBOUND_STATES)
+    limit, _ = _page(request, cursor=False)
+    after = _inbound_cursor(request.query.get("cursor", ""))
+    rows = await request.app[runtime.BRIDGE].ledger.list_inbound(
+        state=state, source=request.query.get("source") or None, after=after, limit=limit
+    )
+    cursor = _encode_cursor(rows[-1].pop("cursor")) if len(rows) == limit else None
+    for row in rows:
+        row.pop("cursor", None)
+    return _json({"inbound": rows, "nextCursor": cursor})
+
+
+def _encode_cursor(position: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
+
+
+def _inbound_cursor(raw: str) -> tuple[float, str, str] | None:
+    """The (receivedAt, source, key) an inbound ``nextCursor`` names."""
+    if not raw:
+        return None
+    try:
+        received, source, key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        position = (float(received), str(source), str(key))
+    except (ValueError, TypeError, binascii.Error):
+        fail(400, "invalid_parameter", "cursor must be a value from nextCursor")
+    return position
 
 
 async def retry_delivery(request: web.Request) -> web.Response:
@@ -375,8 +456,9 @@ def _choice(request: web.Request, name: str, allowed: frozenset[str]) -> str | N
     return value
 
 
-def _page(request: web.Request) -> tuple[int, int]:
-    limit_raw, cursor_raw = request.query.get("limit", "100"), request.query.get("cursor", "0")
+def _page(request: web.Request, *, cursor: bool = True) -> tuple[int, int]:
+    limit_raw = request.query.get("limit", "100")
+    cursor_raw = request.query.get("cursor", "0") if cursor else "0"
     if not _is_number(limit_raw) or not 1 <= int(limit_raw) <= MAX_PAGE:
         fail(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_PAGE}")
     if not _is_number(cursor_raw):
@@ -392,6 +474,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/enrichments/{id}", get_enrichment)
     app.router.add_get("/v1/deliveries", list_deliveries)
     app.router.add_post("/v1/deliveries/{id}/retry", retry_delivery)
+    app.router.add_get("/v1/inbound", list_inbound)
     app.router.add_post("/hooks/{kind}", post_hook)
     app.router.add_post("/hooks/{kind}/{name}", post_hook)
     app.router.add_get("/healthz", healthz)

@@ -135,6 +135,61 @@ class Replica:
     held: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Waiting:
+    """An inbound event waiting for the ``match`` job: its identity and what it asks for."""
+
+    source: str
+    key: str
+    match: model.Match
+    attempts: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Found:
+    """What a person search found for one normalised key (or why it has to be asked again).
+
+    Attributes:
+        key: The normalised search key (:attr:`bridge.model.Match.key`).
+        outcome: ``matched``, ``unmatched`` or ``ambiguous`` (a :data:`~bridge.model.
+            MATCH_OUTCOMES` value), or ``retry``: the search failed and is asked again later.
+        entity_id: The one person's Lance id when ``matched``.
+        candidates: The Lance ids of every person found.
+        reason: Why, for anything but a clean match (kept on the event, shown by the API).
+        cached: Kept in the match table, so the key is never searched again; only answers
+            Lance gave cleanly are.
+        retry_at: When a ``retry`` is due (epoch seconds).
+    """
+
+    key: str
+    outcome: str
+    entity_id: str | None = None
+    candidates: tuple[str, ...] = ()
+    reason: str | None = None
+    cached: bool = True
+    retry_at: float | None = None
+
+
+class WriteBack(typing.NamedTuple):
+    """A Lance id found for a CRM record, to be written to its Lance-id property."""
+
+    source: str
+    object_type: str
+    object_id: str
+    entity_id: str
+    attempts: int = 0
+
+
+class WriteBackResult(typing.NamedTuple):
+    """The outcome of writing one :class:`WriteBack`: ``done``, ``dead`` or ``retry`` (due
+    again at ``next_attempt_at``)."""
+
+    item: WriteBack
+    state: str
+    error: str | None = None
+    next_attempt_at: float | None = None
+
+
 def replica_id(config: settings_mod.LedgerSettings) -> str:
     """This process's replica name: ``ledger.replica_id``, else hostname-pid-random."""
     if config.replica_id:
@@ -219,6 +274,54 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def prune_inbound(self, before: float) -> int:
         """Forget settled inbound events received before ``before``; returns how many."""
+
+    # -- matching CRM records to Lance people (DESIGN §12) --------------------------------
+
+    @abc.abstractmethod
+    async def waiting_matches(self, now: float, limit: int) -> list[Waiting]:
+        """Events waiting for a person search whose attempt is due, oldest first.
+
+        Where replicas share the ledger the events returned are claimed (leased), so no two
+        replicas search for the same event.
+        """
+
+    @abc.abstractmethod
+    async def known_matches(self, keys: Sequence[str]) -> dict[str, Found]:
+        """The match table's outcomes for those of ``keys`` searched before."""
+
+    @abc.abstractmethod
+    async def settle_matches(
+        self, settled: Sequence[tuple[Waiting, Found]], now: float
+    ) -> model.Received:
+        """Record what the searches found, in one transaction: the match table, each event's
+        new state and reason, the tasks of matched events, and their write-backs."""
+
+    @abc.abstractmethod
+    async def due_write_backs(self, now: float, limit: int) -> list[WriteBack]:
+        """Write-backs whose next attempt has come, oldest first (claimed on replicas)."""
+
+    @abc.abstractmethod
+    async def record_write_backs(self, results: Sequence[WriteBackResult], now: float) -> None:
+        """Write the outcomes of one round of write-backs in one transaction."""
+
+    @abc.abstractmethod
+    async def accept_settling(
+        self, tasks: Sequence[model.Task], now: float
+    ) -> list[model.Accepted]:
+        """:meth:`accept`, and in the same transaction mark the ``ambiguous`` or ``unmatched``
+        inbound events of the records the tasks target as ``matched`` (a manual trigger with
+        an explicit Lance id settles them)."""
+
+    @abc.abstractmethod
+    async def list_inbound(
+        self,
+        *,
+        state: str | None,
+        source: str | None = None,
+        after: tuple[float, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A page of inbound events in (receivedAt, source, key) order, after ``after``."""
 
     # -- trigger, poll and fetch jobs -----------------------------------------------------
 
@@ -400,7 +503,7 @@ class Ledger(abc.ABC):
         """Inbound events the ledger still keeps, by (source, state)."""
 
     @abc.abstractmethod
-    async def list_inbound(
+    async def recent_inbound(
         self,
         *,
         state: str | None = None,

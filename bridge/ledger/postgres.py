@@ -3,7 +3,8 @@
 The backend of :class:`bridge.ledger.Ledger` that ``ledger.url`` selects. Its siblings:
 :mod:`~bridge.ledger.postgres_db` (pool, schema version, migrations, the one seam translating
 psycopg errors), :mod:`~bridge.ledger.postgres_rows` (batch writes) and
-:mod:`~bridge.ledger.postgres_reads` (API, CLI and metrics reads).
+:mod:`~bridge.ledger.postgres_reads` (API, CLI and metrics reads); the matching verbs are in
+:mod:`~bridge.ledger.postgres_match`.
 
 Replicas: due rows are claimed with ``FOR UPDATE SKIP LOCKED`` and a lease (``claimed_by``,
 ``claim_expires_at``), so two replicas never hand the same rows to two jobs; a claimed row
@@ -21,13 +22,14 @@ import orjson
 
 from bridge import errors, ledger, model, outbox
 from bridge import settings as settings_mod
-from bridge.ledger import events, postgres_db, postgres_reads, postgres_rows
+from bridge.ledger import events, postgres_db, postgres_match, postgres_rows
 
 _PENDING = model.EnrichmentState.PENDING.value
 _FINISHED = model.EnrichmentState.FINISHED.value
 _TERMINAL = frozenset(state.value for state in model.TERMINAL)
 _LOOKUP = model.InboundState.LOOKUP.value
 _SKIPPED = model.InboundState.SKIPPED.value
+_MATCHING = model.InboundState.MATCHING.value
 # How long a replica holds the rows it claimed before others may take them (seconds of the
 # callers' clock): far longer than one poll or delivery round takes, short enough that a
 # replica that died mid-round delays its rows by a minute at most.
@@ -41,7 +43,7 @@ _CLAIMABLE = "(claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= 
 _RENEW = tuple(
     f"UPDATE {table} SET claim_expires_at = %s WHERE claimed_by = %s"  # noqa: S608 (constant)
     " AND claim_expires_at < %s"
-    for table in ("enrichments", "deliveries", "inbound")
+    for table in ("enrichments", "deliveries", "inbound", "write_backs")
 )
 
 migrate = postgres_db.migrate
@@ -67,8 +69,10 @@ async def open(
     return store
 
 
-class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
+class PostgresLedger(postgres_match.Matching, ledger.Ledger):
     """The PostgreSQL ledger. Open it with :func:`open` (or :func:`bridge.ledger.open`)."""
+
+    lease_s = LEASE_S
 
     def __init__(self, db: postgres_db.Db, router: outbox.Router) -> None:
         self.path = Path(db.where)  # for messages only; never holds the password
@@ -121,6 +125,7 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             skipped=sum(event.state == _SKIPPED for event in new),
             lookups=sum(event.state == _LOOKUP for event in new),
             accepted=tuple(row for rows in accepted for row in rows),
+            matching=sum(event.state == _MATCHING for event in new),
         )
 
     async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
@@ -152,14 +157,18 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         async with self.db.transaction() as conn:
             await conn.execute(
                 "UPDATE inbound SET state = r.state, detail = r.detail, updated_at = %s,"
+                " match_key = r.match_key, request = r.request,"
                 " claimed_by = NULL, claim_expires_at = NULL"
-                " FROM unnest(%s::text[], %s::text[], %s::text[]) AS r (key, state, detail)"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+                " AS r (key, state, detail, match_key, request)"
                 " WHERE inbound.source = %s AND inbound.key = r.key AND inbound.state = 'lookup'",
                 (
                     now,
                     [e.key for e in resolved],
                     [e.state for e in resolved],
-                    [e.skipped for e in resolved],
+                    [e.detail for e in resolved],
+                    [e.match_columns[0] for e in resolved],
+                    [e.match_columns[1] for e in resolved],
                     source,
                 ),
             )
@@ -170,13 +179,16 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             events=len(resolved),
             skipped=sum(event.state == _SKIPPED for event in resolved),
             accepted=tuple(row for rows in accepted for row in rows),
+            matching=sum(event.state == _MATCHING for event in resolved),
         )
 
     async def prune_inbound(self, before: float) -> int:
         """Forget settled inbound events received before ``before``; returns how many."""
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
-                "DELETE FROM inbound WHERE received_at < %s AND state != 'lookup'", (before,)
+                "DELETE FROM inbound WHERE received_at < %s"
+                " AND state NOT IN ('lookup', 'matching')",
+                (before,),
             )
         return int(cursor.rowcount)
 
@@ -397,7 +409,8 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             " (SELECT count(*) FROM enrichments WHERE claimed_by = r.id"
             " AND state IN ('queued', 'pending'))"
             " + (SELECT count(*) FROM deliveries WHERE claimed_by = r.id AND state = 'pending')"
-            " + (SELECT count(*) FROM inbound WHERE claimed_by = r.id AND state = 'lookup')"
+            " + (SELECT count(*) FROM inbound WHERE claimed_by = r.id"
+            " AND state IN ('lookup', 'matching'))"
             " FROM replicas r ORDER BY r.last_heartbeat DESC, r.id"
         )
         return [ledger.Replica(str(r[0]), float(r[1]), float(r[2]), int(r[3])) for r in rows]

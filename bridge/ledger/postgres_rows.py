@@ -104,14 +104,18 @@ async def insert_inbound(
     """Insert events not seen before (the primary key decides); returns the new keys."""
     if not events:
         return set()
-    rows = [(source, e.key, e.state, *(e.lookup or e.record), e.skipped, now, now) for e in events]
+    rows = [
+        (source, e.key, e.state, *(e.lookup or e.record), e.detail, now, now, *e.match_columns)
+        for e in events
+    ]
     returned = await _rows(
         conn,
         "INSERT INTO inbound (source, key, state, object_type, object_id, detail, received_at,"
-        " updated_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-        " %s::text[], %s::text[], %s::float8[], %s::float8[])"
+        " updated_at, match_key, request) SELECT * FROM unnest(%s::text[], %s::text[],"
+        " %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
+        " %s::text[], %s::text[])"
         " ON CONFLICT (source, key) DO NOTHING RETURNING key",
-        _columns(rows, 8),
+        _columns(rows, 10),
     )
     return {str(row[0]) for row in returned}
 

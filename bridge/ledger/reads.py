@@ -113,23 +113,46 @@ def delivery_json(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-INBOUND_COLUMNS = "source, key, state, object_type, object_id, detail, received_at, updated_at"
+INBOUND_COLUMNS = (
+    "source, key, state, object_type, object_id, detail, match_key, entity_id, candidates,"
+    " attempts, received_at, updated_at"
+)
+# Keys per statement when reading the match table (well under either backend's limits).
+MATCH_KEYS_PER_READ = 500
 
 
 def inbound_json(row: Sequence[Any]) -> dict[str, Any]:
-    """A row of :data:`INBOUND_COLUMNS` in the API shape."""
-    source, key, state, otype, oid, detail, received, updated = row
+    """The API shape of an inbound event (``GET /v1/inbound``, ``inbound list``)."""
+    (source, key, state, object_type, object_id, detail, match_key, entity_id) = row[:8]
+    candidates, attempts, received, updated = row[8:12]
     return {
         "source": source,
         "key": key,
         "state": state,
-        "objectType": otype,
-        "objectId": oid,
-        "detail": detail,
+        "objectType": object_type,
+        "objectId": object_id,
+        "reason": detail,
+        "matchKey": match_key,
+        "entityId": entity_id,
+        "candidates": json.loads(candidates) if candidates else [],
+        "attempts": int(attempts or 0),
         "receivedAt": _iso(received),
-        "receivedAtSeconds": received,
         "updatedAt": _iso(updated),
+        "cursor": [received, source, key],
     }
+
+
+def found_of(row: Sequence[Any]) -> ledger.Found:
+    """A match-table row (key, outcome, entity_id, candidates, reason) as a
+    :class:`ledger.Found`."""
+    key, outcome, entity_id, candidates, reason = row
+    return ledger.Found(
+        str(key),
+        str(outcome),
+        None if entity_id is None else str(entity_id),
+        tuple(json.loads(candidates or "[]")),
+        None if reason is None else str(reason),
+    )
 
 
 class Reads:
@@ -199,7 +222,7 @@ class Reads:
         statistics to)."""
         return "", "created_at"
 
-    async def list_inbound(
+    async def recent_inbound(
         self,
         *,
         state: str | None = None,
@@ -424,6 +447,49 @@ class Reads:
         """Inbound events kept, by (source, state)."""
         rows = await self.db.fetch("SELECT source, state, count(*) FROM inbound GROUP BY 1, 2")
         return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    async def known_matches(self, keys: Sequence[str]) -> dict[str, ledger.Found]:
+        """The match table's outcomes for those of ``keys`` searched before."""
+        wanted = sorted(set(keys))
+        found: dict[str, ledger.Found] = {}
+        for start in range(0, len(wanted), MATCH_KEYS_PER_READ):
+            chunk = wanted[start : start + MATCH_KEYS_PER_READ]
+            marks = ", ".join([self.PARAM] * len(chunk))
+            rows = await self.db.fetch(
+                "SELECT key, outcome, entity_id, candidates, reason FROM matches"  # noqa: S608
+                f" WHERE key IN ({marks})",
+                chunk,
+            )
+            found.update({str(row[0]): found_of(row) for row in rows})
+        return found
+
+    async def list_inbound(
+        self,
+        *,
+        state: str | None,
+        source: str | None = None,
+        after: tuple[float, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A page of inbound events in (receivedAt, source, key) order, after ``after``."""
+        mark = self.PARAM
+        clauses: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if state is not None:
+            clauses.append(f"state = {mark}")
+            params.append(state)
+        if source is not None:
+            clauses.append(f"source = {mark}")
+            params.append(source)
+        if after is not None:
+            clauses.append(f"(received_at, source, key) > ({mark}, {mark}, {mark})")
+            params.extend(after)
+        rows = await self.db.fetch(
+            f"SELECT {INBOUND_COLUMNS} FROM inbound"  # noqa: S608 - fixed clauses
+            f" WHERE {' AND '.join(clauses)} ORDER BY received_at, source, key LIMIT {mark}",
+            (*params, limit),
+        )
+        return [inbound_json(row) for row in rows]
 
     async def progress(self) -> ledger.Progress:
         """Ended enrichments whose events are written, acknowledged and other deliveries."""

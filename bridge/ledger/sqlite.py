@@ -4,7 +4,8 @@ The embedded default backend of :class:`bridge.ledger.Ledger`. Its SQL lives in 
 its ``sqlite_*`` siblings: :mod:`~bridge.ledger.sqlite_db` (connections, file, health, the one
 seam translating sqlite3 errors), :mod:`~bridge.ledger.sqlite_file` (lock and migrations),
 :mod:`~bridge.ledger.sqlite_rows` (the hot writes), :mod:`~bridge.ledger.sqlite_outbox`
-(delivery rows) and :mod:`~bridge.ledger.sqlite_reads` (API, CLI and metrics reads).
+(delivery rows), :mod:`~bridge.ledger.sqlite_match` (matching CRM records to Lance people) and
+:mod:`~bridge.ledger.sqlite_reads` (API, CLI and metrics reads).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import orjson
 
 from bridge import batching, ledger, model, outbox
 from bridge import settings as settings_mod
-from bridge.ledger import events, sqlite_db, sqlite_outbox, sqlite_reads, sqlite_rows
+from bridge.ledger import (
+    events,
+    sqlite_db,
+    sqlite_match,
+    sqlite_outbox,
+    sqlite_rows,
+)
 
 # The states' plain string values, bound once: read for every row of the hot paths, where an
 # enum attribute lookup (Python 3.11) or a str subclass bound as an SQL parameter (sqlite3
@@ -27,6 +34,7 @@ _PENDING = model.EnrichmentState.PENDING.value
 _TERMINAL = frozenset(state.value for state in model.TERMINAL)
 _LOOKUP = model.InboundState.LOOKUP.value
 _SKIPPED = model.InboundState.SKIPPED.value
+_MATCHING = model.InboundState.MATCHING.value
 
 
 async def open(
@@ -55,7 +63,7 @@ async def open(
 _REPLICA_META = "replica"
 
 
-class SQLiteLedger(sqlite_reads.Reads, ledger.Ledger):
+class SQLiteLedger(sqlite_match.Matching, ledger.Ledger):
     """The SQLite ledger. Open it with :func:`open` (or :func:`bridge.ledger.open`).
 
     The job verbs are here; the reads for the API, the CLI and the metrics come from
@@ -163,6 +171,7 @@ class SQLiteLedger(sqlite_reads.Reads, ledger.Ledger):
             skipped=sum(event.state == _SKIPPED for event in new),
             lookups=sum(event.state == _LOOKUP for event in new),
             accepted=tuple(row for rows in accepted for row in rows),
+            matching=sum(event.state == _MATCHING for event in new),
         )
 
     async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
@@ -183,22 +192,27 @@ class SQLiteLedger(sqlite_reads.Reads, ledger.Ledger):
             return model.Received()
         async with self.db.transaction() as db:
             await db.executemany(
-                "UPDATE inbound SET state = ?, detail = ?, updated_at = ?"
-                " WHERE source = ? AND key = ? AND state = 'lookup'",
-                [(event.state, event.skipped, now, source, event.key) for event in resolved],
+                "UPDATE inbound SET state = ?, detail = ?, updated_at = ?, match_key = ?,"
+                " request = ? WHERE source = ? AND key = ? AND state = 'lookup'",
+                [
+                    (event.state, event.detail, now, *event.match_columns, source, event.key)
+                    for event in resolved
+                ],
             )
             accepted = await sqlite_rows.accept_in(db, [(event.tasks, now) for event in resolved])
         return model.Received(
             events=len(resolved),
             skipped=sum(event.state == _SKIPPED for event in resolved),
             accepted=tuple(row for rows in accepted for row in rows),
+            matching=sum(event.state == _MATCHING for event in resolved),
         )
 
     async def prune_inbound(self, before: float) -> int:
         """Forget settled inbound events received before ``before``; returns how many."""
         async with self.db.transaction() as db:
             cursor = await db.execute(
-                "DELETE FROM inbound WHERE received_at < ? AND state != 'lookup'", (before,)
+                "DELETE FROM inbound WHERE received_at < ? AND state NOT IN ('lookup', 'matching')",
+                (before,),
             )
         return int(cursor.rowcount)
 

@@ -155,14 +155,14 @@ async def insert_inbound(
 ) -> set[str]:
     """Insert events not seen before; returns the keys that were new."""
     fresh: set[str] = set()
-    step = MAX_PARAMS // 8
+    step = MAX_PARAMS // 10
     for start in range(0, len(events), step):
         chunk = events[start : start + step]
-        marks = ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
+        marks = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
         returned = await db.execute_fetchall(
             "INSERT OR IGNORE INTO inbound"  # noqa: S608 - placeholders only
-            " (source, key, state, object_type, object_id, detail, received_at, updated_at)"
-            f" VALUES {marks} RETURNING key",
+            " (source, key, state, object_type, object_id, detail, received_at, updated_at,"
+            f" match_key, request) VALUES {marks} RETURNING key",
             [
                 value
                 for event in chunk
@@ -171,9 +171,10 @@ async def insert_inbound(
                     event.key,
                     event.state,
                     *(event.lookup or event.record),
-                    event.skipped,
+                    event.detail,
                     now,
                     now,
+                    *event.match_columns,
                 )
             ],
         )

@@ -399,12 +399,12 @@ async def inbound(request: web.Request) -> web.Response:
         before = _inbound_cursor(request)
     except _BadQuery as exc:
         return problem(request, 400, str(exc), current)
-    rows = await bridge.ledger.list_inbound(state=state, source=source, before=before, limit=PAGE)
+    rows = await bridge.ledger.recent_inbound(state=state, source=source, before=before, limit=PAGE)
     filters = {"state": state or "", "source": source or ""}
     next_query = None
     if len(rows) == PAGE:
         last = rows[-1]
-        cursor = json.dumps([last["receivedAtSeconds"], last["source"], last["key"]])
+        cursor = json.dumps(last["cursor"])
         next_query = _query(filters, before=cursor)
     by_state: dict[str, int] = {}
     for (_, name), n in counts.items():

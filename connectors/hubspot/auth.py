@@ -328,7 +328,8 @@ class Api(crm.CrmConnector[HubSpotConfig, str, Answer]):
     # -- check-config --online ------------------------------------------------------------
 
     async def check(self) -> None:
-        """The token works and every mapped property (and the Lance-id one) exists."""
+        """The token works and every mapped property (the Lance-id one and, for contacts, the
+        ones matching reads) exists."""
         for object_type, settings in self.settings.objects().items():
             answer = await self.call("GET", f"/crm/v3/properties/{object_type}")
             if answer.status != 200 or not isinstance(answer.body, dict):
@@ -337,6 +338,9 @@ class Api(crm.CrmConnector[HubSpotConfig, str, Answer]):
                 )
             names = {p.get("name") for p in answer.body.get("results") or [] if isinstance(p, dict)}
             mapped = [settings.lance_id_property, *settings.writable()]
+            if object_type == "contacts":
+                # The properties a contact without a Lance id is matched by must exist too.
+                mapped += self.settings.contacts.match_properties()
             missing = [name for name in mapped if name not in names]
             if missing:
                 raise errors.ConnectorError(

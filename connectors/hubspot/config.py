@@ -57,6 +57,26 @@ class ContactSettings(ObjectSettings):
 
     lance_id_property: str = Field(default="lance_person_id", min_length=1)
     enrich: tuple[Literal["emails", "phones"], ...] = ("emails", "phones")
+    # A contact without a Lance id is looked up at Lance first (DESIGN §12): by its LinkedIn
+    # URL, and, only when named here, by full name + company.
+    match_by: tuple[Literal["linkedin", "name_company"], ...] = ("linkedin",)
+    linkedin_property: str = Field(default="hs_linkedin_url", min_length=1)
+    first_name_property: str = Field(default="firstname", min_length=1)
+    last_name_property: str = Field(default="lastname", min_length=1)
+    company_property: str = Field(default="company", min_length=1)
+    write_back: bool = True  # write the Lance id found to lance_id_property
+
+    def match_properties(self) -> list[str]:
+        """The properties a contact's match reads, in the order ``match_by`` names them."""
+        names: list[str] = []
+        for kind in self.match_by:
+            if kind == "linkedin":
+                names.append(self.linkedin_property)
+            else:
+                names += [self.first_name_property, self.last_name_property]
+                names.append(self.company_property)
+        return names
+
     properties: dict[str, mapping.PropertyMap] = Field(
         default_factory=lambda: mapping.mappings(ContactSettings.DEFAULT_PROPERTIES)
     )

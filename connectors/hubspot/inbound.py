@@ -69,13 +69,24 @@ class Hooks(auth.Api):
             return model.Inbound(key, lookup=record)
         if action != "propertyChange":
             return model.Inbound(key, skipped=f"{kind}: not an event that triggers", record=record)
-        settings = self.settings.objects()[object_type]
+        return self._property_change(key, object_type, str(object_id), item)
+
+    def _property_change(
+        self, key: str, object_type: ObjectType, object_id: str, item: dict[str, Any]
+    ) -> model.Inbound:
+        """A change of the Lance-id property triggers; one of a match property searches."""
+        record = (object_type, object_id)
         name = item.get("propertyName")
-        if name != settings.lance_id_property:
+        value = item.get("propertyValue")
+        if object_type == "contacts" and name in self.settings.contacts.match_properties():
+            found = self.record_tasks(object_type, object_id, {name: value})
+            return connector.inbound_of(key, found, record)
+        lance_id_property = self.settings.objects()[object_type].lance_id_property
+        if name != lance_id_property:
             return model.Inbound(
-                key, skipped=f"change of {name}, not {settings.lance_id_property}", record=record
+                key, skipped=f"change of {name}, not {lance_id_property}", record=record
             )
-        return self._inbound(key, object_type, str(object_id), item.get("propertyValue"))
+        return self._inbound(key, object_type, object_id, value)
 
     def _workflow_call(self, payload: dict[str, Any], request: HookRequest) -> model.Inbound:
         object_type = self._workflow_object_type(payload, request)
@@ -88,7 +99,11 @@ class Hooks(auth.Api):
                 "a workflow call needs the record id (a number): objectId, vid or hs_object_id",
             )
         name = self.settings.objects()[object_type].lance_id_property
-        if properties is payload and name not in payload:
+        known = {
+            name,
+            *(self.settings.contacts.match_properties() if object_type == "contacts" else ()),
+        }
+        if properties is payload and not known & payload.keys():
             # A customised body without the Lance-id key is a workflow set up wrongly: say
             # so to HubSpot (it shows the answer in the workflow's history) instead of a skip.
             raise HookError(
@@ -98,8 +113,9 @@ class Hooks(auth.Api):
                 " (or ?objectType= naming the other object type)",
             )
         key = "workflow:" + hashlib.sha256(request.body).hexdigest()
-        lance_id = _property_value(properties, name)
-        return self._inbound(key, object_type, str(object_id), lance_id)
+        values = {prop: _property_value(properties, prop) for prop in known}
+        found = self.record_tasks(object_type, str(object_id), values)
+        return connector.inbound_of(key, found, (object_type, str(object_id)))
 
     def _workflow_object_type(self, payload: dict[str, Any], request: HookRequest) -> ObjectType:
         """``?objectType=`` on the URL, else the body's ``objectType``, else contacts."""
@@ -115,11 +131,41 @@ class Hooks(auth.Api):
     def _inbound(
         self, key: str, object_type: ObjectType, object_id: str, lance_id: Any
     ) -> model.Inbound:
-        record = (object_type, object_id)
         tasks = self.tasks_for(object_type, object_id, lance_id)
-        if isinstance(tasks, str):
-            return model.Inbound(key, skipped=tasks, record=record)
-        return model.Inbound(key, tasks=tasks, record=record)
+        return connector.inbound_of(key, tasks, (object_type, object_id))
+
+    def record_tasks(
+        self, object_type: ObjectType, object_id: str, properties: Mapping[str, Any]
+    ) -> connector.Lookup:
+        """What a record with these properties asks for: its tasks when it has a Lance id,
+        else (contacts) the person search its match properties allow, else why nothing."""
+        lance_id = properties.get(self.settings.objects()[object_type].lance_id_property)
+        found = self.tasks_for(object_type, object_id, lance_id)
+        if object_type != "contacts" or not isinstance(found, str) or _filled(lance_id):
+            return found
+        return self._match(object_id, properties) or found
+
+    def _match(self, object_id: str, properties: Mapping[str, Any]) -> model.Match | None:
+        contacts = self.settings.contacts
+        record = model.Target(self.name, "contacts", object_id)
+        for kind in contacts.match_by:
+            if kind == "linkedin":
+                value = properties.get(contacts.linkedin_property)
+                where = contacts.linkedin_property
+                match = connector.linkedin_match(
+                    value, where, contacts.enrich, record, write_back=contacts.write_back
+                )
+            else:
+                first = properties.get(contacts.first_name_property)
+                last = properties.get(contacts.last_name_property)
+                full = " ".join(p for p in (first, last) if isinstance(p, str) and p.strip())
+                company = properties.get(contacts.company_property)
+                match = connector.name_match(
+                    full, company, contacts.enrich, record, write_back=contacts.write_back
+                )
+            if match is not None:
+                return match
+        return None
 
     def tasks_for(self, object_type: ObjectType, object_id: str, lance_id: Any) -> connector.Lookup:
         """The enrichments a record with ``lance_id`` asks for, or why there are none."""
@@ -146,8 +192,11 @@ class Hooks(auth.Api):
             settings = self.settings.objects()[object_type]
             for start in range(0, len(ids), MAX_INPUTS):
                 chunk = ids[start : start + MAX_INPUTS]
+                wanted = [settings.lance_id_property]
+                if object_type == "contacts":
+                    wanted += self.settings.contacts.match_properties()
                 try:
-                    current = await self._read(object_type, chunk, [settings.lance_id_property])
+                    current = await self._read(object_type, chunk, wanted)
                 except errors.ConnectorError as exc:
                     current = Outcome("retry", None, exc.message)
                 if isinstance(current, Outcome) and current.kind == "dead":
@@ -168,9 +217,7 @@ class Hooks(auth.Api):
                     found[(object_type, object_id)] = (
                         f"HubSpot has no {object_type} record {object_id}"
                         if properties is None
-                        else self.tasks_for(
-                            object_type, object_id, properties.get(settings.lance_id_property)
-                        )
+                        else self.record_tasks(object_type, object_id, properties)
                     )
         for named, object_id in records:
             if object_type_of(named) is None:
@@ -209,6 +256,10 @@ def _workflow_record_id(payload: dict[str, Any], properties: Mapping[str, Any]) 
         if is_id(found):
             return found
     return None
+
+
+def _filled(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _property_value(properties: Mapping[str, Any], name: str) -> Any:

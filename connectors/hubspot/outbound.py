@@ -46,6 +46,32 @@ class Writes(auth.Api):
             return f"objectId {object_id[:40]!r}: HubSpot record ids are numbers"
         return None
 
+    async def write_ids(self, writes: Sequence[tuple[str, str, str]]) -> list[Outcome]:
+        """Write found Lance ids to each record's ``lance_id_property``: 100 per batch update."""
+        outcomes: dict[tuple[str, str], Outcome] = {}
+        by_type: dict[ObjectType, dict[str, str]] = {}
+        for named, object_id, lance_id in writes:
+            object_type = object_type_of(named)
+            if object_type is None:
+                outcomes[(named, object_id)] = Outcome("dead", None, f"{named}: not a record")
+            else:
+                by_type.setdefault(object_type, {})[object_id] = lance_id
+        for object_type, ids in by_type.items():
+            name = self.settings.objects()[object_type].lance_id_property
+            inputs = [
+                {"id": i, "properties": {name: lance_id}, "objectWriteTraceId": i}
+                for i, lance_id in ids.items()
+            ]
+            for start in range(0, len(inputs), MAX_INPUTS):
+                chunk = inputs[start : start + MAX_INPUTS]
+                try:
+                    done = await self._update(object_type, chunk)
+                except errors.ConnectorError as exc:
+                    done = dict.fromkeys(ids, Outcome("retry", None, exc.message))
+                outcomes |= {(object_type, i): o for i, o in done.items()}
+        missing = Outcome("retry", None, "no outcome for this record")
+        return [outcomes.get((object_type_of(t) or t, i), missing) for t, i, _ in writes]
+
     async def _send(self, chunk: Sequence[model.Delivery]) -> list[Outcome]:
         try:
             return await self._send_chunk(chunk)

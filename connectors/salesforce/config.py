@@ -96,6 +96,14 @@ class PersonSettings(ObjectSettings):
 
     lance_id_field: str = Field(default="Lance_Person_Id__c", min_length=1)
     enrich: tuple[Literal["emails", "phones"], ...] = ("emails", "phones")
+    # A record without a Lance id is looked up at Lance first (DESIGN §12): by the LinkedIn
+    # URL in ``linkedin_field`` (a custom field), and only when named here by name + company.
+    match_by: tuple[Literal["linkedin", "name_company"], ...] = ("linkedin",)
+    linkedin_field: str = Field(default="LinkedIn_URL__c", min_length=1)
+    first_name_field: str = Field(default="FirstName", min_length=1)
+    last_name_field: str = Field(default="LastName", min_length=1)
+    company_field: str = Field(default="Company", min_length=1)
+    write_back: bool = True  # write the Lance id found to lance_id_field
     fields: dict[str, mapping.PropertyMap] = Field(
         default_factory=lambda: mapping.mappings(PersonSettings.DEFAULT_FIELDS)
     )

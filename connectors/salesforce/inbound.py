@@ -23,6 +23,7 @@ from connectors.salesforce.config import (
     UUID4,
     UUID4_RE,
     ObjectType,
+    PersonSettings,
     id18,
     object_type_of,
     same_org_id,
@@ -53,10 +54,18 @@ class FlowRecord(pydantic.BaseModel):
 
     record_id: str = Field(alias="recordId", pattern=r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
     object_type: ObjectType = Field(alias="objectType")
-    lance_id: str = Field(alias="lanceId", pattern=UUID4)
+    lance_id: str | None = Field(default=None, alias="lanceId", pattern=UUID4)
+    # Instead of the Lance id, a Lead's or Contact's LinkedIn URL: the person is found first.
+    linkedin_url: str | None = Field(default=None, alias="linkedinUrl", max_length=2000)
     fields: tuple[Literal["emails", "phones", "summary"], ...] | None = Field(
         default=None, min_length=1
     )
+
+    @pydantic.model_validator(mode="after")
+    def _one_person(self) -> FlowRecord:
+        if (self.lance_id is None) == (self.linkedin_url is None):
+            raise ValueError("give lanceId or linkedinUrl (exactly one)")
+        return self
 
 
 class _JsonRefusal(HookError):
@@ -201,9 +210,41 @@ class Hooks(auth.Api):
         lance_field = self.settings.objects()[object_type].lance_id_field
         lance_id = values.get(lance_field.lower(), "")
         tasks = self.tasks_for(object_type, canonical, lance_id)
-        if isinstance(tasks, str):
-            return model.Inbound(key, skipped=tasks, record=(object_type, canonical))
-        return model.Inbound(key, tasks=tasks, record=(object_type, canonical))
+        if isinstance(tasks, str) and not lance_id:
+            tasks = self._match(object_type, canonical, values) or tasks
+        return connector.inbound_of(key, tasks, (object_type, canonical))
+
+    def _match(
+        self, object_type: ObjectType, record_id: str, values: Mapping[str, str]
+    ) -> model.Match | None:
+        """The person search a Lead or Contact without a Lance id asks for, if it can."""
+        settings = self.settings.objects()[object_type]
+        if not isinstance(settings, PersonSettings):
+            return None
+        record = model.Target(self.name, object_type, record_id)
+        for kind in settings.match_by:
+            if kind == "linkedin":
+                value = values.get(settings.linkedin_field.lower())
+                match = connector.linkedin_match(
+                    value,
+                    settings.linkedin_field,
+                    settings.enrich,
+                    record,
+                    write_back=settings.write_back,
+                )
+            else:
+                first = values.get(settings.first_name_field.lower(), "")
+                last = values.get(settings.last_name_field.lower(), "")
+                match = connector.name_match(
+                    f"{first} {last}",
+                    values.get(settings.company_field.lower()),
+                    settings.enrich,
+                    record,
+                    write_back=settings.write_back,
+                )
+            if match is not None:
+                return match
+        return None
 
     def _flow_events(self, request: HookRequest) -> list[model.Inbound]:
         try:
@@ -228,16 +269,29 @@ class Hooks(auth.Api):
                 raise _JsonRefusal(400, "invalid_body", message) from None
             canonical = id18(record.record_id)
             assert canonical is not None  # the pattern checked it
-            tasks = self.tasks_for(record.object_type, canonical, record.lance_id, record.fields)
+            tasks = self._flow_tasks(record, canonical)
             if isinstance(tasks, str) and record.fields is not None:
                 raise _JsonRefusal(400, "invalid_body", f"{where or 'body'}: {tasks}")
             key = f"flow:{digest}:{index}"
             target = (record.object_type, canonical)
-            if isinstance(tasks, str):
-                events.append(model.Inbound(key, skipped=tasks, record=target))
-            else:
-                events.append(model.Inbound(key, tasks=tasks, record=target))
+            events.append(connector.inbound_of(key, tasks, target))
         return events
+
+    def _flow_tasks(self, record: FlowRecord, canonical: str) -> connector.Lookup:
+        """A callout's record: its tasks by Lance id, or the search its LinkedIn URL asks for."""
+        if record.lance_id is not None:
+            return self.tasks_for(record.object_type, canonical, record.lance_id, record.fields)
+        settings = self.settings.objects()[record.object_type]
+        if not isinstance(settings, PersonSettings):
+            return f"{record.object_type}: only Leads and Contacts are matched by linkedinUrl"
+        fields = settings.enrich if record.fields is None else record.fields
+        if "summary" in fields:
+            return f"fields: {record.object_type} takes emails and phones, not summary"
+        target = model.Target(self.name, record.object_type, canonical)
+        match = connector.linkedin_match(
+            record.linkedin_url, "linkedinUrl", fields, target, write_back=settings.write_back
+        )
+        return match or f"no {settings.lance_id_field} and no linkedinUrl"
 
     def tasks_for(
         self,

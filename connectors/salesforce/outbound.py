@@ -100,6 +100,29 @@ class Writes(auth.Api):
             outcomes |= await self._write(wanted)
         return [outcomes[key] for key in keys]
 
+    async def write_ids(self, writes: Sequence[tuple[str, str, str]]) -> list[Outcome]:
+        """Write found Lance ids to each record's ``lance_id_field``: 200 per collection."""
+        keys: list[RecordKey] = []
+        records: list[dict[str, Any]] = []
+        outcomes: dict[RecordKey, Outcome] = {}
+        for named, record_id, lance_id in writes:
+            object_type = object_type_of(named)
+            if object_type is None:
+                outcomes[(named, record_id)] = Outcome("dead", None, f"{named}: not a record")
+                continue
+            field = self.settings.objects()[object_type].lance_id_field
+            keys.append((object_type, record_id))
+            records.append({"attributes": {"type": object_type}, "id": record_id, field: lance_id})
+        for start in range(0, len(records), MAX_RECORDS):
+            part = slice(start, start + MAX_RECORDS)
+            try:
+                outcomes |= await self._update(keys[part], records[part])
+            except auth.AuthError as exc:
+                failure = Outcome("retry", None, exc.message, classify.THROTTLE_MIN_DELAY_S)
+                outcomes |= dict.fromkeys(keys[part], failure)
+        missing = Outcome("retry", None, "no outcome for this record")
+        return [outcomes.get((object_type_of(t) or t, i), missing) for t, i, _ in writes]
+
     async def _write(self, wanted: Mapping[RecordKey, _Wanted]) -> dict[RecordKey, Outcome]:
         """Apply the write policies and update the records; one outcome per record."""
         if not any(wanted.values()):

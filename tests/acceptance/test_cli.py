@@ -70,16 +70,20 @@ def test_demo_runs_the_whole_pipeline_and_says_so() -> None:
 
 
 @pytest.mark.parametrize(
-    ("crm", "written"),
-    [("hubspot", "HubSpot"), ("salesforce", "Salesforce")],
+    ("crm", "written", "of"),
+    # HubSpot's 20 contacts carry LinkedIn URLs, not Lance ids: 16 name one Lance person.
+    [("hubspot", "HubSpot", "16 of 16"), ("salesforce", "Salesforce", "20 of 20")],
 )
-def test_demo_runs_through_each_crm_sandbox(crm: str, written: str) -> None:
+def test_demo_runs_through_each_crm_sandbox(crm: str, written: str, of: str) -> None:
     done = _run("demo", "--crm", crm, "--count", "40", "--quiet")
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: ok" in done.stdout
     assert f"{written} contacts written back" in done.stdout
-    assert "20 of 20" in done.stdout
+    assert of in done.stdout
+    if crm == "hubspot":
+        for line in ("contacts matched", "contacts ambiguous", "searches per contact"):
+            assert line in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -292,3 +296,46 @@ def test_python_dash_m_works() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.startswith("lance-bridge ")
+
+
+def _seed_inbound(path: Path) -> None:
+    async def seed() -> None:
+        store = await ledger.open(path)
+        try:
+            record = model.Target("hubspot", "contacts", "42")
+            junk = model.Match("", ("emails",), (record,), problem="hs_linkedin_url: empty")
+            key = "linkedin:https://www.linkedin.com/in/ada-l"
+            waiting = model.Match(key, ("emails",), (record,))
+            events = [
+                model.Inbound("e1", match=junk, record=("contacts", "42")),
+                model.Inbound("e2", match=waiting, record=("contacts", "43")),
+            ]
+            await store.receive("hubspot", events, NOW)
+            [event] = await store.waiting_matches(NOW, 10)
+            candidates = (str(uuid.uuid4()), str(uuid.uuid4()))
+            found = ledger.Found(key, "ambiguous", None, candidates, "2 Lance people match")
+            await store.settle_matches([(event, found)], NOW)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+def test_inbound_list_shows_unmatched_and_ambiguous_records_with_their_reasons(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    _seed_inbound(tmp_path / "ledger.db")
+
+    unmatched = _run("inbound", "list", "--state", "unmatched", "-c", str(config))
+    ambiguous = _call("inbound", "list", "--state", "ambiguous", "--json", "-c", str(config))
+    bad = _call("inbound", "list", "--state", "lost", "-c", str(config))
+
+    assert unmatched.returncode == 0, unmatched.stderr
+    assert "hs_linkedin_url" in unmatched.stdout
+    assert "42" in unmatched.stdout
+    assert "43" not in unmatched.stdout
+    [row] = json.loads(ambiguous.stdout)
+    assert (row["objectId"], row["state"], len(row["candidates"])) == ("43", "ambiguous", 2)
+    assert row["reason"] == "2 Lance people match"
+    assert bad.returncode == 2

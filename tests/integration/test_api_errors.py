@@ -148,14 +148,6 @@ _COMMON: list[BodyCase] = [
         ["tasks", "0", "entityId"],
     ),
     (
-        "entityId-missing",
-        _json({"tasks": [{"field": "emails"}]}),
-        422,
-        "validation_error",
-        "tasks.0.entityId: Field required",
-        ["tasks", "0", "entityId"],
-    ),
-    (
         "entityId-not-uuid",
         _json({"tasks": [_task(entityId="not-a-uuid")]}),
         422,
@@ -230,6 +222,15 @@ _COMMON: list[BodyCase] = [
 ]
 
 _TRIGGER_ONLY: list[BodyCase] = [
+    (
+        "entityId-missing",
+        _json({"tasks": [{"field": "emails"}]}),
+        422,
+        "validation_error",
+        # A task names its person by entityId or by match (DESIGN §5): neither is refused.
+        "tasks.0: Value error, give entityId or match (exactly one)",
+        ["tasks", "0"],
+    ),
     (
         "1001-tasks",
         _json({"tasks": [_task() for _ in range(1001)]}),
@@ -332,6 +333,14 @@ _TRIGGER_ONLY: list[BodyCase] = [
 ]
 
 _QUERY_ONLY: list[BodyCase] = [
+    (
+        "entityId-missing",
+        _json({"tasks": [{"field": "emails"}]}),
+        422,
+        "validation_error",
+        "tasks.0.entityId: Field required",
+        ["tasks", "0", "entityId"],
+    ),
     (
         "201-tasks",
         _json({"tasks": [_task() for _ in range(201)]}),

@@ -334,3 +334,45 @@ async def test_a_server_gone_while_serving_answers_503_and_readyz_fails_until_it
     assert await store.watch() is None  # the server answers again: the watch job recovers
     assert (await client.get("/readyz")).status == 200
     assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+
+
+def _matching(n: int) -> model.Inbound:
+    record = model.Target("crm", "contacts", str(n))
+    match = model.Match(f"linkedin:https://www.linkedin.com/in/p{n}", ("emails",), (record,), True)
+    return model.Inbound(f"ev{n}", match=match, record=("contacts", str(n)))
+
+
+async def test_two_replicas_searching_claim_disjoint_events_and_late_settlements_are_fenced(
+    migrated: str,
+) -> None:
+    first = await ledger.open(_config(migrated))
+    second = await ledger.open(_config(migrated))
+    try:
+        await first.receive("crm", [_matching(n) for n in range(5)], NOW)
+
+        mine = await first.waiting_matches(NOW, 3)
+        theirs = await second.waiting_matches(NOW, 100)
+        assert (len(mine), len(theirs)) == (3, 2)
+        assert {w.key for w in mine}.isdisjoint({w.key for w in theirs})
+
+        # The first stalls past its lease: its events go to the second, and its late
+        # settlement changes nothing (no tasks, no write-backs).
+        later = NOW + 61
+        taken = await second.waiting_matches(later, 100)
+        assert {w.key for w in taken} == {w.key for w in mine + theirs}
+        person = str(uuid.uuid4())
+        late = await first.settle_matches(
+            [(w, ledger.Found(w.match.key, "matched", person, (person,))) for w in mine], later
+        )
+        assert (late.events, late.accepted) == (0, ())
+        assert await first.due_write_backs(later, 100) == []
+        done = await second.settle_matches(
+            [(w, ledger.Found(w.match.key, "matched", person, (person,))) for w in taken], later
+        )
+        assert done.events == 5
+        writes = await second.due_write_backs(later, 2)
+        assert len(writes) == 2
+        assert len(await first.due_write_backs(later, 100)) == 3
+    finally:
+        await first.close()
+        await second.close()

@@ -235,7 +235,7 @@ async def test_the_dashboard_can_be_turned_off(
 async def test_the_ledger_reads_the_pages_need(
     open_ledger: LedgerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """list_inbound pages newest first; field and record filters; errors and minutes (both
+    """recent_inbound pages newest first; field and record filters; errors and minutes (both
     backends)."""
     store = await open_ledger(tmp_path / "ledger.db")
     now = 1_800_000_000.0
@@ -267,14 +267,15 @@ async def test_the_ledger_reads_the_pages_need(
         ]
         for i, event in enumerate(events):
             await store.receive("hubspot", [event], now + i)
-        first = await store.list_inbound(limit=3)
+        first = await store.recent_inbound(limit=3)
         assert [r["key"] for r in first] == ["k4", "k3", "k2"]
-        assert first[0]["detail"] == "no Lance id on the record"
+        assert first[0]["reason"] == "no Lance id on the record"
         last = first[-1]
-        cursor = (last["receivedAtSeconds"], last["source"], last["key"])
-        assert [r["key"] for r in await store.list_inbound(before=cursor, limit=3)] == ["k1", "k0"]
-        assert await store.list_inbound(state="accepted") == []
-        assert await store.list_inbound(source="salesforce") == []
+        cursor = tuple(last["cursor"])
+        older = await store.recent_inbound(before=cursor, limit=3)
+        assert [r["key"] for r in older] == ["k1", "k0"]
+        assert await store.recent_inbound(state="accepted") == []
+        assert await store.recent_inbound(source="salesforce") == []
 
         await store.apply([ledger.Change(phone.id, "failed", None, error="x")], now + 120)
         minutes = await store.per_minute(now)

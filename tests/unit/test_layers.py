@@ -12,7 +12,7 @@ from collections.abc import Iterator
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 _OURS = ("bridge", "connectors")
 # One module per job; what two jobs share lives in a module that is not a job.
-_JOBS = ("triggerer", "poller", "fetcher", "dispatcher", "resolver")
+_JOBS = ("triggerer", "poller", "fetcher", "dispatcher", "resolver", "matcher")
 
 # Run in a fresh interpreter: this test process has long imported the ledger by now.
 _CONTRACT_WITHOUT_STORAGE = (

@@ -18,6 +18,7 @@ DEFAULT_SCHEMAS: dict[str, frozenset[str]] = {
             "firstname",
             "lastname",
             "company",
+            "hs_linkedin_url",
             "lance_person_id",
             "lance_company_id",
             "lance_last_enriched",

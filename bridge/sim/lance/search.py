@@ -14,6 +14,7 @@ objects and do not narrow the result; an undocumented key is a 400.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import unicodedata
@@ -214,6 +215,9 @@ def _list_condition(matches: Callable[[Person, str], bool]) -> Condition:
     return condition
 
 
+# Every search compares each person's URL: normalising each once keeps a search of a large
+# directory cheap (the function is pure).
+@functools.lru_cache(maxsize=65_536)
 def _canonical_url(value: str) -> str:
     try:
         return linkedin.normalise(value)

@@ -8,7 +8,17 @@ LATEST_VERSION = 67  # Summer '26
 
 KEY_PREFIXES = {"Lead": "00Q", "Contact": "003", "Account": "001"}
 _LANCE = ("Lance_Last_Enriched__c", "Lance_Status__c")
-_PERSON = ("Id", "FirstName", "LastName", "Email", "Phone", "MobilePhone", "Description")
+# LinkedIn_URL__c: the custom field an org adds for a person's LinkedIn URL (matching).
+_PERSON = (
+    "Id",
+    "FirstName",
+    "LastName",
+    "Email",
+    "Phone",
+    "MobilePhone",
+    "Description",
+    "LinkedIn_URL__c",
+)
 DEFAULT_SCHEMAS: Mapping[str, frozenset[str]] = {
     "Lead": frozenset((*_PERSON, "Company", "Lance_Person_Id__c", *_LANCE)),
     "Contact": frozenset((*_PERSON, "Lance_Person_Id__c", *_LANCE)),
