@@ -234,6 +234,15 @@ class Ledger(abc.ABC):
     async def due_for_poll(self, now: float, limit: int) -> list[PollRow]:
         """Pending rows whose next poll has come, most overdue first."""
 
+    async def release(self, ids: Sequence[int]) -> None:
+        """Give up this replica's claim on rows it could not poll (their request failed).
+
+        They stay due, so whichever replica ticks next polls them with the rest of its tick's
+        rows instead of this one sending them in a request of their own later. Where no other
+        replica can take rows (SQLite) there is nothing to release.
+        """
+        del ids
+
     @abc.abstractmethod
     async def apply(self, changes: Sequence[Change], now: float) -> None:
         """Write new states durably, with the events terminal states cause."""

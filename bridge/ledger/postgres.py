@@ -44,6 +44,9 @@ _RENEW = tuple(
     for table in ("enrichments", "deliveries", "inbound")
 )
 
+# The transaction lock the poll job's claims take, one replica after the other.
+_POLL_CLAIM_LOCK = postgres_db.MIGRATE_LOCK + 1
+
 migrate = postgres_db.migrate
 
 
@@ -216,19 +219,36 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         """Claim pending rows whose next poll has come, most overdue first.
 
         Rows another replica holds (locked now, or leased and not expired) are skipped.
+        Replicas claim one after the other (a transaction lock): two claims at once would
+        each skip the rows the other is locking and split one tick's due rows into two
+        partial batches, a batch query more than the tick needs.
         """
-        rows = await self.db.fetch(
-            "WITH due AS (SELECT id FROM enrichments WHERE state = 'pending'"
-            " AND next_poll_at <= %(now)s"
-            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
-            " ORDER BY next_poll_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-            " UPDATE enrichments e SET claimed_by = %(me)s, claim_expires_at = %(until)s"
-            " FROM due WHERE e.id = due.id RETURNING e.id, e.entity_type, e.entity_id,"
-            " e.field, e.started_at, e.polls, e.lance_id IS NOT NULL, e.next_poll_at",
-            {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
-        )
+        async with self.db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_POLL_CLAIM_LOCK,))
+            cursor = await conn.execute(
+                "WITH due AS (SELECT id FROM enrichments WHERE state = 'pending'"
+                " AND next_poll_at <= %(now)s"
+                " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
+                " ORDER BY next_poll_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                " UPDATE enrichments e SET claimed_by = %(me)s, claim_expires_at = %(until)s"
+                " FROM due WHERE e.id = due.id RETURNING e.id, e.entity_type, e.entity_id,"
+                " e.field, e.started_at, e.polls, e.lance_id IS NOT NULL, e.next_poll_at",
+                {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
+            )
+            rows = await cursor.fetchall()
         rows.sort(key=lambda r: (r[7], r[0]))
         return [ledger.PollRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    async def release(self, ids: Sequence[int]) -> None:
+        """End this replica's claims on ``ids`` (a failed poll request): anyone's again."""
+        if not ids:
+            return
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE enrichments SET claimed_by = NULL, claim_expires_at = NULL"
+                " WHERE id = ANY(%s) AND claimed_by = %s",
+                (list(ids), self.replica),
+            )
 
     async def apply(self, changes: Sequence[ledger.Change], now: float) -> None:
         """Write new states, with the events terminal states cause, in one transaction.
