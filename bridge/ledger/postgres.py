@@ -59,14 +59,23 @@ async def open(
 ) -> PostgresLedger:
     """Open the PostgreSQL ledger at ``ledger.url`` (migrated by ``lance-bridge migrate``).
 
-    ``exclusive`` and ``initialize`` are SQLite's: replicas share a database by design, and
-    an empty database is set up by ``migrate``.
+    ``exclusive``: this process is replica ``ledger.replica_id`` (``serve``), not a command
+    looking in. Replicas share a database by design, so nothing is locked; but what an
+    earlier process under this id still claims it can no longer be doing (it died), so those
+    claims end now, and the rows are everyone's at once instead of only this replica's.
+    ``initialize`` is SQLite's: an empty database is set up by ``migrate``.
     """
-    del exclusive, initialize
+    del initialize
     if not config.url.get_secret_value():
         raise errors.ConfigError("ledger.url is empty: set it to a postgresql:// URL")
     store = PostgresLedger(await postgres_db.Db.open(config), router)
     store.replica = ledger.replica_id(config)
+    if exclusive:
+        try:
+            await store.release_all()
+        except BaseException:
+            await store.close()
+            raise
     return store
 
 
@@ -238,6 +247,16 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
             rows = await cursor.fetchall()
         rows.sort(key=lambda r: (r[7], r[0]))
         return [ledger.PollRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    async def release_all(self) -> None:
+        """End every claim held under this replica's id (left by a process that died)."""
+        async with self.db.transaction() as conn:
+            for table in ("enrichments", "deliveries", "inbound"):
+                await conn.execute(
+                    f"UPDATE {table} SET claimed_by = NULL, claim_expires_at = NULL"  # noqa: S608
+                    " WHERE claimed_by = %s",
+                    (self.replica,),
+                )
 
     async def release(self, ids: Sequence[int]) -> None:
         """End this replica's claims on ``ids`` (a failed poll request): anyone's again."""

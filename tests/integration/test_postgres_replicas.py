@@ -272,3 +272,23 @@ async def test_a_trigger_whose_answer_was_lost_is_settled_by_a_query_on_another_
     found = await second.enrichments([a.id for a in accepted])
     assert {row["state"] for row in found.values()} <= {"pending", "finished"}
     assert await second.queued(100) == {}
+
+
+async def test_a_replica_restarted_under_its_id_gives_back_what_its_dead_process_claimed(
+    pair: tuple[ledger.Ledger, ledger.Ledger], migrated: str
+) -> None:
+    first, second = pair
+    await first.accept(_tracked(2), NOW)
+    assert len(await first.due_for_poll(NOW + 1, limit=10)) == 2
+    await first.close()  # alpha's process dies holding its claims
+
+    # A command looking in under alpha's id (`status`, `replay`) leaves them alone ...
+    looking = await ledger.open(_config(migrated, "alpha"), exclusive=False)
+    await looking.close()
+    assert await second.due_for_poll(NOW + 2, limit=10) == []
+    # ... alpha's next `serve` ends them: the rows are anyone's at once, not in a lease.
+    restarted = await ledger.open(_config(migrated, "alpha"))
+    try:
+        assert len(await second.due_for_poll(NOW + 2, limit=10)) == 2
+    finally:
+        await restarted.close()
