@@ -77,7 +77,7 @@ class Poller:
                 return PollReport(skipped=True)
             limit = self.config.max_requests_per_tick * self.batch_size
             due_by = now if self.tick_s is None else math.floor(now / self.tick_s) * self.tick_s
-            rows = await self.store.due_for_poll(due_by, limit)
+            rows = await self.store.due_for_poll(due_by, limit, tick=self.tick_s is not None)
             # In id order: an entity's fields, accepted together, have neighbouring ids, so
             # they share a request and their results commit together (the entity is then
             # read once, a CRM record written once); and the ledger updates rows in the
@@ -153,7 +153,7 @@ class Poller:
             exc.message,
             extra={"event": "poll.failed", "status": exc.status},
         )
-        await self.store.release([row.id for row in rows])
+        await self.store.release([row.id for row in rows], now)
         return PollReport(requests=1, failed_requests=1)
 
 

@@ -44,6 +44,36 @@ _RENEW = tuple(
     for table in ("enrichments", "deliveries", "inbound")
 )
 
+# Claims ended early. A pending row released is due from ``now``: it joins the next tick's
+# rows, not one already claimed (whose replica would otherwise send it in a batch of its own).
+_RELEASE = (
+    "UPDATE enrichments SET claimed_by = NULL, claim_expires_at = NULL,"
+    " next_poll_at = CASE WHEN state = 'pending' THEN greatest(next_poll_at, %(now)s)"
+    " ELSE next_poll_at END"
+)
+
+
+async def _server_now(conn: postgres_rows.Conn) -> float:
+    cursor = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
+    row = await cursor.fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+# The last tick grid point whose due rows a replica claimed, and whether ``limit`` cut it.
+_TICK_META = "poll_tick"
+
+
+async def _tick_done(conn: postgres_rows.Conn, point: float) -> bool:
+    """Whether the rows due by ``point`` were claimed already (all of them)."""
+    cursor = await conn.execute("SELECT value FROM meta WHERE key = %s", (_TICK_META,))
+    row = await cursor.fetchone()
+    if row is None:
+        return False
+    last, cut = str(row[0]).split()
+    return float(last) > point or (float(last) == point and cut == "0")
+
+
 # The transaction lock the poll job's claims take, one replica after the other.
 _POLL_CLAIM_LOCK = postgres_db.MIGRATE_LOCK + 1
 
@@ -224,16 +254,23 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
 
     # -- poll job -------------------------------------------------------------------------
 
-    async def due_for_poll(self, now: float, limit: int) -> list[ledger.PollRow]:
+    async def due_for_poll(
+        self, now: float, limit: int, *, tick: bool = False
+    ) -> list[ledger.PollRow]:
         """Claim pending rows whose next poll has come, most overdue first.
 
         Rows another replica holds (locked now, or leased and not expired) are skipped.
         Replicas claim one after the other (a transaction lock): two claims at once would
         each skip the rows the other is locking and split one tick's due rows into two
         partial batches, a batch query more than the tick needs.
+
+        With ``tick`` the grid point's claim is recorded (``meta`` ``poll_tick``): a later
+        claim of the same point gets nothing, unless the first one was cut by ``limit``.
         """
         async with self.db.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_POLL_CLAIM_LOCK,))
+            if tick and await _tick_done(conn, now):
+                return []
             cursor = await conn.execute(
                 "WITH due AS (SELECT id FROM enrichments WHERE state = 'pending'"
                 " AND next_poll_at <= %(now)s"
@@ -245,28 +282,41 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
                 {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
             )
             rows = await cursor.fetchall()
+            if tick:
+                await conn.execute(
+                    "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
+                    " SET value = excluded.value",
+                    (_TICK_META, f"{now!r} {int(len(rows) >= limit)}"),
+                )
         rows.sort(key=lambda r: (r[7], r[0]))
         return [ledger.PollRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
     async def release_all(self) -> None:
-        """End every claim held under this replica's id (left by a process that died)."""
+        """End every claim held under this replica's id (left by a process that died).
+
+        Rows it was polling are due from now: the next tick polls them with its other rows.
+        """
         async with self.db.transaction() as conn:
-            for table in ("enrichments", "deliveries", "inbound"):
+            await conn.execute(
+                _RELEASE + " WHERE claimed_by = %(me)s",
+                {"me": self.replica, "now": await _server_now(conn)},
+            )
+            for table in ("deliveries", "inbound"):
                 await conn.execute(
                     f"UPDATE {table} SET claimed_by = NULL, claim_expires_at = NULL"  # noqa: S608
                     " WHERE claimed_by = %s",
                     (self.replica,),
                 )
 
-    async def release(self, ids: Sequence[int]) -> None:
-        """End this replica's claims on ``ids`` (a failed poll request): anyone's again."""
+    async def release(self, ids: Sequence[int], now: float) -> None:
+        """End this replica's claims on ``ids`` (a failed poll request): due again from
+        ``now``, for whichever replica ticks next."""
         if not ids:
             return
         async with self.db.transaction() as conn:
             await conn.execute(
-                "UPDATE enrichments SET claimed_by = NULL, claim_expires_at = NULL"
-                " WHERE id = ANY(%s) AND claimed_by = %s",
-                (list(ids), self.replica),
+                _RELEASE + " WHERE id = ANY(%(ids)s) AND claimed_by = %(me)s",
+                {"ids": list(ids), "me": self.replica, "now": now},
             )
 
     async def apply(self, changes: Sequence[ledger.Change], now: float) -> None:

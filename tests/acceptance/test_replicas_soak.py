@@ -25,8 +25,11 @@ books must show:
   packing, not latency (each row's pacing is the poll tests'): each window holds one tick, so
   every partial batch beyond one per window is an excess. Failed queries are not counted:
   their rows are released, due again, and rejoin the next tick's batches; so do a killed
-  replica's, when its restart ends the claims its dead process left. What remains is a tick
-  run so late (2 cores, five processes) that its query lands in the next window;
+  replica's, when its restart ends the claims its dead process left. The trigger job asks too:
+  a trigger request that failed or was cut (non-200 at the simulator, or a kill) leaves rows
+  marked sent, settled by one batch query before any is triggered again. Those queries are
+  the economy working, not poll ticks, so they are allowed on top of the 1.1 times, and the
+  excess left over is printed;
 * webhook duplicates (the receiver saw a ``webhook-id`` again) counted and printed; each comes
   from a send a kill cut between the receiver's answer and the ledger's record, so there are at
   most ``delivery.batch_size`` per kill.
@@ -316,13 +319,16 @@ async def test_three_replicas_killed_at_random_lose_nothing_and_repeat_no_trigge
     figures = _check_ledger(database, load, sink)
     queries = stats["batchQueries"]
     duplicates = sum(n - 1 for n in sink.attempts.values())
+    triggers = stats["statuses"]["POST /api/v1/operations/enrichment/batch"]
+    settling = sum(n for status, n in triggers.items() if status != "200") + len(killed)
     print(  # the soak's figures, shown with `pytest -s`
         f"\nreplica soak seed={SEED} count={count}: {time.monotonic() - started:.1f} s,"
         f" {len(killed)} kills {killed}, {load.requests} trigger requests"
         f" ({load.refused} refused), accepted={len(load.accepted)}"
         f" ambiguous={len(load.ambiguous)}, {figures}, webhook duplicates={duplicates},"
         f" batch queries={queries['requests']} floor={queries['floor']}"
-        f" ({queries['requests'] / max(queries['floor'], 1):.3f} x,"
+        f" ({queries['requests'] / max(queries['floor'], 1):.3f} x, up to {settling}"
+        f" settling lost trigger answers,"
         f" {queries['tasks'] / max(queries['requests'], 1):.1f} tasks each),"
         f" triggers={stats['triggers']}, credits={stats['credits']},"
         f" Lance statuses={stats['statuses']}"
@@ -331,7 +337,10 @@ async def test_three_replicas_killed_at_random_lose_nothing_and_repeat_no_trigge
     assert stats["credits"]["paidCharges"] == figures["enrichments"], stats["credits"]
     assert stats["triggers"]["reused"] == 0, "a trigger repeated instead of settled by a query"
     assert stats["triggers"]["ids"] == figures["enrichments"], stats["triggers"]
-    assert queries["requests"] <= math.floor(QUERY_EXCESS_MAX * queries["floor"]), queries
+    assert queries["requests"] <= math.floor(QUERY_EXCESS_MAX * queries["floor"]) + settling, (
+        queries,
+        settling,
+    )
     assert killed, "no replica was killed: the run proved nothing"
     assert duplicates <= len(killed) * DELIVERY_BATCH, (duplicates, killed)
 

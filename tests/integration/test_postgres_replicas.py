@@ -225,11 +225,16 @@ async def test_a_failed_poll_request_gives_its_rows_to_the_next_replica_at_once(
     report = await _poller(first, lance_client, clock).run_once()
     assert (report.due, report.failed_requests) == (3, 1)
 
-    # Within alpha's lease, yet beta's next tick takes them: they stay due, and unclaimed.
+    # Within alpha's lease, yet beta's next tick takes them, with that tick's other rows; not
+    # a tick already run (it would send them in a request of their own).
     lance_sim.set_faults(fail_rate=0.0)
+    beta = _poller(second, lance_client, clock)
+    clock.now = NOW + 1.9
+    assert (await beta.run_once()).due == 0
+    await first.accept(_tracked(2), NOW + 1.5)
     clock.now = NOW + 2.1
-    report = await _poller(second, lance_client, clock).run_once()
-    assert (report.due, report.requests, report.failed_requests) == (3, 1, 0)
+    report = await beta.run_once()
+    assert (report.due, report.requests, report.failed_requests) == (5, 1, 0)
 
 
 async def test_a_trigger_whose_answer_was_lost_is_settled_by_a_query_on_another_replica(
@@ -292,3 +297,24 @@ async def test_a_replica_restarted_under_its_id_gives_back_what_its_dead_process
         assert len(await second.due_for_poll(NOW + 2, limit=10)) == 2
     finally:
         await restarted.close()
+
+
+async def test_a_tick_grid_point_is_claimed_once_unless_its_limit_cut_it(
+    pair: tuple[ledger.Ledger, ledger.Ledger],
+) -> None:
+    first, second = pair
+    await first.accept(_tracked(3), NOW - 1)
+
+    # alpha's claim of the point NOW is cut by its limit: beta takes the rest of that point.
+    assert len(await first.due_for_poll(NOW, limit=2, tick=True)) == 2
+    assert len(await second.due_for_poll(NOW, limit=10, tick=True)) == 1
+    # A row written due by NOW only now (a slow commit) waits for the next point, as it
+    # would behind one replica's tick, instead of a request of its own in this one.
+    [late] = await first.accept(_tracked(1), NOW - 0.5)
+    assert await second.due_for_poll(NOW, limit=10, tick=True) == []
+    assert await first.due_for_poll(NOW - 2, limit=10, tick=True) == []  # an older point
+    rows = await second.due_for_poll(NOW + 2, limit=10, tick=True)  # its own unwritten one too
+    assert late.id in {row.id for row in rows}
+    # Without `tick` (a caller not on the grid) nothing is recorded or refused.
+    [fresh] = await first.accept(_tracked(1), NOW + 2)
+    assert fresh.id in {row.id for row in await first.due_for_poll(NOW + 2, limit=10)}
