@@ -157,6 +157,8 @@ def _jobs_ctx(
                 "heartbeat": (ledger.HEARTBEAT_INTERVAL_S, bridge.heartbeat),
             },
             observe=app[runtime.METRICS].job_ran,
+            # Replicas sharing a PostgreSQL ledger poll on one tick grid (see the Poller).
+            aligned=frozenset({"poll"}) if s.ledger.url.get_secret_value() else frozenset(),
         )
         bridge.supervisor = supervisor
         supervisor.start()
@@ -181,7 +183,14 @@ def build_jobs(bridge: runtime.Bridge, rng: random.Random) -> scheduler.Jobs:
             rng=rng,
         ),
         poller=poller.Poller(
-            store, client, s.poll, batch_size=s.lance.query_batch_size, clock=clock, rng=rng
+            store,
+            client,
+            s.poll,
+            batch_size=s.lance.query_batch_size,
+            clock=clock,
+            rng=rng,
+            # On PostgreSQL replicas may share the work: they poll on one tick grid.
+            tick_s=s.poll.interval_seconds if s.ledger.url.get_secret_value() else None,
         ),
         fetcher=fetcher.Fetcher(store, client, s.fetch, clock=clock, rng=rng),
         dispatcher=dispatcher.Dispatcher(

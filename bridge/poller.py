@@ -3,6 +3,11 @@
 One tick selects the rows whose ``next_poll_at`` has come, packs them 200 per batch-query
 request, runs a bounded number of requests at once and writes each request's results in one
 transaction. Transient Lance failures shut a job-wide gate; the rows simply stay due.
+
+Where replicas share the ledger (``tick_s``), a tick claims the rows due by the last multiple
+of ``tick_s`` on the Unix epoch, whenever within its interval the replica's tick runs: the first
+replica to tick after a grid point claims everything due by it, the others find it claimed, so
+the replicas together send ⌈due/200⌉ requests per tick, not one partial batch each.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 
@@ -49,11 +55,13 @@ class Poller:
         batch_size: int = lance.QUERY_BATCH_MAX,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        tick_s: float | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.config = config
         self.batch_size = batch_size
+        self.tick_s = tick_s  # the shared tick grid, when replicas share the ledger
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.gate = pacing.Gate(self.rng)
@@ -68,7 +76,8 @@ class Poller:
             if not self.gate.is_open(now):
                 return PollReport(skipped=True)
             limit = self.config.max_requests_per_tick * self.batch_size
-            rows = await self.store.due_for_poll(now, limit)
+            due_by = now if self.tick_s is None else math.floor(now / self.tick_s) * self.tick_s
+            rows = await self.store.due_for_poll(due_by, limit, tick=self.tick_s is not None)
             # In id order: an entity's fields, accepted together, have neighbouring ids, so
             # they share a request and their results commit together (the entity is then
             # read once, a CRM record written once); and the ledger updates rows in the
@@ -90,11 +99,9 @@ class Poller:
             except errors.LancePermanentError as exc:
                 if _is_row_problem(exc):
                     return await self._isolate(rows, exc)
-                self._failed(exc)
-                return PollReport(requests=1, failed_requests=1)
+                return await self._failed(rows, exc)
             except errors.LanceError as exc:
-                self._failed(exc)
-                return PollReport(requests=1, failed_requests=1)
+                return await self._failed(rows, exc)
             self.gate.succeed()
         # The slot bounds requests to Lance only: results wait for the ledger outside it, so
         # while one transaction commits the next requests' results gather into a larger one.
@@ -134,7 +141,8 @@ class Poller:
             return change._replace(record=None)
         return change
 
-    def _failed(self, exc: errors.LanceError) -> None:
+    async def _failed(self, rows: Sequence[ledger.PollRow], exc: errors.LanceError) -> PollReport:
+        """Shut the gate; the rows stay due, for whichever replica polls next."""
         now = self.clock()
         if isinstance(exc, errors.LanceAuthError):
             self.gate.hold(now, pacing.GATE_MAX_DELAY_S)
@@ -145,6 +153,8 @@ class Poller:
             exc.message,
             extra={"event": "poll.failed", "status": exc.status},
         )
+        await self.store.release([row.id for row in rows], now)
+        return PollReport(requests=1, failed_requests=1)
 
 
 def _is_row_problem(exc: errors.LanceError) -> bool:

@@ -30,6 +30,7 @@ from bridge import dispatcher, errors, fetcher, matcher, poller, resolver, trigg
 logger = logging.getLogger(__name__)
 # Keys a LogRecord already has: a report field of that name must not be passed as ``extra``.
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_EPOCH = datetime.datetime.fromtimestamp(0, tz=datetime.UTC)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ class Supervisor:
     Args:
         schedule: Per job name, its interval in seconds and its ``run_once``.
         observe: Called with the job name and duration in seconds after each completed run.
+        aligned: Jobs run on a grid of their interval from the Unix epoch, not from start (the
+            first run then waits for the next grid point): replicas sharing a ledger then
+            run them at the same instants.
     """
 
     def __init__(
@@ -68,8 +72,10 @@ class Supervisor:
         schedule: dict[str, tuple[float, Callable[[], Awaitable[Any]]]],
         *,
         observe: Callable[[str, float], None] | None = None,
+        aligned: frozenset[str] = frozenset(),
     ) -> None:
         self._schedule = schedule
+        self._aligned = aligned
         self._observe = observe
         self._scheduler = AsyncIOScheduler()
         self._running: dict[asyncio.Task[Any], str] = {}  # job name of each running run
@@ -87,16 +93,22 @@ class Supervisor:
 
     def start(self) -> None:
         """Start every job now and then on its interval."""
+        now = datetime.datetime.now(tz=datetime.UTC)
         for name, (interval_s, run_once) in self._schedule.items():
+            trigger = IntervalTrigger(seconds=interval_s)
+            first = now
+            if name in self._aligned:
+                trigger = IntervalTrigger(seconds=interval_s, start_date=_EPOCH)
+                first = trigger.get_next_fire_time(None, now)
             self._scheduler.add_job(
                 self._runner(name, run_once),
-                IntervalTrigger(seconds=interval_s),
+                trigger,
                 id=name,
                 name=name,
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
-                next_run_time=datetime.datetime.now(tz=datetime.UTC),
+                next_run_time=first,
             )
         self._scheduler.start()
 

@@ -334,8 +334,22 @@ class Ledger(abc.ABC):
         """Record, before a trigger request goes out, that it names ``ids``."""
 
     @abc.abstractmethod
-    async def due_for_poll(self, now: float, limit: int) -> list[PollRow]:
-        """Pending rows whose next poll has come, most overdue first."""
+    async def due_for_poll(self, now: float, limit: int, *, tick: bool = False) -> list[PollRow]:
+        """Pending rows whose next poll has come, most overdue first.
+
+        ``tick``: ``now`` is a point of the poll job's tick grid, which replicas share; once
+        one replica claimed a point's rows (all of them, below ``limit``), the point is done,
+        and a row written due by it since waits for the next point like every later one.
+        """
+
+    async def release(self, ids: Sequence[int], now: float) -> None:
+        """Give up this replica's claim on rows it could not poll (their request failed).
+
+        They are due again from ``now``, so whichever replica ticks next polls them with the
+        rest of that tick's rows instead of in a request of their own. Where no other replica
+        can take rows (SQLite) there is nothing to release: they are still due.
+        """
+        del ids, now
 
     @abc.abstractmethod
     async def apply(self, changes: Sequence[Change], now: float) -> None:

@@ -46,6 +46,39 @@ _RENEW = tuple(
     for table in ("enrichments", "deliveries", "inbound", "write_backs")
 )
 
+# Claims ended early. A pending row released is due from ``now``: it joins the next tick's
+# rows, not one already claimed (whose replica would otherwise send it in a batch of its own).
+_RELEASE = (
+    "UPDATE enrichments SET claimed_by = NULL, claim_expires_at = NULL,"
+    " next_poll_at = CASE WHEN state = 'pending' THEN greatest(next_poll_at, %(now)s)"
+    " ELSE next_poll_at END"
+)
+
+
+async def _server_now(conn: postgres_rows.Conn) -> float:
+    cursor = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
+    row = await cursor.fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+# The last tick grid point whose due rows a replica claimed, and whether ``limit`` cut it.
+_TICK_META = "poll_tick"
+
+
+async def _tick_done(conn: postgres_rows.Conn, point: float) -> bool:
+    """Whether the rows due by ``point`` were claimed already (all of them)."""
+    cursor = await conn.execute("SELECT value FROM meta WHERE key = %s", (_TICK_META,))
+    row = await cursor.fetchone()
+    if row is None:
+        return False
+    last, cut = str(row[0]).split()
+    return float(last) > point or (float(last) == point and cut == "0")
+
+
+# The transaction lock the poll job's claims take, one replica after the other.
+_POLL_CLAIM_LOCK = postgres_db.MIGRATE_LOCK + 1
+
 migrate = postgres_db.migrate
 
 
@@ -58,14 +91,23 @@ async def open(
 ) -> PostgresLedger:
     """Open the PostgreSQL ledger at ``ledger.url`` (migrated by ``lance-bridge migrate``).
 
-    ``exclusive`` and ``initialize`` are SQLite's: replicas share a database by design, and
-    an empty database is set up by ``migrate``.
+    ``exclusive``: this process is replica ``ledger.replica_id`` (``serve``), not a command
+    looking in. Replicas share a database by design, so nothing is locked; but what an
+    earlier process under this id still claims it can no longer be doing (it died), so those
+    claims end now, and the rows are everyone's at once instead of only this replica's.
+    ``initialize`` is SQLite's: an empty database is set up by ``migrate``.
     """
-    del exclusive, initialize
+    del initialize
     if not config.url.get_secret_value():
         raise errors.ConfigError("ledger.url is empty: set it to a postgresql:// URL")
     store = PostgresLedger(await postgres_db.Db.open(config), router)
     store.replica = ledger.replica_id(config)
+    if exclusive:
+        try:
+            await store.release_all()
+        except BaseException:
+            await store.close()
+            raise
     return store
 
 
@@ -224,23 +266,70 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
 
     # -- poll job -------------------------------------------------------------------------
 
-    async def due_for_poll(self, now: float, limit: int) -> list[ledger.PollRow]:
+    async def due_for_poll(
+        self, now: float, limit: int, *, tick: bool = False
+    ) -> list[ledger.PollRow]:
         """Claim pending rows whose next poll has come, most overdue first.
 
         Rows another replica holds (locked now, or leased and not expired) are skipped.
+        Replicas claim one after the other (a transaction lock): two claims at once would
+        each skip the rows the other is locking and split one tick's due rows into two
+        partial batches, a batch query more than the tick needs.
+
+        With ``tick`` the grid point's claim is recorded (``meta`` ``poll_tick``): a later
+        claim of the same point gets nothing, unless the first one was cut by ``limit``.
         """
-        rows = await self.db.fetch(
-            "WITH due AS (SELECT id FROM enrichments WHERE state = 'pending'"
-            " AND next_poll_at <= %(now)s"
-            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
-            " ORDER BY next_poll_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-            " UPDATE enrichments e SET claimed_by = %(me)s, claim_expires_at = %(until)s"
-            " FROM due WHERE e.id = due.id RETURNING e.id, e.entity_type, e.entity_id,"
-            " e.field, e.started_at, e.polls, e.lance_id IS NOT NULL, e.next_poll_at",
-            {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
-        )
+        async with self.db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_POLL_CLAIM_LOCK,))
+            if tick and await _tick_done(conn, now):
+                return []
+            cursor = await conn.execute(
+                "WITH due AS (SELECT id FROM enrichments WHERE state = 'pending'"
+                " AND next_poll_at <= %(now)s"
+                " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
+                " ORDER BY next_poll_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                " UPDATE enrichments e SET claimed_by = %(me)s, claim_expires_at = %(until)s"
+                " FROM due WHERE e.id = due.id RETURNING e.id, e.entity_type, e.entity_id,"
+                " e.field, e.started_at, e.polls, e.lance_id IS NOT NULL, e.next_poll_at",
+                {"now": now, "limit": limit, "me": self.replica, "until": now + LEASE_S},
+            )
+            rows = await cursor.fetchall()
+            if tick:
+                await conn.execute(
+                    "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
+                    " SET value = excluded.value",
+                    (_TICK_META, f"{now!r} {int(len(rows) >= limit)}"),
+                )
         rows.sort(key=lambda r: (r[7], r[0]))
         return [ledger.PollRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    async def release_all(self) -> None:
+        """End every claim held under this replica's id (left by a process that died).
+
+        Rows it was polling are due from now: the next tick polls them with its other rows.
+        """
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                _RELEASE + " WHERE claimed_by = %(me)s",
+                {"me": self.replica, "now": await _server_now(conn)},
+            )
+            for table in ("deliveries", "inbound", "write_backs"):
+                await conn.execute(
+                    f"UPDATE {table} SET claimed_by = NULL, claim_expires_at = NULL"  # noqa: S608
+                    " WHERE claimed_by = %s",
+                    (self.replica,),
+                )
+
+    async def release(self, ids: Sequence[int], now: float) -> None:
+        """End this replica's claims on ``ids`` (a failed poll request): due again from
+        ``now``, for whichever replica ticks next."""
+        if not ids:
+            return
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                _RELEASE + " WHERE id = ANY(%(ids)s) AND claimed_by = %(me)s",
+                {"ids": list(ids), "me": self.replica, "now": now},
+            )
 
     async def apply(self, changes: Sequence[ledger.Change], now: float) -> None:
         """Write new states, with the events terminal states cause, in one transaction.

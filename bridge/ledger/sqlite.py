@@ -247,8 +247,14 @@ class SQLiteLedger(sqlite_match.Matching, ledger.Ledger):
 
     # -- poll job -------------------------------------------------------------------------
 
-    async def due_for_poll(self, now: float, limit: int) -> list[ledger.PollRow]:
-        """Pending rows whose ``next_poll_at`` has come, most overdue first."""
+    async def due_for_poll(
+        self, now: float, limit: int, *, tick: bool = False
+    ) -> list[ledger.PollRow]:
+        """Pending rows whose ``next_poll_at`` has come, most overdue first.
+
+        ``tick`` is for replicas sharing a ledger; a SQLite file has one.
+        """
+        del tick
         rows = await self.db.fetch(
             "SELECT id, entity_type, entity_id, field, started_at, polls, lance_id IS NOT NULL"
             " FROM enrichments"

@@ -376,3 +376,137 @@ async def test_two_replicas_searching_claim_disjoint_events_and_late_settlements
     finally:
         await first.close()
         await second.close()
+
+
+class _Proxy:
+    """A TCP proxy to the test server that can be cut (every session dies, new ones are
+    refused) and restored on the same port: a server that goes away for a while."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = _closed_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+def _server_address() -> tuple[str, int]:
+    host, _, port = pg.URL.split("@", 1)[1].split("/", 1)[0].partition(":")
+    return host, int(port or 5432)
+
+
+def _through(url: str, port: int) -> str:
+    """``url`` (the test server's, with its schema) through the proxy on ``port``."""
+    host = pg.URL.split("@", 1)[1].split("/", 1)[0]
+    return url.replace(f"@{host}/", f"@127.0.0.1:{port}/", 1)
+
+
+async def test_a_server_away_for_a_while_refuses_writers_then_recovers_and_loses_nothing(
+    make_bridge: BridgeFactory, simulator: Any, tmp_path: Path, migrated: str
+) -> None:
+    _, lance_url = simulator
+    proxy = _Proxy(_server_address())
+    await proxy.open()
+    settings = make_settings(tmp_path, lance_url, ledger={"url": _through(migrated, proxy.port)})
+    client = await make_bridge(settings)
+    store = client.app[runtime.BRIDGE].ledger
+
+    def body() -> dict[str, Any]:
+        return {"tasks": [{"entityId": str(uuid.uuid4()), "field": "emails"}]}
+
+    before = body()
+    assert (await client.post("/v1/triggers", json=before, headers=auth())).status == 202
+
+    await proxy.cut()
+    response = await client.post("/v1/triggers", json=body(), headers=auth())
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "ledger_unavailable"
+    readyz = await client.get("/readyz")
+    assert readyz.status == 503
+    assert "\n" not in (await readyz.json())["detail"]
+    assert await store.watch() is not None  # still away: the watch job keeps /readyz failing
+    assert (await client.get("/readyz")).status == 503
+
+    await proxy.open()  # the server is back
+    assert await store.watch() is None
+    assert (await client.get("/readyz")).status == 200
+    after = body()
+    assert (await client.post("/v1/triggers", json=after, headers=auth())).status == 202
+    await proxy.cut()
+
+    # Straight to the server: what got a 202 is stored, what got a 503 is not.
+    async with await psycopg.AsyncConnection.connect(migrated) as direct:
+        cursor = await direct.execute("SELECT entity_id FROM enrichments")
+        stored = {str(row[0]) for row in await cursor.fetchall()}
+    assert stored == {before["tasks"][0]["entityId"], after["tasks"][0]["entityId"]}
+
+
+@pytest.mark.parametrize(
+    "problem", ["unknown role", "unknown database", "unreachable", "newer schema"]
+)
+def test_serve_meets_a_bad_ledger_with_one_line_and_exit_1(
+    problem: str, migrated: str, tmp_path: Path
+) -> None:
+    host = pg.URL.split("@", 1)[1].split("/", 1)[0]
+    urls = {
+        "unknown role": f"postgresql://nobody_{uuid.uuid4().hex[:8]}:{PASSWORD}@{host}/postgres",
+        "unknown database": f"postgresql://postgres:{PASSWORD}@{host}/no_{uuid.uuid4().hex[:8]}",
+        "unreachable": f"postgresql://bridge:{PASSWORD}@127.0.0.1:{_closed_port()}/ledger",
+        "newer schema": migrated,
+    }
+    expected = {
+        "unknown role": "does not exist",
+        "unknown database": "does not exist",
+        "unreachable": "Connection refused",
+        "newer schema": "upgrade lance-bridge",
+    }
+    if problem == "newer schema":
+        schema = migrated.rsplit("%3D", 1)[1]
+        with psycopg.connect(pg.URL, autocommit=True) as admin:
+            admin.execute(f'INSERT INTO "{schema}".ledger_schema (version) VALUES (999)')
+    config = tmp_path / "lance-bridge.toml"
+    config.write_text('[lance]\ntoken = "t"\n\n[server]\nport = 0\napi_tokens = ["tok"]\n')
+    env = {"LANCE_BRIDGE_LEDGER__URL": urls[problem], "PATH": "/usr/bin:/bin"}
+
+    done = subprocess.run(
+        [*_cli(), "serve", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 1, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert expected[problem] in done.stderr
+    assert "Traceback" not in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout

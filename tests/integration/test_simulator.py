@@ -625,3 +625,30 @@ async def test_configured_names_are_json_escaped(make: Make) -> None:
     (created,) = await trigger(client, [A])
     assert (created["orgId"], created["createdBy"]) == ('org "quoted" \\ name', "user_é")
     assert sim.record("person", A, "emails") == created
+
+
+async def test_stats_count_reused_triggers_and_the_batch_query_floor(
+    make: Make, clock: FakeClock
+) -> None:
+    sim, client = await make()
+    clock.now = 1_700_000_000.0  # on a window boundary of 0.5 s
+    await trigger(client, [A, B])
+    await trigger(client, [A, C])  # A again: its pending record is returned, no charge
+    many = [task(pid(n)) for n in range(10, 160)]
+    await query(client, *many)  # two partial queries in one window: one would have done
+    await query(client, task(A))
+    clock.advance(0.5)
+    await query(client, *many, *many[:50])  # 200 tasks: a full query alone in its window
+    sim.set_faults(fail_rate=1.0)
+    assert (await call(client, "POST", lance.QUERY, {"tasks": [task(A)]}))[0] == 500
+
+    _, stats, _ = await call(client, "GET", "/_sim/stats?tick=0.5", headers=None)
+    assert stats["triggers"] == {"ids": 4, "reused": 1}
+    assert stats["credits"]["maxChargesPerKey"] == 1
+    assert stats["batchQueries"] == {"requests": 3, "tasks": 351, "tickS": 0.5, "floor": 2}
+    _, plain, _ = await call(client, "GET", "/_sim/stats", headers=None)
+    assert plain["batchQueries"] == {"requests": 3, "tasks": 351}
+    for bad in ("0", "-1", "soon", "nan", "inf"):
+        status, error, _ = await call(client, "GET", f"/_sim/stats?tick={bad}", headers=None)
+        assert status == 400, bad
+        assert "tick" in str(error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -82,3 +83,23 @@ async def test_a_run_cancelled_by_drain_is_one_warning_naming_the_job(
     assert [r.getMessage() for r in problems] == ["cancelling deliver after the grace period"]
     assert problems[0].exc_info is None
     assert not supervisor.failed.is_set()
+
+
+async def test_an_aligned_job_runs_on_its_intervals_grid_from_the_epoch() -> None:
+    async def idle() -> None:
+        return None
+
+    supervisor = scheduler.Supervisor(
+        {"poll": (3600.0, idle), "deliver": (3600.0, idle)}, aligned=frozenset({"poll"})
+    )
+    before = time.time()
+    supervisor.start()
+    try:
+        jobs = {job.id: job.next_run_time.timestamp() for job in supervisor._scheduler.get_jobs()}
+    finally:
+        await supervisor.stop(grace_s=5.0)
+
+    # Every replica's poll runs at the same instants: the next whole hour, then every hour.
+    assert jobs["poll"] % 3600 == 0
+    assert before < jobs["poll"] <= before + 3600
+    assert jobs["deliver"] < before + 1  # the others start at once, as always

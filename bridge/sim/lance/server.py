@@ -49,6 +49,17 @@ def _http_error(exc: web.HTTPException, request: web.Request) -> web.Response:
     return ApiError(exc.status, code, exc.reason).response()
 
 
+def _seconds(text: str, name: str) -> float:
+    """A query parameter that must be a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise invalid(name, f"{name} must be a positive number of seconds")
+    return value
+
+
 def _decode(text: str) -> dict[str, object]:
     decoded: dict[str, object] = json.loads(text)
     return decoded
@@ -63,6 +74,9 @@ class LanceSimulator:
         requests: API requests per ``"METHOD /route/{template}"``, faulted ones included.
         statuses: API answers per (route key, status); a dropped connection counts as status 0.
         admin_requests: Requests to the admin surface (not counted in ``requests``).
+        queries: ``(time, tasks)`` of every batch query answered (faulted ones carried none).
+        triggered: Person ids named by answered triggers, and of those the ones answered with
+            a record Lance already had (``"reused"``: a trigger repeated, free while pending).
     """
 
     def __init__(self, config: sim_config.SimConfig | None = None) -> None:
@@ -75,6 +89,8 @@ class LanceSimulator:
         self.admin_requests: Counter[str] = Counter()
         self.directory = search.Directory(self.config.people, seed)
         self.searches: Counter[str] = Counter()
+        self.queries: list[tuple[float, int]] = []
+        self.triggered: Counter[str] = Counter()
         self.app = self.create_app()
 
     @property
@@ -201,8 +217,14 @@ class LanceSimulator:
         rec = self._store.latest(entity_type, entity_id.lower(), field)
         return None if rec is None else _decode(self._store.render(rec, now))
 
-    def stats(self) -> dict[str, Any]:
-        """A JSON-able summary: requests, statuses, credits and records by status."""
+    def stats(self, tick_s: float | None = None) -> dict[str, Any]:
+        """A JSON-able summary: requests, statuses, credits and records by status.
+
+        Args:
+            tick_s: When given, ``batchQueries.floor`` is the fewest batch queries that could
+                have carried the same tasks: per window of ``tick_s`` seconds (aligned on the
+                Unix epoch), ⌈tasks queried in it / 200⌉.
+        """
         now = self._now()
         statuses: dict[str, dict[str, int]] = {}
         for (route, status), count in sorted(self.statuses.items()):
@@ -221,7 +243,23 @@ class LanceSimulator:
             "records": {"total": by_status.total(), "byStatus": dict(by_status)},
             "faults": self._fault_settings(),
             "searches": {"total": self.searches["total"], "byFilter": self._search_kinds()},
+            "triggers": {"ids": self.triggered["ids"], "reused": self.triggered["reused"]},
+            "batchQueries": self._query_stats(tick_s),
         }
+
+    def _query_stats(self, tick_s: float | None) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "requests": len(self.queries),
+            "tasks": sum(tasks for _, tasks in self.queries),
+        }
+        if tick_s is not None:
+            windows: Counter[int] = Counter()
+            for at, tasks in self.queries:
+                windows[math.floor(at / tick_s)] += tasks
+            batch = validation.MAX_TASKS
+            found["tickS"] = tick_s
+            found["floor"] = sum(-(-tasks // batch) for tasks in windows.values())
+        return found
 
     def _search_kinds(self) -> dict[str, int]:
         return {kind: n for kind, n in sorted(self.searches.items()) if kind != "total"}
@@ -289,6 +327,8 @@ class LanceSimulator:
         except state.InsufficientCreditsError as exc:
             details: dict[str, object] = {"required": exc.required, "balance": exc.balance}
             raise ApiError(402, "INSUFFICIENT_CREDITS", str(exc), details) from exc
+        self.triggered["ids"] += len(picked)
+        self.triggered["reused"] += sum(not new for _, new in picked)
         return [self._store.render(rec, now, fresh=new) for rec, new in picked]
 
     async def _trigger_batch(self, request: web.Request) -> web.Response:
@@ -320,7 +360,9 @@ class LanceSimulator:
     async def _query(self, request: web.Request) -> web.Response:
         self._authorize(request, QUERY)
         tasks = validation.parse_tasks(await validation.read_json(request))
-        items = self._store.query(tasks, self._now())
+        now = self._now()
+        items = self._store.query(tasks, now)
+        self.queries.append((now, len(tasks)))
         return _http.json_text_response(_http.json_array(items))
 
     def _entity_id(self, request: web.Request) -> str:
@@ -361,7 +403,8 @@ class LanceSimulator:
         return _http.json_response({"balance": self.balance, "organizationId": self.config.org_id})
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
-        return _http.json_response(self.stats())
+        tick = request.query.get("tick")
+        return _http.json_response(self.stats(None if tick is None else _seconds(tick, "tick")))
 
     async def _admin_complete(self, request: web.Request) -> web.Response:
         return _http.json_response({"completed": self.complete_all()})
