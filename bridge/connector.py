@@ -346,10 +346,18 @@ class Connector(abc.ABC):
             if fresh and on_outcomes is not None:
                 on_outcomes([i for i, _ in fresh], [o for _, o in fresh])
 
-        async def deliver(group: list[int]) -> None:
-            settle(group, await self._send_guarded([events[i] for i in group]))
+        groups = self.batches(events)
+        waiting = iter(groups)
 
-        await asyncio.gather(*(deliver(group) for group in self.batches(events)))
+        async def deliver() -> None:
+            # Each worker takes the next chunk as its last one is answered: as many workers
+            # as the connector may have requests in flight, not a task per chunk (a backlog
+            # of a thousand webhooks would otherwise be a thousand tasks queued on _slots).
+            for group in waiting:
+                settle(group, await self._send_guarded([events[i] for i in group]))
+
+        workers = min(self.config.max_concurrency, len(groups))
+        await asyncio.gather(*(deliver() for _ in range(workers)))
         missed = [index for index, outcome in enumerate(outcomes) if outcome is None]
         if missed:
             # A batches() that left events out: like a miscounting _send, retry them rather

@@ -61,6 +61,11 @@ async def bench_deliver(count: int, folder: Path) -> Result:
         drained = await _drain(store, f"{sink_url}/hook", secret, count)
         remote = await procs.ask(conn, "stats")
         ceiling = await _ceiling(f"{bare_url}/hook", len(sample.body), min(count, CEILING_REQUESTS))
+        receiver = await _ceiling(
+            f"{sink_url}/hook", len(sample.body), min(count, CEILING_REQUESTS), secret
+        )
+        # A ceiling that counted refusals would measure nothing: each must have been verified.
+        verified = (await procs.ask(conn, "stats"))["received"] - remote["received"]
     finally:
         await store.close()
         conn.send("stop")
@@ -79,6 +84,9 @@ async def bench_deliver(count: int, folder: Path) -> Result:
         "rejected_by_receiver": remote["rejected"],
         "ceiling_bare_client_server_per_s": round(ceiling),
         "share_of_ceiling": f"{rate / ceiling:.0%}",
+        "receiver_ceiling_bare_signed_client_per_s": round(receiver),
+        "share_of_receiver_ceiling": f"{rate / receiver:.0%}",
+        "receiver_ceiling_requests_verified": verified,
         "peak_rss_mb": peak_rss_mb(),
     }
     bars = {
@@ -117,18 +125,32 @@ async def _drain(
     return elapsed, sorted(t - started for t in target.acked_at)
 
 
-async def _ceiling(url: str, body_size: int, requests: int) -> float:
+async def _ceiling(url: str, body_size: int, requests: int, secret: str | None = None) -> float:
     """Requests/s of a bare aiohttp client POSTing ``body_size`` bytes to a bare handler,
-    ``CONCURRENCY`` at once over reused connections: what this machine allows the path."""
-    body = b"x" * body_size
-    headers = {"content-type": "application/json"}
+    ``CONCURRENCY`` at once over reused connections: what this machine allows the path.
+
+    With ``secret``, each request is a signed event of its own (a JSON object that size) and
+    ``url`` the verifying receiver: what the receiver allows, on a machine whose cores the
+    sender and the receiver share.
+    """
+    body = b'{"x":"' + b"x" * max(0, body_size - 8) + b'"}'
+    signer = webhook.Signer(secret) if secret is not None else None
+    plain = {"content-type": "application/json"}
     left = iter(range(requests))
     tcp = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=tcp) as session:
 
+        def headers(number: int) -> dict[str, str]:
+            if signer is None:
+                return plain
+            message_id, stamp = f"msg_ceiling_{number}", int(time.time())
+            signature = signer.sign(message_id, stamp, body)
+            signed = {"webhook-timestamp": str(stamp), "webhook-signature": signature}
+            return plain | {"webhook-id": message_id} | signed
+
         async def worker() -> None:
-            for _ in left:
-                async with session.post(url, data=body, headers=headers) as response:
+            for number in left:
+                async with session.post(url, data=body, headers=headers(number)) as response:
                     await response.read()
 
         started = time.perf_counter()

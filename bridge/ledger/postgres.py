@@ -393,12 +393,18 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
     # -- delivery job ---------------------------------------------------------------------
 
     async def due_deliveries(self, now: float, limit: int) -> list[model.Delivery]:
-        """Claim pending deliveries whose next attempt has come, oldest due first."""
+        """Claim pending deliveries whose next attempt has come, oldest due first.
+
+        The claim walks the partial index of pending rows in due order and stops at ``limit``;
+        ordered by (next_attempt_at, id), which that index does not hold, PostgreSQL fetched and
+        sorted every due row for each batch (at 20,000 pending: 21-29 ms against 2-4 ms). The
+        batch is put in (due, id) order here instead.
+        """
         rows = await self.db.fetch(
             "WITH due AS (SELECT id FROM deliveries WHERE state = 'pending'"
             " AND next_attempt_at <= %(now)s"
             " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= %(now)s)"
-            " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " ORDER BY next_attempt_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
             " UPDATE deliveries d SET claimed_by = %(me)s, claim_expires_at = %(until)s"
             " FROM due WHERE d.id = due.id RETURNING d.id, d.enrichment_id, d.connector,"
             " d.object_type, d.object_id, d.event_type, d.message_id, d.body, d.attempts,"

@@ -336,9 +336,16 @@ class SQLiteLedger(sqlite_match.Matching, ledger.Ledger):
     # -- delivery job ---------------------------------------------------------------------
 
     async def due_deliveries(self, now: float, limit: int) -> list[model.Delivery]:
-        """Pending deliveries whose next attempt has come, oldest due first."""
+        """Pending deliveries whose next attempt has come, oldest due first.
+
+        Read through the partial index of pending rows in due order: left to choose, SQLite
+        takes the (state, connector, id) index and sorts every pending row for each batch,
+        which makes draining a backlog quadratic (at 20,000 pending, 20 ms a batch of 1,000
+        against 4-9 ms through this index).
+        """
         rows = await self.db.fetch(
-            f"SELECT {sqlite_outbox.DELIVERY_COLUMNS} FROM deliveries"  # noqa: S608 - constant columns
+            f"SELECT {sqlite_outbox.DELIVERY_COLUMNS}"  # noqa: S608 - constant columns
+            " FROM deliveries INDEXED BY deliveries_due"
             " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
             (now, limit),
             writer=True,

@@ -36,6 +36,10 @@ def test_bench_deliver_drains_due_events_to_the_verifying_sink_beside_its_ceilin
     assert figures["events_per_s"] > 0
     assert figures["ceiling_bare_client_server_per_s"] > 0
     assert str(figures["share_of_ceiling"]).endswith("%")
+    # The second ceiling: a bare client signing each event, to the same verifying receiver.
+    assert figures["receiver_ceiling_bare_signed_client_per_s"] > 0
+    assert figures["receiver_ceiling_requests_verified"] == 300
+    assert str(figures["share_of_receiver_ceiling"]).endswith("%")
     assert figures["p99_due_to_acknowledged_ms"] > 0
 
 

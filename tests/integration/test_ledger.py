@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge import errors, ledger, model, outbox
+from bridge.ledger import sqlite as sqlite_ledger
 from tests.conftest import LedgerFactory
 
 NOW = 1_800_000_000.0
@@ -162,6 +163,42 @@ async def test_replay_only_touches_dead_deliveries(store: ledger.Ledger) -> None
         0,
         delivery.message_id,
     )
+
+
+async def test_a_backlog_comes_out_oldest_due_first_each_delivery_once(
+    store: ledger.Ledger,
+) -> None:
+    crm = model.Target("crm", "contacts", "1")
+    older = await store.accept([_task("track", crm) for _ in range(12)], NOW)
+    newer = await store.accept([_task("track", crm) for _ in range(13)], NOW)
+    await store.apply([ledger.Change(a.id, "failed", error="x") for a in newer], NOW)
+    await store.apply([ledger.Change(a.id, "failed", error="x") for a in older], NOW - 60)
+    seen: list[model.Delivery] = []
+    while batch := await store.due_deliveries(NOW, 10):
+        assert len(batch) <= 10
+        keys = [(d.created_at, d.id) for d in batch]
+        assert keys == sorted(keys)
+        attempts = [ledger.Attempt(d.id, "delivered", None, None, 204) for d in batch]
+        await store.record_attempts(attempts, NOW)
+        seen += batch
+    assert len({d.id for d in seen}) == len(seen) == 25
+    enrichment_ids = [d.enrichment_id for d in seen]
+    assert set(enrichment_ids[:12]) == {a.id for a in older}
+
+
+@pytest.mark.sqlite_only
+async def test_due_deliveries_walk_the_due_index_instead_of_sorting_all_pending(
+    store: ledger.Ledger,
+) -> None:
+    assert isinstance(store, sqlite_ledger.SQLiteLedger)
+    statements: list[str] = []
+    await store.db.writer.set_trace_callback(statements.append)
+    await store.due_deliveries(NOW, 1000)
+    await store.db.writer.set_trace_callback(None)
+    [sql] = [s for s in statements if "FROM deliveries" in s]
+    plan = " ".join(str(row[3]) for row in await store.fetch(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "USING INDEX deliveries_due" in plan
+    assert "TEMP B-TREE" not in plan  # no sort of every pending row per batch
 
 
 async def test_counts_by_state_follow_each_change(store: ledger.Ledger) -> None:
