@@ -43,6 +43,8 @@ class Result:
     scenario: str
     figures: dict[str, float | int | str]
     bars: dict[str, bool]
+    # One row per backend and replica count (SQLite first), when the scenario compares them.
+    rows: list[dict[str, float | int | str]] = dataclasses.field(default_factory=list)
 
 
 def peak_rss_mb() -> float:
@@ -58,8 +60,14 @@ async def run(
     concurrency: int,
     json_path: Path | None,
     crm: str = "webhook",
+    ledger_url: str | None = None,
+    replicas: int = 1,
 ) -> int:
-    """Run ``scenarios``, print a table per scenario, optionally write JSON; 0 if bars met."""
+    """Run ``scenarios``, print a table per scenario, optionally write JSON; 0 if bars met.
+
+    With ``ledger_url``, the scenarios that compare ledgers (poll, ingest, e2e, scale) also
+    run on PostgreSQL, each in a schema of its own; ``replicas`` more processes share it.
+    """
     from bridge.bench import deliver, e2e, ingest, poll  # noqa: PLC0415 - they pull in the sims
 
     console = Console()
@@ -70,9 +78,11 @@ async def run(
             where = Path(folder) / name
             where.mkdir()
             if name == "poll":
-                results.append(await poll.bench_poll(count or 100_000, where))
+                results.append(await poll.bench_poll(count or 100_000, where, ledger_url, replicas))
             elif name == "ingest":
-                results.append(await ingest.bench_ingest(seconds, concurrency, where))
+                results.append(
+                    await ingest.bench_ingest(seconds, concurrency, where, ledger_url, replicas)
+                )
             elif name == "deliver":
                 results.append(await deliver.bench_deliver(count or 100_000, where))
             elif name == "e2e":
@@ -95,3 +105,31 @@ def _print(console: Console, result: Result) -> None:
     for bar, met in result.bars.items():
         table.add_row(f"bar: {bar}", "[green]met[/]" if met else "[red]not met[/]")
     console.print(table)
+    if result.rows:
+        console.print(_rows_table(result))
+
+
+# The columns of the per-backend table, in order (each row has them all but ``schema``).
+ROW_COLUMNS = (
+    "backend",
+    "rate_per_s",
+    "share_vs_sqlite",
+    "ceiling_per_s",
+    "share_of_ceiling",
+    "api_calls",
+    "api_floor",
+    "rss_mb",
+)
+
+
+def _rows_table(result: Result) -> Table:
+    table = Table(title=f"bench {result.scenario} by ledger")
+    for column in ROW_COLUMNS:
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    for row in result.rows:
+        table.add_row(*(_cell(row.get(column, "-")) for column in ROW_COLUMNS))
+    return table
+
+
+def _cell(value: float | int | str) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
