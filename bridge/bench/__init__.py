@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 SCENARIOS = ("poll", "ingest", "deliver", "e2e", "scale")
+TABLE_WIDTH = 120
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,7 +71,8 @@ async def run(
     """
     from bridge.bench import deliver, e2e, ingest, poll  # noqa: PLC0415 - they pull in the sims
 
-    console = Console()
+    # Wide enough for the per-ledger tables when the output is a file or a pipe.
+    console = Console(width=max(Console().width, TABLE_WIDTH))
     results = []
     with tempfile.TemporaryDirectory(prefix="lance-bridge-bench-") as folder:
         for name in scenarios:
@@ -86,7 +88,9 @@ async def run(
             elif name == "deliver":
                 results.append(await deliver.bench_deliver(count or 100_000, where))
             elif name == "e2e":
-                results.append(await e2e.bench_e2e(count or 100_000, where, crm))
+                results.append(
+                    await e2e.bench_e2e(count or 100_000, where, crm, ledger_url, replicas)
+                )
             else:
                 results.append(await poll.bench_scale(count or 1_000_000, where))
             _print(console, results[-1])

@@ -60,7 +60,9 @@ async def bench_deliver(count: int, folder: Path) -> Result:
         [sample] = await store.due_deliveries(time.time(), 1)
         drained = await _drain(store, f"{sink_url}/hook", secret, count)
         remote = await procs.ask(conn, "stats")
-        ceiling = await _ceiling(f"{bare_url}/hook", len(sample.body), min(count, CEILING_REQUESTS))
+        ceiling = await bare_ceiling(
+            f"{bare_url}/hook", len(sample.body), min(count, CEILING_REQUESTS)
+        )
     finally:
         await store.close()
         conn.send("stop")
@@ -117,7 +119,7 @@ async def _drain(
     return elapsed, sorted(t - started for t in target.acked_at)
 
 
-async def _ceiling(url: str, body_size: int, requests: int) -> float:
+async def bare_ceiling(url: str, body_size: int, requests: int) -> float:
     """Requests/s of a bare aiohttp client POSTing ``body_size`` bytes to a bare handler,
     ``CONCURRENCY`` at once over reused connections: what this machine allows the path."""
     body = b"x" * body_size

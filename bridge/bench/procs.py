@@ -12,6 +12,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from bridge import bench
@@ -93,10 +94,11 @@ def bridge_process(settings: dict[str, Any], run_jobs: bool, conn: Connection) -
     Sends its base URL once serving, and its peak RSS in MB once stopped.
     """
     from bridge import app as app_mod  # noqa: PLC0415 - the child's own imports
-    from bridge import cli  # noqa: PLC0415
+    from bridge import cli, logs  # noqa: PLC0415
     from bridge import settings as settings_mod  # noqa: PLC0415
 
     cli.tune_gc()  # as `serve` does
+    logs.configure("warning", "console")  # as the bench's own process logs
 
     async def main() -> None:
         app = app_mod.create_app(settings_mod.Settings(**settings), run_jobs=run_jobs)
@@ -142,11 +144,13 @@ def remote_process(secret: str, conn: Connection) -> None:
         conn.send((_http.base_url(runners[0]), _http.base_url(runners[1])))
         loop = asyncio.get_running_loop()
         while (await loop.run_in_executor(None, conn.recv)) != "stop":
+            sample = next(iter(sink.received.values()), {})
             conn.send(
                 {
                     "received": len(sink.received),
                     "rejected": sink.rejected,
                     "requests": dict(simulator.requests),
+                    "sample_bytes": len(orjson.dumps(sample)),
                 }
             )
         for runner in runners:
