@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 SCENARIOS = ("poll", "ingest", "deliver", "e2e", "scale")
-TABLE_WIDTH = 120
+TABLE_WIDTH = 160
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,7 +92,7 @@ async def run(
                     await e2e.bench_e2e(count or 100_000, where, crm, ledger_url, replicas)
                 )
             else:
-                results.append(await poll.bench_scale(count or 1_000_000, where))
+                results.append(await poll.bench_scale(count or 1_000_000, where, ledger_url))
             _print(console, results[-1])
     if json_path is not None:
         text = json.dumps([dataclasses.asdict(r) for r in results], indent=2)
@@ -126,12 +126,22 @@ ROW_COLUMNS = (
 )
 
 
+# What else a scenario's per-ledger table shows, after the common columns. ``rate_per_s`` is
+# status updates (poll), 202s (ingest), deliveries (e2e), rows accepted while filling (scale).
+EXTRA_COLUMNS = {
+    "ingest": ("p99_ms", "durable_rows"),
+    "e2e": ("total_seconds", "slowest_ceiling", "ideal_seconds"),
+    "scale": ("rows", "tick_seconds"),
+}
+
+
 def _rows_table(result: Result) -> Table:
+    columns = (*ROW_COLUMNS, *EXTRA_COLUMNS.get(result.scenario, ()))
     table = Table(title=f"bench {result.scenario} by ledger")
-    for column in ROW_COLUMNS:
+    for column in columns:
         table.add_column(column, justify="left" if column == "backend" else "right")
     for row in result.rows:
-        table.add_row(*(_cell(row.get(column, "-")) for column in ROW_COLUMNS))
+        table.add_row(*(_cell(row.get(column, "-")) for column in columns))
     return table
 
 

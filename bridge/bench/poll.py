@@ -192,11 +192,49 @@ def _raw_updates_pg(place: backends.Place, count: int, record: str) -> float:
         return time.perf_counter() - started
 
 
-async def bench_scale(count: int, folder: Path) -> Result:
-    """RSS and one poll tick's time with ``count`` rows in flight (default 1,000,000)."""
+async def bench_scale(count: int, folder: Path, url: str | None = None) -> Result:
+    """RSS and one poll tick's time with ``count`` rows in flight (default 1,000,000).
+
+    Each ledger (SQLite, and PostgreSQL with ``url``) at a tenth of ``count`` and at
+    ``count``, each in a process of its own, so each peak RSS is that size's alone: memory
+    flat in ledger size means the two are close.
+    """
     process, conn = procs.spawn(procs.simulator_process, 0)
     lance_url = await procs.ask(conn)
-    store = await ledger.open(folder / "scale.db")
+    rows = []
+    try:
+        for backend in backends.plan(url, 1):
+            for size in (max(1, count // 10), count):
+                async with backends.fresh(backend, url, folder, f"scale-{size}") as place:
+                    child, pipe = procs.spawn(procs.scale_process, place.ledger, size, lance_url)
+                    figures = await procs.ask(pipe)
+                    child.join(10)
+                rows.append({"backend": backend.label, "replicas": 1, "rows": size, **figures})
+                rows[-1]["schema"] = place.schema
+    finally:
+        await procs.ask(conn, "stop")
+        process.join(10)
+    full = [r for r in rows if r["rows"] == count]
+    base = dict(full[0])
+    for key in ("backend", "replicas", "rows", "schema", "rate_per_s", "api_calls", "api_floor"):
+        base.pop(key, None)
+    base["peak_rss_mb"] = base.pop("rss_mb")
+    bars = {
+        f"{r['backend']}: RSS < 200 MB at {count:,} rows in flight": float(r["rss_mb"]) < 200
+        for r in full
+    }
+    return Result("scale", base, bars, rows)
+
+
+async def scale_once(
+    ledger_settings: dict[str, object], count: int, lance_url: str
+) -> dict[str, float | int | str]:
+    """Fill a ledger with ``count`` in-flight rows, run one poll tick, count the rows.
+
+    Run in a process of its own (:func:`bridge.bench.procs.scale_process`): the peak RSS it
+    reports is this size's.
+    """
+    store = await ledger.open(settings_mod.LedgerSettings(**ledger_settings))
     try:
         started = time.perf_counter()
         await _fill(store, count, time.time())
@@ -213,10 +251,7 @@ async def bench_scale(count: int, folder: Path) -> Result:
         count_s = time.perf_counter() - started
     finally:
         await store.close()
-        await procs.ask(conn, "stop")
-        process.join(10)
-    rss = peak_rss_mb()
-    figures: dict[str, float | int | str] = {
+    return {
         "rows_in_flight": in_flight,
         "fill_seconds": round(fill_s, 1),
         "accept_rows_per_s": round(count / fill_s),
@@ -224,6 +259,8 @@ async def bench_scale(count: int, folder: Path) -> Result:
         "tick_requests": report.requests,
         "tick_seconds": round(tick_s, 3),
         "count_in_flight_seconds": round(count_s, 3),
-        "peak_rss_mb": rss,
+        "rate_per_s": round(count / fill_s),
+        "api_calls": report.requests,
+        "api_floor": math.ceil(report.due / lance.QUERY_BATCH_MAX),
+        "rss_mb": peak_rss_mb(),
     }
-    return Result("scale", figures, {"RSS < 200 MB at 1M rows in flight": rss < 200})

@@ -325,3 +325,12 @@ def poller_process(
         )
 
     asyncio.run(main())
+
+
+def scale_process(
+    ledger_settings: dict[str, Any], count: int, lance_url: str, conn: Connection
+) -> None:
+    """:func:`bridge.bench.poll.scale_once` in a process of its own; sends its figures."""
+    from bridge.bench import poll  # noqa: PLC0415 - the child's own imports
+
+    conn.send(asyncio.run(poll.scale_once(ledger_settings, count, lance_url)))
