@@ -280,15 +280,25 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
     async def awaiting_values(
         self, limit: int, *, hold_after: float = float("inf")
     ) -> dict[tuple[str, str], list[tuple[int, str]]]:
-        """Finished-with-data rows, grouped by entity so each entity is read once."""
+        """Claim finished-with-data rows, grouped by entity so each entity is read once.
+
+        Rows another replica holds are skipped, so no two replicas read the same values.
+        """
+        # The interface gives this verb no clock, so the lease runs on the server's.
         rows = await self.db.fetch(
-            "SELECT id, entity_type, entity_id, field FROM enrichments e WHERE needs_fetch = 1"
-            " AND NOT (finished_at > %s AND EXISTS (SELECT 1 FROM enrichments o"
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),"
+            " due AS (SELECT id FROM enrichments e, now WHERE needs_fetch = 1"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= now.now)"
+            " AND NOT (finished_at > %(hold)s AND EXISTS (SELECT 1 FROM enrichments o"
             " WHERE o.entity_id = e.entity_id AND o.entity_type = e.entity_type"
             " AND o.state IN ('queued', 'pending')))"
-            " ORDER BY id LIMIT %s",
-            (hold_after, limit),
+            " ORDER BY id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED)"
+            " UPDATE enrichments e SET claimed_by = %(me)s,"
+            " claim_expires_at = now.now + %(lease)s FROM due, now WHERE e.id = due.id"
+            " RETURNING e.id, e.entity_type, e.entity_id, e.field",
+            {"me": self.replica, "hold": hold_after, "limit": limit, "lease": LEASE_S},
         )
+        rows.sort(key=lambda r: r[0])
         grouped: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for row_id, entity_type, entity_id, field in rows:
             grouped.setdefault((entity_type, entity_id), []).append((row_id, field))
@@ -301,7 +311,8 @@ class PostgresLedger(postgres_reads.Reads, ledger.Ledger):
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE enrichments e SET enriched = v.enriched, needs_fetch = 0,"
-                " updated_at = %s FROM unnest(%b::bigint[], %b::text[]) AS v (id, enriched)"
+                " updated_at = %s, claimed_by = NULL, claim_expires_at = NULL"
+                " FROM unnest(%b::bigint[], %b::text[]) AS v (id, enriched)"
                 " WHERE e.id = v.id AND e.needs_fetch = 1 RETURNING e.id",
                 (now, [i for i, _ in values], [orjson.dumps(v).decode() for _, v in values]),
             )
