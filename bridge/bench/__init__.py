@@ -49,8 +49,17 @@ class Result:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size, in MB."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident set size, in MB.
+
+    Linux's ``VmHWM``, which starts afresh in a spawned child; ``ru_maxrss`` would report the
+    parent's size at the fork when that was larger.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    [line] = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return round(int(line.split()[1]) / 1024, 1)
 
 
 async def run(
