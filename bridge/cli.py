@@ -152,6 +152,20 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=32, help="ingest: clients at once")
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
     bench.add_argument(
+        "--ledger",
+        metavar="URL",
+        help="also run poll, ingest, e2e and scale on this PostgreSQL server, in a schema of"
+        " their own that the bench creates and drops (SQLite always runs, as the baseline)",
+    )
+    bench.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --ledger: also run ingest and e2e behind N serve processes, poll with N"
+        " pollers (default 1)",
+    )
+    bench.add_argument(
         "--crm",
         choices=("webhook", "hubspot"),
         default="webhook",
@@ -250,6 +264,8 @@ def _conflict(args: argparse.Namespace) -> str | None:
     older, newer = getattr(args, "older_than", None), getattr(args, "newer_than", None)
     if older is not None and newer is not None and newer < older:
         return "--newer-than is shorter than --older-than: nothing can match"
+    if args.command == "bench":
+        return _bench_conflict(args)
     if args.command == "deliveries" and args.action == "retry" and not args.all_dead:
         used = [
             flag
@@ -262,6 +278,16 @@ def _conflict(args: argparse.Namespace) -> str | None:
         ]
         if used:
             return f"{', '.join(used)} only select with --all-dead"
+    return None
+
+
+def _bench_conflict(args: argparse.Namespace) -> str | None:
+    if args.replicas < 1:
+        return "--replicas must be at least 1"
+    if args.replicas > 1 and not args.ledger:
+        return "--replicas needs --ledger postgresql://…: replicas share a PostgreSQL ledger"
+    if args.ledger and not args.ledger.startswith(("postgresql://", "postgres://")):
+        return "--ledger must be a postgresql:// URL"
     return None
 
 
@@ -328,6 +354,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 json_path=args.json,
                 crm=args.crm,
+                ledger_url=args.ledger,
+                replicas=args.replicas,
             )
         )
     settings = _settings(args)

@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 SCENARIOS = ("poll", "ingest", "deliver", "e2e", "scale", "ui")
+TABLE_WIDTH = 160
 
 
 @dataclasses.dataclass(slots=True)
@@ -44,11 +45,22 @@ class Result:
     scenario: str
     figures: dict[str, float | int | str]
     bars: dict[str, bool]
+    # One row per backend and replica count (SQLite first), when the scenario compares them.
+    rows: list[dict[str, float | int | str]] = dataclasses.field(default_factory=list)
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size, in MB."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident set size, in MB.
+
+    Linux's ``VmHWM``, which starts afresh in a spawned child; ``ru_maxrss`` would report the
+    parent's size at the fork when that was larger.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    [line] = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return round(int(line.split()[1]) / 1024, 1)
 
 
 async def run(
@@ -59,11 +71,18 @@ async def run(
     concurrency: int,
     json_path: Path | None,
     crm: str = "webhook",
+    ledger_url: str | None = None,
+    replicas: int = 1,
 ) -> int:
-    """Run ``scenarios``, print a table per scenario, optionally write JSON; 0 if bars met."""
+    """Run ``scenarios``, print a table per scenario, optionally write JSON; 0 if bars met.
+
+    With ``ledger_url``, the scenarios that compare ledgers (poll, ingest, e2e, scale) also
+    run on PostgreSQL, each in a schema of its own; ``replicas`` more processes share it.
+    """
     from bridge.bench import deliver, e2e, ingest, poll  # noqa: PLC0415 - they pull in the sims
 
-    console = Console()
+    # Wide enough for the per-ledger tables when the output is a file or a pipe.
+    console = Console(width=max(Console().width, TABLE_WIDTH))
     results = []
     with tempfile.TemporaryDirectory(prefix="lance-bridge-bench-") as folder:
         for name in scenarios:
@@ -71,19 +90,23 @@ async def run(
             where = Path(folder) / name
             where.mkdir()
             if name == "poll":
-                results.append(await poll.bench_poll(count or 100_000, where))
+                results.append(await poll.bench_poll(count or 100_000, where, ledger_url, replicas))
             elif name == "ingest":
-                results.append(await ingest.bench_ingest(seconds, concurrency, where))
+                results.append(
+                    await ingest.bench_ingest(seconds, concurrency, where, ledger_url, replicas)
+                )
             elif name == "deliver":
                 results.append(await deliver.bench_deliver(count or 100_000, where))
             elif name == "e2e":
-                results.append(await e2e.bench_e2e(count or 100_000, where, crm))
+                results.append(
+                    await e2e.bench_e2e(count or 100_000, where, crm, ledger_url, replicas)
+                )
             elif name == "ui":
                 from bridge.bench import ui  # noqa: PLC0415 - as the others, imported when run
 
                 results.append(await ui.bench_ui(count or 1_000_000, where))
             else:
-                results.append(await poll.bench_scale(count or 1_000_000, where))
+                results.append(await poll.bench_scale(count or 1_000_000, where, ledger_url))
             _print(console, results[-1])
     if json_path is not None:
         text = json.dumps([dataclasses.asdict(r) for r in results], indent=2)
@@ -100,3 +123,41 @@ def _print(console: Console, result: Result) -> None:
     for bar, met in result.bars.items():
         table.add_row(f"bar: {bar}", "[green]met[/]" if met else "[red]not met[/]")
     console.print(table)
+    if result.rows:
+        console.print(_rows_table(result))
+
+
+# The columns of the per-backend table, in order (each row has them all but ``schema``).
+ROW_COLUMNS = (
+    "backend",
+    "rate_per_s",
+    "share_vs_sqlite",
+    "ceiling_per_s",
+    "share_of_ceiling",
+    "api_calls",
+    "api_floor",
+    "rss_mb",
+)
+
+
+# What else a scenario's per-ledger table shows, after the common columns. ``rate_per_s`` is
+# status updates (poll), 202s (ingest), deliveries (e2e), rows accepted while filling (scale).
+EXTRA_COLUMNS = {
+    "ingest": ("p99_ms", "durable_rows"),
+    "e2e": ("total_seconds", "slowest_ceiling", "ideal_seconds"),
+    "scale": ("rows", "tick_seconds"),
+}
+
+
+def _rows_table(result: Result) -> Table:
+    columns = (*ROW_COLUMNS, *EXTRA_COLUMNS.get(result.scenario, ()))
+    table = Table(title=f"bench {result.scenario} by ledger")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    for row in result.rows:
+        table.add_row(*(_cell(row.get(column, "-")) for column in columns))
+    return table
+
+
+def _cell(value: float | int | str) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)

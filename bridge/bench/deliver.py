@@ -60,8 +60,10 @@ async def bench_deliver(count: int, folder: Path) -> Result:
         [sample] = await store.due_deliveries(time.time(), 1)
         drained = await _drain(store, f"{sink_url}/hook", secret, count)
         remote = await procs.ask(conn, "stats")
-        ceiling = await _ceiling(f"{bare_url}/hook", len(sample.body), min(count, CEILING_REQUESTS))
-        receiver = await _ceiling(
+        ceiling = await bare_ceiling(
+            f"{bare_url}/hook", len(sample.body), min(count, CEILING_REQUESTS)
+        )
+        receiver = await bare_ceiling(
             f"{sink_url}/hook", len(sample.body), min(count, CEILING_REQUESTS), secret
         )
         # A ceiling that counted refusals would measure nothing: each must have been verified.
@@ -125,7 +127,7 @@ async def _drain(
     return elapsed, sorted(t - started for t in target.acked_at)
 
 
-async def _ceiling(url: str, body_size: int, requests: int, secret: str | None = None) -> float:
+async def bare_ceiling(url: str, body_size: int, requests: int, secret: str | None = None) -> float:
     """Requests/s of a bare aiohttp client POSTing ``body_size`` bytes to a bare handler,
     ``CONCURRENCY`` at once over reused connections: what this machine allows the path.
 

@@ -16,6 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from standardwebhooks import webhooks
 from bridge import app as app_mod
 from bridge import lance, ledger, model, runtime
 from bridge import settings as settings_mod
-from bridge.bench import Result, peak_rss_mb, procs
+from bridge.bench import Result, backends, deliver, peak_rss_mb, poll, procs
 from bridge.sim import _http
 from bridge.sim import lance as sim
 
@@ -41,21 +42,30 @@ DEADLINE_S = 900.0
 
 def _settings(folder: Path, lance_url: str, connector: dict[str, Any]) -> settings_mod.Settings:
     return settings_mod.Settings(
-        lance={"base_url": lance_url, "token": sim.SimConfig.token, "max_concurrency": 8},
-        ledger={"path": folder / "e2e.db"},
-        server={"api_tokens": [TOKEN]},
-        poll={
+        **_settings_data({"path": folder / "e2e.db"}, lance_url, connector)
+    )
+
+
+def _settings_data(
+    ledger_data: dict[str, Any], lance_url: str, connector: dict[str, Any]
+) -> dict[str, Any]:
+    """The daemon's settings as plain data (a child process gets them pickled)."""
+    return {
+        "lance": {"base_url": lance_url, "token": sim.SimConfig.token, "max_concurrency": 8},
+        "ledger": ledger_data,
+        "server": {"api_tokens": [TOKEN]},
+        "poll": {
             "interval_seconds": 0.5,
             "young_seconds": 5,
             "max_delay_seconds": 2,
             "max_requests_per_tick": 500,
         },
-        trigger={"interval_seconds": 0.2, "max_requests_per_run": 200},
-        fetch={"interval_seconds": 0.2, "batch_size": 2000, "concurrency": 16},
-        delivery={"interval_seconds": 0.2, "batch_size": 5000},
-        inbound={"interval_seconds": 0.2},
-        connectors=[connector],
-    )
+        "trigger": {"interval_seconds": 0.2, "max_requests_per_run": 200},
+        "fetch": {"interval_seconds": 0.2, "batch_size": 2000, "concurrency": 16},
+        "delivery": {"interval_seconds": 0.2, "batch_size": 5000},
+        "inbound": {"interval_seconds": 0.2},
+        "connectors": [connector],
+    }
 
 
 @contextlib.asynccontextmanager
@@ -79,8 +89,15 @@ async def _until(check: Callable[[], Awaitable[bool]]) -> float:
     return time.perf_counter()
 
 
-async def bench_e2e(count: int, folder: Path, crm: str = "webhook") -> Result:
-    """Run ``count`` enrichments through the daemon's own scheduler."""
+async def bench_e2e(
+    count: int, folder: Path, crm: str = "webhook", url: str | None = None, replicas: int = 1
+) -> Result:
+    """Run ``count`` enrichments through the daemon's own scheduler, in ``serve`` processes.
+
+    With ``url``, also on PostgreSQL behind one ``serve`` and behind ``replicas``. Each row's
+    total time is held against the slowest ceiling on its path (ingest, poll, deliver),
+    measured in the same run: ``share_of_ceiling`` = (count / slowest ceiling) / total time.
+    """
     if crm == "hubspot":
         return await _bench_hubspot(count, folder)
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -93,43 +110,96 @@ async def bench_e2e(count: int, folder: Path, crm: str = "webhook") -> Result:
         "secret": secret,
         "max_concurrency": 64,
     }
-    app = app_mod.create_app(_settings(folder, lance_url, webhook))
+    rows = []
     try:
-        async with _served(app) as url:
-            store = app[runtime.BRIDGE].ledger
-            started = time.perf_counter()
-            await _send(url, count)
-            at_lance = await _until(lambda: _none_queued(store))
-            done = await _until(lambda: _all_delivered(store, count))
-            remote = await procs.ask(conn, "stats")
+        for backend in backends.plan(url, replicas):
+            async with backends.fresh(backend, url, folder, f"e2e-{backend.replicas}") as place:
+                settings = _settings_data(place.ledger, lance_url, webhook)
+                rows.append(await _e2e_row(backend, place, settings, count, conn))
         naive_rate, naive_requests = await _naive_e2e(lance_url, sink_url, secret)
     finally:
         conn.send("stop")
         process.join(10)
-    requests = remote["requests"]
-    lance_total = sum(requests.values())
-    after_lance = done - at_lance
+    base = rows[0]
     figures: dict[str, float | int | str] = {
+        key: value for key, value in base.items() if key not in _ROW_ONLY
+    }
+    ours_per_enrichment = float(base["lance_requests_per_enrichment"])
+    figures.update(
+        {
+            "naive_enrichments_per_s": round(naive_rate),
+            "naive_lance_requests_per_enrichment": round(naive_requests, 3),
+            "ratio_rate_ours_to_naive": round(float(base["rate_per_s"]) / naive_rate, 1),
+            "ratio_lance_requests_naive_to_ours": round(naive_requests / ours_per_enrichment, 1),
+        }
+    )
+    bars = {
+        "all delivered and verified": all(
+            r["webhooks_verified_by_receiver"] == count for r in rows
+        ),
+        "< 60 s after Lance finished them": all(
+            float(r["seconds_after_lance_had_all"]) < 60 for r in rows
+        ),
+    }
+    backends.share_bars(rows, two_above_one=False)  # figures only: §9 sets no e2e bar for them
+    return Result("e2e", figures, bars, rows)
+
+
+# Keys of a row that the scenario's figures leave to the per-ledger table.
+_ROW_ONLY = ("backend", "replicas", "schema", "share_vs_sqlite", "api_calls", "api_floor")
+
+
+async def _e2e_row(
+    backend: backends.Backend,
+    place: backends.Place,
+    settings: dict[str, Any],
+    count: int,
+    remote: Connection,
+) -> backends.Row:
+    """One row: ``backend.replicas`` daemons on one fresh ledger, then the path's ceilings."""
+    before = await procs.ask(remote, "stats")
+    children = [procs.spawn(procs.bridge_process, settings, True) for _ in range(backend.replicas)]
+    urls = [await procs.ask(pipe) for _, pipe in children]
+    store = await ledger.open(place.settings(), exclusive=False)
+    try:
+        started = time.perf_counter()
+        await _send(urls, count)
+        at_lance = await _until(lambda: _none_queued(store))
+        done = await _until(lambda: _all_delivered(store, count))
+        stats = await procs.ask(remote, "stats")
+    finally:
+        await store.close()
+        rss = [float(await procs.ask(pipe, "stop")) for _, pipe in children]
+        for child, _ in children:
+            child.join(10)
+    ceilings = await _ceilings(place, count, int(stats["sample_bytes"]))
+    slowest = min(ceilings, key=lambda name: ceilings[name])
+    total = done - started
+    ideal = count / ceilings[slowest]
+    requests = {k: n - before["requests"].get(k, 0) for k, n in stats["requests"].items()}
+    triggers = _count(requests, "/enrichment/batch")
+    return {
+        "backend": backend.label,
+        "replicas": backend.replicas,
         "enrichments": count,
-        "total_seconds": round(done - started, 1),
-        "seconds_after_lance_had_all": round(after_lance, 1),
-        "deliveries_per_s": round(count / (done - started)),
-        "webhooks_verified_by_receiver": remote["received"],
-        "lance_requests_per_enrichment": round(lance_total / count, 3),
-        "lance_triggers": _count(requests, "/enrichment/batch"),
+        "total_seconds": round(total, 1),
+        "seconds_after_lance_had_all": round(done - at_lance, 1),
+        "rate_per_s": round(count / total),
+        "webhooks_verified_by_receiver": int(stats["received"]) - int(before["received"]),
+        "lance_requests_per_enrichment": round(sum(requests.values()) / count, 3),
+        "lance_triggers": triggers,
         "lance_batch_queries": _count(requests, "/enrichment/batch/query"),
         "lance_entity_reads": _count(requests, "/prospects/person/{id}"),
-        "naive_enrichments_per_s": round(naive_rate),
-        "naive_lance_requests_per_enrichment": round(naive_requests, 3),
-        "ratio_rate_ours_to_naive": round(count / (done - started) / naive_rate, 1),
-        "ratio_lance_requests_naive_to_ours": round(naive_requests / (lance_total / count), 1),
-        "peak_rss_mb": peak_rss_mb(),
+        **{f"ceiling_{name}_per_s": round(rate) for name, rate in ceilings.items()},
+        "slowest_ceiling": slowest,
+        "ceiling_per_s": round(ceilings[slowest]),
+        "ideal_seconds": round(ideal, 1),
+        "share_of_ceiling": f"{ideal / total:.0%}",
+        "api_calls": triggers,
+        "api_floor": _trigger_floor(count),
+        "rss_mb": max(rss),
+        "schema": place.schema,
     }
-    bars = {
-        "all delivered and verified": remote["received"] == count,
-        "< 60 s after Lance finished them": after_lance < 60,
-    }
-    return Result("e2e", figures, bars)
 
 
 async def _naive_e2e(lance_url: str, sink_url: str, secret: str) -> tuple[float, float]:
@@ -273,18 +343,66 @@ async def _batched_writes(app: web.Application, ids: list[str]) -> float:
     return len(ids) / elapsed
 
 
-async def _send(url: str, count: int) -> None:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+def _tasks(start: int, count: int) -> list[dict[str, str]]:
+    """The tasks of one trigger request: fields alternate, so an entity id is never reused."""
     fields = ("emails", "phones")
+    end = min(start + TRIGGER_CHUNK, count)
+    return [{"entityId": str(uuid.uuid4()), "field": fields[i % 2]} for i in range(start, end)]
+
+
+def _trigger_floor(count: int) -> int:
+    """⌈new/100⌉ per field: the fewest trigger requests ``count`` tasks can cost."""
+    per_field = ((count + 1) // 2, count // 2)
+    return sum(math.ceil(n / lance.TRIGGER_BATCH_MAX) for n in per_field)
+
+
+async def _send(urls: list[str], count: int) -> None:
+    """``count`` triggers, 1,000 per request, the requests round robin over ``urls``."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession(headers=headers) as session:
-        for start in range(0, count, TRIGGER_CHUNK):
-            tasks = [
-                {"entityId": str(uuid.uuid4()), "field": fields[i % 2]}
-                for i in range(start, min(start + TRIGGER_CHUNK, count))
-            ]
-            async with session.post(f"{url}/v1/triggers", json={"tasks": tasks}) as response:
+        for n, start in enumerate(range(0, count, TRIGGER_CHUNK)):
+            url = urls[n % len(urls)]
+            body = {"tasks": _tasks(start, count)}
+            async with session.post(f"{url}/v1/triggers", json=body) as response:
                 if response.status != 202:
                     raise RuntimeError(f"trigger failed: {response.status}")
+
+
+async def _ceilings(place: backends.Place, count: int, body_bytes: int) -> dict[str, float]:
+    """Enrichments/s of the bare equivalent of each step on the path, on this machine now.
+
+    ``ingest``: the same trigger requests (1,000 tasks each, one client) to a bare handler;
+    ``poll``: the same rows ended by one raw UPDATE per 200 on this row's ledger;
+    ``deliver``: a bare client POSTing events of the same size to a bare handler.
+    """
+    ingest_s = await _bare_ingest_seconds(count)
+    poll_rate = await poll.raw_ceiling(place, count)
+    process, conn = procs.spawn(procs.receivers_process, "whsec_" + "A" * 32)
+    try:
+        _, bare_url = await procs.ask(conn)
+        deliver_rate = await deliver.bare_ceiling(
+            f"{bare_url}/hook", body_bytes, min(count, deliver.CEILING_REQUESTS)
+        )
+    finally:
+        conn.send("stop")
+        process.join(10)
+    return {"ingest": count / ingest_s, "poll": poll_rate, "deliver": deliver_rate}
+
+
+async def _bare_ingest_seconds(count: int) -> float:
+    process, conn = procs.spawn(procs.bare_process)
+    try:
+        url = await procs.ask(conn)
+        async with aiohttp.ClientSession() as session:
+            started = time.perf_counter()
+            for start in range(0, count, TRIGGER_CHUNK):
+                body = {"tasks": _tasks(start, count)}
+                async with session.post(f"{url}/v1/triggers", json=body) as response:
+                    await response.read()
+            return time.perf_counter() - started
+    finally:
+        await procs.ask(conn, "stop")
+        process.join(10)
 
 
 async def _none_queued(store: ledger.Ledger) -> bool:

@@ -6,15 +6,15 @@ import json
 import statistics
 import time
 import uuid
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bridge import app as app_mod
 from bridge import ledger, model
-from bridge import settings as settings_mod
-from bridge.bench import Result, procs
+from bridge.bench import Result, backends, procs
 from bridge.ledger import sqlite_db
 from bridge.sim import _http
 
@@ -22,71 +22,131 @@ TOKEN = "bench-token"  # noqa: S105 - a loopback-only token for this run
 BASELINE_SECONDS = 3.0
 
 
-async def _load(app: web.Application, seconds: float, concurrency: int) -> dict[str, Any]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        process, conn = procs.spawn(
-            procs.load_process, _http.base_url(runner), TOKEN, concurrency, seconds
-        )
-        load: dict[str, Any] = await procs.ask(conn)
-        process.join(10)
-    finally:
-        await runner.cleanup()
+async def _load(urls: list[str], seconds: float, concurrency: int) -> dict[str, Any]:
+    """The load generator's figures, its clients spread round robin over ``urls``."""
+    process, conn = procs.spawn(procs.load_process, urls, TOKEN, concurrency, seconds)
+    load: dict[str, Any] = await procs.ask(conn)
+    process.join(10)
     return load
 
 
-async def bench_ingest(seconds: float, concurrency: int, folder: Path) -> Result:
-    """Concurrent single-task triggers for ``seconds``; every 202 must be durable."""
-    settings = settings_mod.Settings(
-        ledger={"path": folder / "ingest.db"}, server={"api_tokens": [TOKEN]}
-    )
-    load = await _load(app_mod.create_app(settings, run_jobs=False), seconds, concurrency)
-    store = await ledger.open(folder / "ingest.db", exclusive=False)
+async def _serving(
+    target: Callable[..., None], *args: Any, copies: int = 1
+) -> tuple[list[str], list[tuple[Any, Connection]]]:
+    """``copies`` server processes of ``target``: their base URLs, and the processes."""
+    children = [procs.spawn(target, *args) for _ in range(copies)]
+    return [await procs.ask(conn) for _, conn in children], children
+
+
+async def _stopped(children: list[tuple[Any, Connection]]) -> float:
+    """Stop the servers; returns the largest peak RSS among them, in MB."""
+    rss = [float(await procs.ask(conn, "stop")) for _, conn in children]
+    for child, _ in children:
+        child.join(10)
+    return max(rss)
+
+
+async def bench_ingest(
+    seconds: float, concurrency: int, folder: Path, url: str | None = None, replicas: int = 1
+) -> Result:
+    """Concurrent single-task triggers for ``seconds``; every 202 must be durable.
+
+    On SQLite, and with ``url`` on PostgreSQL behind one ``serve`` and behind ``replicas``;
+    each row runs its servers in processes of their own, with a fresh ledger.
+    """
+    rows = []
+    for backend in backends.plan(url, replicas):
+        # Each row's ceiling just before it: as many bare handlers as it has servers.
+        ceiling = await _ceiling(concurrency, backend.replicas)
+        async with backends.fresh(backend, url, folder, f"ingest-{backend.replicas}") as place:
+            rows.append(await _ingest_row(backend, place, seconds, concurrency, ceiling))
+    naive = await _naive_load(folder / "naive.db", concurrency)
+    base = rows[0]
+    rate = float(base["rate_per_s"])
+    naive_rate = naive["accepted"] / naive["elapsed"]
+    figures: dict[str, float | int | str] = {
+        "concurrency": concurrency,
+        "seconds": base["seconds"],
+        "accepted_202": base["accepted_202"],
+        "durable_rows": base["durable_rows"],
+        "requests_per_s": round(rate),
+        "p50_ms": base["p50_ms"],
+        "p99_ms": base["p99_ms"],
+        "naive_requests_per_s": round(naive_rate),
+        "ratio_ours_to_naive": round(rate / naive_rate, 2),
+        "ceiling_bare_handler_requests_per_s": base["ceiling_per_s"],
+        "share_of_ceiling": base["share_of_ceiling"],
+        "peak_rss_mb": base["rss_mb"],
+    }
+    bars = {
+        "≥ 2,000 triggers/s": rate >= 2_000,
+        "p99 < 50 ms": float(base["p99_ms"]) < 50,
+        "every 202 durable": all(r["durable_rows"] == r["accepted_202"] for r in rows),
+        "≥ 60 % of the bare handler": rate >= 0.6 * float(base["ceiling_per_s"]),
+        **backends.share_bars(rows, two_above_one=True),
+    }
+    return Result("ingest", figures, bars, rows)
+
+
+async def _ceiling(concurrency: int, copies: int) -> float:
+    """Requests/s of ``copies`` bare handlers under the same load (clients round robin)."""
+    urls, bare = await _serving(procs.bare_process, copies=copies)
+    try:
+        load = await _load(urls, BASELINE_SECONDS, concurrency)
+    finally:
+        await _stopped(bare)
+    return float(load["accepted"] / load["elapsed"])
+
+
+async def _ingest_row(
+    backend: backends.Backend,
+    place: backends.Place,
+    seconds: float,
+    concurrency: int,
+    ceiling: float,
+) -> backends.Row:
+    """One row: the load against ``backend.replicas`` servers on one fresh ledger."""
+    settings = {"ledger": place.ledger, "server": {"api_tokens": [TOKEN]}}
+    urls, servers = await _serving(procs.bridge_process, settings, False, copies=backend.replicas)
+    try:
+        load = await _load(urls, seconds, concurrency)
+    finally:
+        rss = await _stopped(servers)
+    store = await ledger.open(place.settings(), exclusive=False)
     try:
         durable = sum((await store.counts())["enrichments"].values())
     finally:
         await store.close()
-    naive = await _load(_naive_app(folder / "naive.db"), BASELINE_SECONDS, concurrency)
-    bare = await _load(_bare_app(), BASELINE_SECONDS, concurrency)
     latencies = sorted(load["latencies"])
     rate = load["accepted"] / load["elapsed"]
-    naive_rate = naive["accepted"] / naive["elapsed"]
-    ceiling = bare["accepted"] / bare["elapsed"]
     p99_ms = latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else 0.0
-    figures: dict[str, float | int | str] = {
-        "concurrency": concurrency,
+    return {
+        "backend": backend.label,
+        "replicas": backend.replicas,
         "seconds": round(load["elapsed"], 2),
         "accepted_202": load["accepted"],
         "durable_rows": durable,
-        "requests_per_s": round(rate),
+        "rate_per_s": round(rate),
+        "api_calls": "-",
+        "api_floor": "-",
         "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else 0.0,
         "p99_ms": round(p99_ms, 2),
-        "naive_requests_per_s": round(naive_rate),
-        "ratio_ours_to_naive": round(rate / naive_rate, 2),
-        "ceiling_bare_handler_requests_per_s": round(ceiling),
+        "ceiling_per_s": round(ceiling),
         "share_of_ceiling": f"{rate / ceiling:.0%}",
+        "rss_mb": rss,
+        "schema": place.schema,
     }
-    bars = {
-        "≥ 2,000 triggers/s": rate >= 2_000,
-        "p99 < 50 ms": p99_ms < 50,
-        "every 202 durable": durable == load["accepted"],
-        "≥ 60 % of the bare handler": rate >= 0.6 * ceiling,
-    }
-    return Result("ingest", figures, bars)
 
 
-def _bare_app() -> web.Application:
-    """The ceiling: a bare aiohttp handler that reads the body and answers 202."""
-    app = web.Application()
-
-    async def accept(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"enrichments": [{"id": str(uuid.uuid4())}]}, status=202)
-
-    app.router.add_post("/v1/triggers", accept)
-    return app
+async def _naive_load(path: Path, concurrency: int) -> dict[str, Any]:
+    """The one-commit-per-request baseline, served in this process."""
+    runner = web.AppRunner(_naive_app(path), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return await _load([_http.base_url(runner)], BASELINE_SECONDS, concurrency)
+    finally:
+        await runner.cleanup()
 
 
 def _naive_app(path: Path) -> web.Application:

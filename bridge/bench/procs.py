@@ -12,8 +12,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
+from bridge import bench
 from bridge.sim import _http
 from bridge.sim import hubspot as hubspot_sim
 from bridge.sim import lance as sim
@@ -46,10 +48,17 @@ def simulator_process(count: int, conn: Connection) -> None:
     asyncio.run(main())
 
 
-def load_process(url: str, token: str, concurrency: int, seconds: float, conn: Connection) -> None:
-    """Single-task ``POST /v1/triggers`` from ``concurrency`` clients for ``seconds``."""
+def load_process(
+    urls: list[str], token: str, concurrency: int, seconds: float, conn: Connection
+) -> None:
+    """Single-task ``POST /v1/triggers`` from ``concurrency`` clients for ``seconds``.
 
-    async def worker(session: aiohttp.ClientSession, stop_at: float, out: list[float]) -> int:
+    Client ``i`` sends to ``urls[i % len(urls)]``: with several replicas, round robin.
+    """
+
+    async def worker(
+        session: aiohttp.ClientSession, url: str, stop_at: float, out: list[float]
+    ) -> int:
         accepted = 0
         while time.perf_counter() < stop_at:
             body = {"tasks": [{"entityId": str(uuid.uuid4()), "field": "emails"}]}
@@ -68,10 +77,59 @@ def load_process(url: str, token: str, concurrency: int, seconds: float, conn: C
             started = time.perf_counter()
             stop_at = started + seconds
             counts = await asyncio.gather(
-                *(worker(session, stop_at, latencies) for _ in range(concurrency))
+                *(
+                    worker(session, urls[i % len(urls)], stop_at, latencies)
+                    for i in range(concurrency)
+                )
             )
             elapsed = time.perf_counter() - started
         conn.send({"accepted": sum(counts), "latencies": latencies, "elapsed": elapsed})
+
+    asyncio.run(main())
+
+
+def bridge_process(settings: dict[str, Any], run_jobs: bool, conn: Connection) -> None:
+    """One ``serve`` of ``settings`` (plain data) on a free loopback port, until ``"stop"``.
+
+    Sends its base URL once serving, and its peak RSS in MB once stopped.
+    """
+    from bridge import app as app_mod  # noqa: PLC0415 - the child's own imports
+    from bridge import cli, logs  # noqa: PLC0415
+    from bridge import settings as settings_mod  # noqa: PLC0415
+
+    cli.tune_gc()  # as `serve` does
+    logs.configure("warning", "console")  # as the bench's own process logs
+
+    async def main() -> None:
+        app = app_mod.create_app(settings_mod.Settings(**settings), run_jobs=run_jobs)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            conn.send(_http.base_url(runner))
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        finally:
+            await runner.cleanup()
+        conn.send(bench.peak_rss_mb())
+
+    asyncio.run(main())
+
+
+def bare_process(conn: Connection) -> None:
+    """The ingest ceiling: a bare aiohttp handler that reads the body and answers 202."""
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"enrichments": [{"id": str(uuid.uuid4())}]}, status=202)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/triggers", accept)
+        runner = await _http.serve_app(app, "127.0.0.1", 0)
+        conn.send(_http.base_url(runner))
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        await runner.cleanup()
+        conn.send(bench.peak_rss_mb())
 
     asyncio.run(main())
 
@@ -86,11 +144,13 @@ def remote_process(secret: str, conn: Connection) -> None:
         conn.send((_http.base_url(runners[0]), _http.base_url(runners[1])))
         loop = asyncio.get_running_loop()
         while (await loop.run_in_executor(None, conn.recv)) != "stop":
+            sample = next(iter(sink.received.values()), {})
             conn.send(
                 {
                     "received": len(sink.received),
                     "rejected": sink.rejected,
                     "requests": dict(simulator.requests),
+                    "sample_bytes": len(orjson.dumps(sample)),
                 }
             )
         for runner in runners:
@@ -220,3 +280,57 @@ def receivers_process(secret: str, conn: Connection) -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def poller_process(
+    ledger_settings: dict[str, Any], lance_url: str, tick_requests: int, conn: Connection
+) -> None:
+    """One poller over the ledger of ``ledger_settings``, beside any others on the same one.
+
+    Sends ``"ready"`` once its ledger is open; on ``"go"``, runs poll ticks of up to
+    ``tick_requests`` batch queries until one finds nothing due, then sends what it did:
+    status updates, batch queries, its start and end (``time.monotonic``, comparable between
+    processes), and its peak RSS.
+    """
+    import pydantic  # noqa: PLC0415 - the child's own imports
+
+    from bridge import lance, ledger, poller  # noqa: PLC0415
+    from bridge import settings as settings_mod  # noqa: PLC0415
+
+    async def main() -> None:
+        config = settings_mod.PollSettings(max_requests_per_tick=tick_requests, concurrency=4)
+        store = await ledger.open(settings_mod.LedgerSettings(**ledger_settings))
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = lance.LanceClient(session, lance_url, pydantic.SecretStr("sim-token"))
+                job = poller.Poller(store, client, config, clock=time.time)
+                conn.send("ready")
+                await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+                started = time.monotonic()
+                updated = requests = 0
+                while (report := await job.run_once()).due:
+                    updated += report.updated
+                    requests += report.requests
+                ended = time.monotonic()
+        finally:
+            await store.close()
+        conn.send(
+            {
+                "updated": updated,
+                "requests": requests,
+                "started": started,
+                "ended": ended,
+                "rss_mb": bench.peak_rss_mb(),
+            }
+        )
+
+    asyncio.run(main())
+
+
+def scale_process(
+    ledger_settings: dict[str, Any], count: int, lance_url: str, conn: Connection
+) -> None:
+    """:func:`bridge.bench.poll.scale_once` in a process of its own; sends its figures."""
+    from bridge.bench import poll  # noqa: PLC0415 - the child's own imports
+
+    conn.send(asyncio.run(poll.scale_once(ledger_settings, count, lance_url)))

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from bridge import errors, ledger, model, outbox
+from bridge import batching, errors, ledger, model, outbox
 from bridge import settings as settings_mod
 from bridge.ledger import events, postgres_db, postgres_match, postgres_rows
 
@@ -121,12 +121,16 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         self.router = router
         self.db = db
         self.replica = ledger.replica_id(settings_mod.LedgerSettings())  # :func:`open` names it
+        self._accepts = batching.GroupCommit(self._accept_groups)
+        self._applies = batching.GroupCommit(self._apply_groups)
 
     def __repr__(self) -> str:
         return f"<PostgresLedger {self.db.where}>"
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Wait for the group commits in progress, then close the pool."""
+        await self._accepts.close()
+        await self._applies.close()
         await self.db.close()
 
     # -- health ---------------------------------------------------------------------------
@@ -147,10 +151,19 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
     # -- accepting work and inbound CRM events --------------------------------------------
 
     async def accept(self, tasks: Sequence[model.Task], now: float) -> list[model.Accepted]:
-        """Record ``tasks``; a task already in flight attaches its targets to that row."""
+        """Record ``tasks``; a task already in flight attaches its targets to that row.
+
+        Concurrent calls share one transaction (group commit), as on SQLite: under a load of
+        single-task triggers each commit, and its WAL flush, carries many requests' rows.
+        Each call returns once its tasks are committed.
+        """
+        return await self._accepts.submit((tasks, now))
+
+    async def _accept_groups(
+        self, groups: Sequence[tuple[Sequence[model.Task], float]]
+    ) -> list[list[model.Accepted]]:
         async with self.db.transaction() as conn:
-            [accepted] = await postgres_rows.accept_in(conn, [(tasks, now)])
-        return accepted
+            return await postgres_rows.accept_in(conn, groups)
 
     async def receive(
         self, source: str, events: Sequence[model.Inbound], now: float
@@ -201,7 +214,7 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
                 "UPDATE inbound SET state = r.state, detail = r.detail, updated_at = %s,"
                 " match_key = r.match_key, request = r.request,"
                 " claimed_by = NULL, claim_expires_at = NULL"
-                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+                " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
                 " AS r (key, state, detail, match_key, request)"
                 " WHERE inbound.source = %s AND inbound.key = r.key AND inbound.state = 'lookup'",
                 (
@@ -335,42 +348,58 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         """Write new states, with the events terminal states cause, in one transaction.
 
         A change to a row another replica has claimed since is refused (fenced); the claim of
-        a written row ends.
+        a written row ends. Concurrent calls share one transaction (group commit): a poll
+        tick's requests answer at once, and one commit for all of them costs one round of
+        statements, where one each would queue them for the pool's few connections.
         """
-        if not changes:
-            return
-        moving = [c for c in changes if c.state in _TERMINAL]
-        staying = [c for c in changes if c.state == _PENDING]
+        if changes:
+            await self._applies.submit((changes, now))
+
+    async def _apply_groups(
+        self, groups: Sequence[tuple[Sequence[ledger.Change], float]]
+    ) -> list[None]:
+        moving = [(c, now) for changes, now in groups for c in changes if c.state in _TERMINAL]
+        staying = [(c, now) for changes, now in groups for c in changes if c.state == _PENDING]
         async with self.db.transaction() as conn:
             for from_queue, sql in (
                 (False, postgres_rows.STILL_PENDING),
                 (True, postgres_rows.TO_PENDING),
             ):
-                group = [c for c in staying if c.from_queue is from_queue]
+                group = [(c, n) for c, n in staying if c.from_queue is from_queue]
                 if group:
-                    await conn.execute(sql, postgres_rows.pending_params(group, now, self.replica))
+                    await conn.execute(sql, postgres_rows.pending_params(group, self.replica))
             if moving:
                 await conn.execute(
-                    postgres_rows.TO_TERMINAL,
-                    postgres_rows.terminal_params(moving, now, self.replica),
+                    postgres_rows.TO_TERMINAL, postgres_rows.terminal_params(moving, self.replica)
                 )
-            ready = [(c.id, now) for c in moving if not postgres_rows.needs_fetch(c)]
+            ready = [(c.id, n) for c, n in moving if not postgres_rows.needs_fetch(c)]
             await postgres_rows.emit(conn, self.router, ready)
+        return [None] * len(groups)
 
     # -- fetch job ------------------------------------------------------------------------
 
     async def awaiting_values(
         self, limit: int, *, hold_after: float = float("inf")
     ) -> dict[tuple[str, str], list[tuple[int, str]]]:
-        """Finished-with-data rows, grouped by entity so each entity is read once."""
+        """Claim finished-with-data rows, grouped by entity so each entity is read once.
+
+        Rows another replica holds are skipped, so no two replicas read the same values.
+        """
+        # The interface gives this verb no clock, so the lease runs on the server's.
         rows = await self.db.fetch(
-            "SELECT id, entity_type, entity_id, field FROM enrichments e WHERE needs_fetch = 1"
-            " AND NOT (finished_at > %s AND EXISTS (SELECT 1 FROM enrichments o"
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now),"
+            " due AS (SELECT id FROM enrichments e, now WHERE needs_fetch = 1"
+            " AND (claimed_by IS NULL OR claimed_by = %(me)s OR claim_expires_at <= now.now)"
+            " AND NOT (finished_at > %(hold)s AND EXISTS (SELECT 1 FROM enrichments o"
             " WHERE o.entity_id = e.entity_id AND o.entity_type = e.entity_type"
             " AND o.state IN ('queued', 'pending')))"
-            " ORDER BY id LIMIT %s",
-            (hold_after, limit),
+            " ORDER BY id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED)"
+            " UPDATE enrichments e SET claimed_by = %(me)s,"
+            " claim_expires_at = now.now + %(lease)s FROM due, now WHERE e.id = due.id"
+            " RETURNING e.id, e.entity_type, e.entity_id, e.field",
+            {"me": self.replica, "hold": hold_after, "limit": limit, "lease": LEASE_S},
         )
+        rows.sort(key=lambda r: r[0])
         grouped: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for row_id, entity_type, entity_id, field in rows:
             grouped.setdefault((entity_type, entity_id), []).append((row_id, field))
@@ -383,7 +412,8 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
                 "UPDATE enrichments e SET enriched = v.enriched, needs_fetch = 0,"
-                " updated_at = %s FROM unnest(%s::bigint[], %s::text[]) AS v (id, enriched)"
+                " updated_at = %s, claimed_by = NULL, claim_expires_at = NULL"
+                " FROM unnest(%b::bigint[], %b::text[]) AS v (id, enriched)"
                 " WHERE e.id = v.id AND e.needs_fetch = 1 RETURNING e.id",
                 (now, [i for i, _ in values], [orjson.dumps(v).decode() for _, v in values]),
             )
@@ -434,7 +464,7 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
             return set()
         rows = await self.db.fetch(
             "SELECT DISTINCT t.object_type, t.object_id"
-            " FROM unnest(%s::text[], %s::text[]) AS r (object_type, object_id)"
+            " FROM unnest(%b::text[], %b::text[]) AS r (object_type, object_id)"
             " JOIN targets t ON t.connector = %s AND t.object_type = r.object_type"
             " AND t.object_id = r.object_id AND t.object_id != ''"
             " JOIN enrichments e ON e.id = t.enrichment_id"
@@ -452,8 +482,8 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
                 "UPDATE deliveries d SET state = a.state, attempts = d.attempts + 1,"
                 " next_attempt_at = a.next_at, last_error = a.error, response_status = a.status,"
                 " updated_at = %(now)s, claimed_by = NULL, claim_expires_at = NULL"
-                " FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(next)s::float8[],"
-                " %(errors)s::text[], %(statuses)s::int[]) AS a (id, state, next_at, error, status)"
+                " FROM unnest(%(ids)b::bigint[], %(states)b::text[], %(next)b::float8[],"
+                " %(errors)b::text[], %(statuses)b::int[]) AS a (id, state, next_at, error, status)"
                 " WHERE d.id = a.id AND d.state = 'pending'"
                 " AND (d.claimed_by IS NULL OR d.claimed_by = %(me)s)",
                 {

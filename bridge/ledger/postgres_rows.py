@@ -26,14 +26,14 @@ Conn = psycopg.AsyncConnection[Any]
 _INSERT_NEW = (
     "INSERT INTO enrichments (entity_type, entity_id, field, mode, state, created_at,"
     " updated_at, started_at, next_poll_at)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::float8[], %s::float8[], %s::float8[], %s::float8[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::float8[], %b::float8[], %b::float8[], %b::float8[])"
     " ON CONFLICT (entity_type, entity_id, field) WHERE state IN ('queued', 'pending')"
     " DO NOTHING RETURNING id, entity_type, entity_id, field, state, mode"
 )
 _IN_FLIGHT = (
     "SELECT e.id, e.entity_type, e.entity_id, e.field, e.state, e.mode FROM enrichments e"
-    " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k (entity_type, entity_id, field)"
+    " JOIN unnest(%b::text[], %b::text[], %b::text[]) AS k (entity_type, entity_id, field)"
     " USING (entity_type, entity_id, field) WHERE e.state IN ('queued', 'pending')"
 )
 
@@ -80,8 +80,8 @@ async def accept_in(
     ]
     if targets:
         await conn.execute(
-            "INSERT INTO targets SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[],"
-            " %s::text[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO targets SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],"
+            " %b::text[]) ON CONFLICT DO NOTHING",
             _columns(sorted(set(targets)), 4),
         )
     seen: set[int] = set()
@@ -111,9 +111,9 @@ async def insert_inbound(
     returned = await _rows(
         conn,
         "INSERT INTO inbound (source, key, state, object_type, object_id, detail, received_at,"
-        " updated_at, match_key, request) SELECT * FROM unnest(%s::text[], %s::text[],"
-        " %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
-        " %s::text[], %s::text[])"
+        " updated_at, match_key, request) SELECT * FROM unnest(%b::text[], %b::text[],"
+        " %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[],"
+        " %b::text[], %b::text[])"
         " ON CONFLICT (source, key) DO NOTHING RETURNING key",
         _columns(rows, 10),
     )
@@ -145,8 +145,8 @@ async def emit(conn: Conn, router: outbox.Router, ready: Sequence[tuple[int, flo
         await conn.execute(
             "INSERT INTO deliveries (enrichment_id, connector, object_type, object_id,"
             " event_type, message_id, body, next_attempt_at, created_at, updated_at, state)"
-            " SELECT *, 'pending' FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::text[], %s::bytea[], %s::float8[], %s::float8[], %s::float8[])"
+            " SELECT *, 'pending' FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[],"
+            " %b::text[], %b::text[], %b::bytea[], %b::float8[], %b::float8[], %b::float8[])"
             " ON CONFLICT DO NOTHING",
             _columns(new, 10),
         )
@@ -165,11 +165,11 @@ def needs_fetch(change: ledger.Change) -> bool:
 _PENDING_UPDATE = (
     "UPDATE enrichments e SET state = 'pending', record = coalesce(c.record, e.record),"
     " lance_id = coalesce(c.lance_id, e.lance_id), next_poll_at = c.next_at,"
-    " polls = e.polls + 1, updated_at = %(now)s,"
-    " started_at = coalesce(e.started_at, %(now)s), claimed_by = NULL,"
+    " polls = e.polls + 1, updated_at = c.now,"
+    " started_at = coalesce(e.started_at, c.now), claimed_by = NULL,"
     " claim_expires_at = NULL"
-    " FROM unnest(%(ids)s::bigint[], %(records)s::text[], %(lance)s::text[],"
-    " %(next)s::float8[]) AS c (id, record, lance_id, next_at)"
+    " FROM unnest(%(ids)b::bigint[], %(records)b::text[], %(lance)b::text[],"
+    " %(next)b::float8[], %(now)b::float8[]) AS c (id, record, lance_id, next_at, now)"
     " WHERE e.id = c.id AND (e.claimed_by IS NULL OR e.claimed_by = %(me)s)"
 )
 STILL_PENDING = _PENDING_UPDATE + " AND e.state = 'pending'"
@@ -180,11 +180,11 @@ TO_TERMINAL = (
     "UPDATE enrichments e SET state = c.state, record = coalesce(c.record, e.record),"
     " lance_id = coalesce(c.lance_id, e.lance_id), data_found = coalesce(c.found, e.data_found),"
     " error = coalesce(c.error, e.error), needs_fetch = c.needs_fetch, next_poll_at = NULL,"
-    " polls = e.polls + 1, updated_at = %(now)s, finished_at = %(now)s,"
-    " started_at = coalesce(e.started_at, %(now)s), claimed_by = NULL, claim_expires_at = NULL"
-    " FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(records)s::text[],"
-    " %(lance)s::text[], %(found)s::int[], %(errors)s::text[], %(fetch)s::int[])"
-    " AS c (id, state, record, lance_id, found, error, needs_fetch)"
+    " polls = e.polls + 1, updated_at = c.now, finished_at = c.now,"
+    " started_at = coalesce(e.started_at, c.now), claimed_by = NULL, claim_expires_at = NULL"
+    " FROM unnest(%(ids)b::bigint[], %(states)b::text[], %(records)b::text[],"
+    " %(lance)b::text[], %(found)b::int[], %(errors)b::text[], %(fetch)b::int[],"
+    " %(now)b::float8[]) AS c (id, state, record, lance_id, found, error, needs_fetch, now)"
     " WHERE e.id = c.id AND e.state IN ('queued', 'pending')"
     " AND (e.claimed_by IS NULL OR e.claimed_by = %(me)s)"
 )
@@ -194,27 +194,29 @@ def _record_json(change: ledger.Change) -> str | None:
     return None if change.record is None else orjson.dumps(change.record).decode()
 
 
-def pending_params(changes: Sequence[ledger.Change], now: float, me: str) -> dict[str, Any]:
+def pending_params(changes: Sequence[tuple[ledger.Change, float]], me: str) -> dict[str, Any]:
+    """The arrays of :data:`STILL_PENDING` / :data:`TO_PENDING`: (change, its time) pairs."""
     return {
-        "now": now,
         "me": me,
-        "ids": [c.id for c in changes],
-        "records": [_record_json(c) for c in changes],
-        "lance": [None if c.record is None else c.record.get("id") for c in changes],
-        "next": [c.next_poll_at for c in changes],
+        "ids": [c.id for c, _ in changes],
+        "records": [_record_json(c) for c, _ in changes],
+        "lance": [None if c.record is None else c.record.get("id") for c, _ in changes],
+        "next": [c.next_poll_at for c, _ in changes],
+        "now": [now for _, now in changes],
     }
 
 
-def terminal_params(changes: Sequence[ledger.Change], now: float, me: str) -> dict[str, Any]:
-    found = [None if c.record is None else c.record.get("dataFound") for c in changes]
+def terminal_params(changes: Sequence[tuple[ledger.Change, float]], me: str) -> dict[str, Any]:
+    """The arrays of :data:`TO_TERMINAL`: (change, its time) pairs."""
+    found = [None if c.record is None else c.record.get("dataFound") for c, _ in changes]
     return {
-        "now": now,
         "me": me,
-        "ids": [c.id for c in changes],
-        "states": [c.state for c in changes],
-        "records": [_record_json(c) for c in changes],
-        "lance": [None if c.record is None else c.record.get("id") for c in changes],
+        "ids": [c.id for c, _ in changes],
+        "states": [c.state for c, _ in changes],
+        "records": [_record_json(c) for c, _ in changes],
+        "lance": [None if c.record is None else c.record.get("id") for c, _ in changes],
         "found": [None if f is None else int(bool(f)) for f in found],
-        "errors": [c.error for c in changes],
-        "fetch": [int(needs_fetch(c)) for c in changes],
+        "errors": [c.error for c, _ in changes],
+        "fetch": [int(needs_fetch(c)) for c, _ in changes],
+        "now": [now for _, now in changes],
     }
