@@ -10,8 +10,9 @@ Two kinds of figures:
   plain counters; only this module knows Prometheus.
 
 The ledger figures themselves are read by :mod:`bridge.ledger_figures`, which the dashboard
-shares; this module renders them. Each app has its own :class:`~prometheus_client.CollectorRegistry`, never the global default
-one, so several apps in one process (tests, ``bench``) do not collide.
+shares; this module renders them. Each app has its own
+:class:`~prometheus_client.CollectorRegistry`, never the global default one, so several apps
+in one process (tests, ``bench``) do not collide.
 """
 
 from __future__ import annotations
