@@ -135,7 +135,8 @@ async def read_ledger(
         now: The bridge clock.
         charges: The running count of charged rows.
         baseline: Per connector, the deficit of delivery rows found when the process started;
-            only a deficit beyond it counts as undelivered (see :meth:`Metrics.open`).
+            only a deficit beyond it counts as undelivered (see
+            :meth:`bridge.metrics.Metrics.open`).
     """
     snap = await store.snapshot()
     first = snap.first_in_flight
