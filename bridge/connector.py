@@ -4,6 +4,8 @@ A connector turns completion events into requests to one destination (a webhook 
 The core never names a connector: types are found through the ``lance_bridge.connectors``
 entry-point group (:mod:`bridge.registry`), so a new connector is one module plus one line in
 ``pyproject.toml``. What is worth retrying is decided in :mod:`bridge.classify`.
+The inbound half (hook requests, their refusals, what a record lookup found) lives in
+:mod:`bridge.inbound_contract`; this module names it too.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import abc
 import asyncio
 import collections
 import dataclasses
-import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,8 +23,36 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from bridge import classify, errors, jsonbody, linkedin, model
+from bridge import classify, model
 from bridge.classify import Outcome
+from bridge.inbound_contract import (
+    HookError,
+    HookRequest,
+    IdWrite,
+    Lookup,
+    inbound_of,
+    linkedin_match,
+    name_match,
+    same_secret,
+    wire_bytes,
+)
+
+__all__ = [
+    "Connector",
+    "ConnectorConfig",
+    "HookError",
+    "HookRequest",
+    "IdWrite",
+    "Lookup",
+    "OutcomesCallback",
+    "Reply",
+    "inbound_of",
+    "linkedin_match",
+    "name_match",
+    "not_blank",
+    "same_secret",
+    "wire_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,109 +98,6 @@ class Reply:
 
 # Told the outcomes of one chunk as they arrive: (indexes into the events sent, outcomes).
 OutcomesCallback = Callable[[Sequence[int], Sequence[Outcome]], None]
-
-# What a record lookup found: the tasks to accept, why there are none, or (a record without
-# a Lance id) the person search that finds its Lance id first.
-Lookup = tuple[model.Task, ...] | str | model.Match
-# A Lance id found for a CRM record: (objectType, objectId, Lance id) to write to the record.
-IdWrite = tuple[str, str, str]
-
-
-def inbound_of(key: str, found: Lookup, record: tuple[str, str] = ("", "")) -> model.Inbound:
-    """The inbound event a record's answer makes: its tasks, its person search, or a skip."""
-    if isinstance(found, str):
-        return model.Inbound(key, skipped=found, record=record)
-    if isinstance(found, model.Match):
-        return model.Inbound(key, match=found, record=record)
-    return model.Inbound(key, tasks=found, record=record)
-
-
-def linkedin_match(
-    value: Any, where: str, fields: Sequence[str], record: model.Target, *, write_back: bool
-) -> model.Match | None:
-    """The person search a record's LinkedIn value asks for, or ``None`` without a value.
-
-    Args:
-        value: The record's LinkedIn property as the CRM sent it.
-        where: Names the property in the reason kept for a value that is not a profile URL.
-        fields: The fields to enrich once the person is found.
-        record: The record itself, the target of the results (and of the write-back).
-        write_back: Whether the Lance id found is written to the record.
-    """
-    if not isinstance(value, str) or not value.strip():
-        return None
-    targets, kept = (record,), tuple(fields)
-    try:
-        key = linkedin.match_key(value)
-    except linkedin.NotAProfileUrl as exc:
-        return model.Match("", kept, targets, write_back, problem=f"{where}: {exc.reason}")
-    return model.Match(key, kept, targets, write_back)
-
-
-def name_match(
-    full_name: Any, company: Any, fields: Sequence[str], record: model.Target, *, write_back: bool
-) -> model.Match | None:
-    """The name + company search (``match_by`` opt-in), or ``None`` unless both are given."""
-    key = linkedin.name_key(full_name, company)
-    return None if key is None else model.Match(key, tuple(fields), (record,), write_back)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HookRequest:
-    """An inbound request to ``/hooks/...``, as a connector verifies and parses it.
-
-    Attributes:
-        method: The HTTP method.
-        url: The URL the sender called: ``server.public_url`` + the raw path and query when
-            set (behind a proxy), else the scheme, Host and raw path the bridge saw.
-        headers: The request headers (case-insensitive).
-        body: The exact bytes received; signatures are checked against these.
-        now: The bridge clock, in Unix seconds.
-        max_json_depth: How deeply a JSON body may nest (``server.max_json_depth``).
-    """
-
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes
-    now: float
-    max_json_depth: int = jsonbody.DEFAULT_MAX_DEPTH
-
-    def json(self) -> Any:
-        """The body decoded as JSON, through the bridge's depth-limited parser.
-
-        Raises:
-            HookError: 400 ``invalid_json``: not JSON, or nested deeper than allowed.
-        """
-        try:
-            return jsonbody.loads(self.body, max_depth=self.max_json_depth)
-        except jsonbody.JsonBodyError as exc:
-            raise HookError(400, "invalid_json", exc.message) from None
-
-
-def wire_bytes(text: str) -> bytes:
-    """A header value (or a URL made of the Host header and path) as the bytes received.
-
-    aiohttp decodes those bytes as UTF-8 with ``surrogateescape``, so bytes that are not text
-    (a lone 0xff, say) arrive as lone surrogates, which a plain ``str.encode()`` refuses.
-    Encoding them back the same way gives exactly the bytes sent, which then compare or sign
-    like any others, and simply do not match.
-    """
-    return text.encode("utf-8", "surrogateescape")
-
-
-def same_secret(presented: str, expected: str) -> bool:
-    """Whether a credential taken from a request header is ``expected``, in constant time."""
-    return hmac.compare_digest(wire_bytes(presented), expected.encode())
-
-
-class HookError(errors.BridgeError):
-    """An inbound request refused: ``status`` and a stable ``code`` for the answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class Connector(abc.ABC):

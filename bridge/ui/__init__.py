@@ -2,8 +2,10 @@
 
 Pages work without JavaScript; htmx only refreshes the overview's figures, and a small static
 script shows timestamps in the viewer's zone. :mod:`bridge.ui.session` holds the login, the CSRF
-check and the security headers; :mod:`bridge.ui.pages` the pages; :mod:`bridge.ui.charts` the
-overview's figures and charts.
+check and the security headers; :mod:`bridge.ui.pages` names the pages, which live by group
+(:mod:`~bridge.ui.overview`, :mod:`~bridge.ui.enrichments`, :mod:`~bridge.ui.deliveries`,
+:mod:`~bridge.ui.inbound`) over the query checks of :mod:`bridge.ui.params`;
+:mod:`bridge.ui.charts` the overview's figures and charts.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The overview's figures and its charts, drawn on the server as inline SVG (no script).
 
 Counting a 1,000,000-row ledger by state takes longer than a page may, so the overview reads
-the ledger's figures (:func:`bridge.metrics.read_ledger`) at most every :data:`FRESH_S` and, once
-they are older, answers with the last ones while a fresh read runs beside it: every page answers
-at once, and a page shows figures at most one refresh old.
+the ledger's figures (:func:`bridge.ledger_figures.read_ledger`) at most every
+:data:`FRESH_S` and, once they are older, answers with the last ones while a fresh read runs
+beside it: every page answers at once, and a page shows figures at most one refresh old.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from html import escape
 
-from bridge import ledger, metrics
+from bridge import ledger, ledger_figures
 
 FRESH_S = 2.0  # the overview re-reads the ledger's figures at most this often
 # Charged rows are counted this many ids per read, so a page read waits for one short chunk.
@@ -28,11 +28,11 @@ class Figures:
     """The last ledger figures the overview read, refreshed beside the requests."""
 
     def __init__(self) -> None:
-        self._charges = metrics._Charges(CHARGE_CHUNK_IDS)  # the metrics' incremental count
-        self._last: tuple[float, metrics.LedgerFigures] | None = None
-        self._refresh: asyncio.Task[metrics.LedgerFigures] | None = None
+        self._charges = ledger_figures.Charges(CHARGE_CHUNK_IDS)  # the metrics' incremental count
+        self._last: tuple[float, ledger_figures.LedgerFigures] | None = None
+        self._refresh: asyncio.Task[ledger_figures.LedgerFigures] | None = None
 
-    async def get(self, store: ledger.Ledger, now: float) -> metrics.LedgerFigures:
+    async def get(self, store: ledger.Ledger, now: float) -> ledger_figures.LedgerFigures:
         """The figures: read now the first time, then at most :data:`FRESH_S` old plus one
         read's duration (a stale answer starts the read that replaces it)."""
         if self._last is None:
@@ -43,13 +43,13 @@ class Figures:
             self._refresh.add_done_callback(self._done)
         return figures
 
-    def _done(self, task: asyncio.Task[metrics.LedgerFigures]) -> None:
+    def _done(self, task: asyncio.Task[ledger_figures.LedgerFigures]) -> None:
         self._refresh = None
         if not task.cancelled():
             task.exception()  # a failed read keeps the last figures; the next page retries
 
-    async def _read(self, store: ledger.Ledger, now: float) -> metrics.LedgerFigures:
-        figures = await metrics.read_ledger(store, now, self._charges, {})
+    async def _read(self, store: ledger.Ledger, now: float) -> ledger_figures.LedgerFigures:
+        figures = await ledger_figures.read_ledger(store, now, self._charges, {})
         self._last = (time.monotonic(), figures)
         return figures
 

@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 
 from bridge import errors
-from bridge.lance import _error, _error_fields, _records, _template, key_of
+from bridge.lance_wire import error_fields as _error_fields
+from bridge.lance_wire import error_of as _error
+from bridge.lance_wire import key_of
+from bridge.lance_wire import records as _records
+from bridge.lance_wire import template as _template
 
 RECORD = {
     "id": "3f0c1b8e-6a51-4e0b-9a3c-5d2e7f9a1b20",
