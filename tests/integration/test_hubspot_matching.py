@@ -17,7 +17,8 @@ import pytest
 from bridge import runtime
 from bridge.sim import hubspot as hs
 from bridge.sim import lance as sim
-from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of
+from tests.conftest import BridgeFactory, Clock, drain, jobs_of
+from tests.integration.matching import inbound, people_by_url
 from tests.integration.test_hubspot import (
     READ,
     TRIGGER,
@@ -41,9 +42,7 @@ FORMS = (
 
 def _portal(sandbox: hs.HubSpotSandbox, lance: sim.LanceSimulator) -> dict[str, list[Any]]:
     """500 contacts as a portal has them: 400 findable, 40 namesakes, 40 unknown, 20 junk."""
-    shared = collections.Counter(p.linkedin_url for p in lance.directory.people)
-    single = [p for p in lance.directory.people if shared[p.linkedin_url] == 1]
-    twins = sorted({p.linkedin_url for p in lance.directory.people if shared[p.linkedin_url] > 1})
+    single, twins = people_by_url(lance)
     assert (len(single) >= 400, len(twins) >= 40) == (True, True)
     contacts: dict[str, list[Any]] = {"matched": [], "ambiguous": [], "unmatched": []}
     for n, person in enumerate(single[:400]):
@@ -75,20 +74,6 @@ async def _send(client: Client, requests: list[list[dict[str, Any]]], clock: Clo
         assert response.status == 200
         answers.update(await response.json())
     return answers
-
-
-async def _inbound(client: Client, state: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    cursor = ""
-    while True:
-        url = f"/v1/inbound?state={state}&limit=50" + (f"&cursor={cursor}" if cursor else "")
-        response = await client.get(url, headers=auth())
-        assert response.status == 200, await response.text()
-        page = await response.json()
-        rows += page["inbound"]
-        cursor = page["nextCursor"]
-        if not cursor:
-            return rows
 
 
 @pytest.mark.parametrize("sim_config", [{"people": 1200}], indirect=True)
@@ -135,11 +120,11 @@ async def test_500_contacts_without_lance_ids_are_matched_written_back_and_enric
         assert not record.get("lance_person_id")
         assert not record.get("email")
     assert {entity for _, entity, _ in lance.charges} == {person.id for _, person in matched}
-    ambiguous = await _inbound(client, "ambiguous")
+    ambiguous = await inbound(client, "ambiguous")
     assert sorted(r["objectId"] for r in ambiguous) == sorted(contacts["ambiguous"])
     assert all(r["reason"].startswith("2 Lance people match") for r in ambiguous)
     assert all(len(r["candidates"]) == 2 for r in ambiguous)
-    unmatched = await _inbound(client, "unmatched")
+    unmatched = await inbound(client, "unmatched")
     assert sorted(r["objectId"] for r in unmatched) == sorted(contacts["unmatched"])
     reasons = collections.Counter(r["reason"].split(":")[0] for r in unmatched)
     assert reasons == {"no Lance person found for this LinkedIn URL": 40, "hs_linkedin_url": 20}
@@ -156,7 +141,7 @@ async def test_500_contacts_without_lance_ids_are_matched_written_back_and_enric
     assert lance.requests[TRIGGER] == triggers
     assert lance.charges == credits
     # The events settled from the match table carry the reason the search gave.
-    ambiguous = await _inbound(client, "ambiguous")
+    ambiguous = await inbound(client, "ambiguous")
     assert len(ambiguous) == 80
     assert all(r["reason"].startswith("2 Lance people match") for r in ambiguous)
     counts = await client.app[runtime.BRIDGE].ledger.inbound_counts()
