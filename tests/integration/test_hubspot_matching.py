@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from bridge import runtime
 from bridge.sim import hubspot as hs
@@ -20,6 +22,7 @@ from bridge.sim import lance as sim
 from tests.conftest import BridgeFactory, Clock, drain, jobs_of
 from tests.integration.matching import inbound, people_by_url
 from tests.integration.test_hubspot import (
+    CLIENT_SECRET,
     READ,
     TRIGGER,
     UPDATE,
@@ -202,3 +205,59 @@ async def test_a_failed_write_back_is_retried_and_never_holds_up_the_enrichment(
     clock.advance(61)
     assert (await jobs_of(client).matcher.run_once()).written_back == 1
     assert sandbox.record("contacts", contact)["lance_person_id"] == person.id
+
+
+class _RefusingSandbox(hs.HubSpotSandbox):
+    """A sandbox whose OAuth tokens expire at the second batch update of contacts, and whose
+    token endpoint then refuses the refresh once."""
+
+    def _take_fault(self, key: str) -> web.Response | None:
+        if key.endswith("/batch/update") and self.counts[key] == 2:
+            self.expire_tokens()
+            self.fail_next(1, 400, route="oauth")
+        return super()._take_fault(key)
+
+
+@pytest.fixture
+async def refusing(clock: Clock) -> AsyncIterator[tuple[hs.HubSpotSandbox, str]]:
+    sandbox = _RefusingSandbox(clock=clock, client_secret=CLIENT_SECRET, rate_limit=0)
+    runner = await hs.serve(sandbox)
+    yield sandbox, hs.base_url(runner)
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("sim_config", [{"people": 600}], indirect=True)
+async def test_a_failed_batch_of_write_backs_leaves_the_batches_written_before_it_done(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    refusing: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance, lance_url = simulator
+    sandbox, hubspot_url = refusing
+    oauth = {"access_token": None, "refresh_token": "refresh-sandbox"}
+    settings = hubspot_settings(
+        tmp_path, lance_url, hubspot_url, client_id=sandbox.client_id, **oauth
+    )
+    settings = settings.model_copy(
+        update={"match": settings.match.model_copy(update={"searches_per_minute": 0})}
+    )
+    client = await make_bridge(settings)
+    single, _ = people_by_url(lance)
+    people = {
+        sandbox.add_record("contacts", {"hs_linkedin_url": p.linkedin_url}): p for p in single[:150]
+    }
+    await _send(client, _creations(list(people), clock, 70_000), clock)
+    await jobs_of(client).resolver.run_once()
+
+    report = await jobs_of(client).matcher.run_once()
+
+    # The first 100 were written before the token was refused; only the last 50 wait.
+    assert (report.matched, report.written_back, report.write_back_failed) == (150, 100, 50)
+    written = [c for c in people if sandbox.record("contacts", c).get("lance_person_id")]
+    assert len(written) == 100
+    clock.advance(61)
+    assert (await jobs_of(client).matcher.run_once()).written_back == 50
+    for contact, person in people.items():
+        assert sandbox.record("contacts", contact)["lance_person_id"] == person.id
