@@ -224,6 +224,9 @@ def outcome_of(key: str, page: lance.PersonPage) -> ledger.Found:
     if total > 1:
         reason = f"{total} Lance people match {_what(key)}; trigger one by its entityId"
         return ledger.Found(key, _AMBIGUOUS, None, usable, reason)
+    if not usable:  # Lance counted one person, yet the page holds nobody: nothing to trust
+        reason = "Lance counted 1 person but sent none"
+        return ledger.Found(key, _UNMATCHED, reason=reason, cached=False)
     [person] = page.people
     if key.startswith(linkedin.MATCH_PREFIX) and not _same_profile(key, person):
         reason = "the one person Lance found has another LinkedIn URL"

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from bridge import ledger, model
 
 SETTLED_BY_TRIGGER = "settled by a manual trigger naming its Lance id"
+RETRY = "retry"
+
+
+def waiting(rows: Sequence[Sequence[Any]]) -> list[ledger.Waiting]:
+    """Waiting events from rows of (source, key, match_key, request, attempts, ...)."""
+    return [
+        ledger.Waiting(str(r[0]), str(r[1]), model.Match.of_json(str(r[2]), str(r[3])), r[4])
+        for r in rows
+    ]
+
+
+def cacheable(found: Sequence[ledger.Found]) -> list[tuple[str, str, str | None, str, str | None]]:
+    """The match table's rows of ``found``: (key, outcome, entity_id, candidates, reason),
+    one per key (the last wins); a retry, or a search not to be cached, is none."""
+    rows = {
+        f.key: (f.key, f.outcome, f.entity_id, json.dumps(list(f.candidates)), f.reason)
+        for f in found
+        if f.cached and f.outcome != RETRY and f.key
+    }
+    return list(rows.values())
 
 
 def settling(tasks: Sequence[model.Task]) -> dict[tuple[str, str, str], str]:
@@ -35,4 +57,4 @@ def write_backs_of(
 
 def write_back_state(outcome: str) -> str:
     """The stored state of a write-back outcome: a ``retry`` stays ``pending``."""
-    return "pending" if outcome == "retry" else outcome
+    return "pending" if outcome == RETRY else outcome

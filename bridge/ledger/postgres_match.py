@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from bridge import ledger, model
 from bridge.ledger import match_rows, postgres_db, postgres_reads, postgres_rows
 
 _MATCHED = model.InboundState.MATCHED.value
-_RETRY = "retry"
 
 
 class Matching(postgres_reads.Reads):
@@ -39,10 +37,7 @@ class Matching(postgres_reads.Reads):
             {"now": now, "me": self.replica, "limit": limit, "until": now + self.lease_s},
         )
         rows.sort(key=lambda r: (r[5], r[0], r[1]))
-        return [
-            ledger.Waiting(str(r[0]), str(r[1]), model.Match.of_json(str(r[2]), str(r[3])), r[4])
-            for r in rows
-        ]
+        return match_rows.waiting(rows)
 
     async def settle_matches(
         self, settled: Sequence[tuple[ledger.Waiting, ledger.Found]], now: float
@@ -52,7 +47,7 @@ class Matching(postgres_reads.Reads):
             return model.Received()
         async with self.db.transaction() as conn:
             await _cache(conn, [found for _, found in settled], now)
-            retry = [(e, f) for e, f in settled if f.outcome == _RETRY]
+            retry = [(e, f) for e, f in settled if f.outcome == match_rows.RETRY]
             if retry:
                 await conn.execute(
                     "UPDATE inbound i SET detail = r.detail, attempts = i.attempts + 1,"
@@ -70,7 +65,7 @@ class Matching(postgres_reads.Reads):
                         "at": [f.retry_at for _, f in retry],
                     },
                 )
-            done = [(e, f) for e, f in settled if f.outcome != _RETRY]
+            done = [(e, f) for e, f in settled if f.outcome != match_rows.RETRY]
             kept: set[tuple[str, str]] = set()
             if done:
                 cursor = await conn.execute(
@@ -200,14 +195,10 @@ class Matching(postgres_reads.Reads):
 
 
 async def _cache(conn: postgres_rows.Conn, found: Sequence[ledger.Found], now: float) -> None:
-    rows: dict[str, tuple[Any, ...]] = {
-        f.key: (f.key, f.outcome, f.entity_id, json.dumps(list(f.candidates)), f.reason)
-        for f in found
-        if f.cached and f.outcome != _RETRY and f.key
-    }
+    rows = match_rows.cacheable(found)
     if not rows:
         return
-    columns = list(zip(*rows.values(), strict=True))
+    columns = list(zip(*rows, strict=True))
     await conn.execute(
         "INSERT INTO matches (key, outcome, entity_id, candidates, reason, searched_at)"
         " SELECT k, o, e, c, r, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"

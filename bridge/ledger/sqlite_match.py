@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import aiosqlite
 
@@ -13,7 +12,6 @@ from bridge import ledger, model
 from bridge.ledger import match_rows, sqlite_db, sqlite_reads, sqlite_rows
 
 _MATCHED = model.InboundState.MATCHED.value
-_RETRY = "retry"
 
 
 class Matching(sqlite_reads.Reads):
@@ -30,10 +28,7 @@ class Matching(sqlite_reads.Reads):
             (now, limit),
             writer=True,
         )
-        return [
-            ledger.Waiting(str(r[0]), str(r[1]), model.Match.of_json(str(r[2]), str(r[3])), r[4])
-            for r in rows
-        ]
+        return match_rows.waiting(rows)
 
     async def settle_matches(
         self, settled: Sequence[tuple[ledger.Waiting, ledger.Found]], now: float
@@ -49,10 +44,10 @@ class Matching(sqlite_reads.Reads):
                 [
                     (found.reason, found.retry_at, now, event.source, event.key)
                     for event, found in settled
-                    if found.outcome == _RETRY
+                    if found.outcome == match_rows.RETRY
                 ],
             )
-            done = [(event, found) for event, found in settled if found.outcome != _RETRY]
+            done = [(event, found) for event, found in settled if found.outcome != match_rows.RETRY]
             await db.executemany(
                 "UPDATE inbound SET state = ?, detail = ?, entity_id = ?, candidates = ?,"
                 " attempts = attempts + 1, attempt_at = NULL, updated_at = ?"
@@ -139,13 +134,8 @@ class Matching(sqlite_reads.Reads):
 
 
 async def _cache(db: aiosqlite.Connection, found: Sequence[ledger.Found], now: float) -> None:
-    rows: dict[str, tuple[Any, ...]] = {
-        f.key: (f.key, f.outcome, f.entity_id, json.dumps(list(f.candidates)), now, f.reason)
-        for f in found
-        if f.cached and f.outcome != _RETRY and f.key
-    }
     await db.executemany(
         "INSERT OR REPLACE INTO matches"
-        " (key, outcome, entity_id, candidates, searched_at, reason) VALUES (?, ?, ?, ?, ?, ?)",
-        rows.values(),
+        " (key, outcome, entity_id, candidates, reason, searched_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [(*row, now) for row in match_rows.cacheable(found)],
     )

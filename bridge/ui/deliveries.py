@@ -14,7 +14,7 @@ from aiohttp import web
 from bridge import model, runtime
 from bridge import web as api
 from bridge.ui import params
-from bridge.ui.session import Session, csrf_ok, csrf_refused, problem, redirect, render, signed_in
+from bridge.ui.session import Session, problem, redirect, render, signed_in, signed_in_post
 
 # The replays log under the pages' name, as they always have.
 logger = logging.getLogger("bridge.ui.pages")
@@ -84,11 +84,9 @@ async def _delivery_page(
 
 async def retry(request: web.Request) -> web.Response:
     """Replay a dead delivery through the ledger; anything else is refused with a message."""
-    current = signed_in(request)
+    current = await signed_in_post(request)
     if isinstance(current, web.Response):
-        return current  # an expired session: the login page, and nothing changes
-    if not csrf_ok(current, await request.post()):
-        return csrf_refused(request, current)
+        return current  # the login page or the 403: nothing changes
     bridge = request.app[runtime.BRIDGE]
     delivery_id = params.path_id(request)
     row = await bridge.ledger.delivery(delivery_id) if delivery_id else None
@@ -140,11 +138,9 @@ async def retry_dead_confirm(request: web.Request) -> web.Response:
 
 async def retry_dead(request: web.Request) -> web.Response:
     """Replay every dead delivery of the filter (CSRF-checked); replays cost no credits."""
-    current = signed_in(request)
+    current = await signed_in_post(request)
     if isinstance(current, web.Response):
-        return current  # an expired session: the login page, and nothing changes
-    if not csrf_ok(current, await request.post()):
-        return csrf_refused(request, current)
+        return current  # the login page or the 403: nothing changes
     # The form repeats the filters in the query string, where they are checked as on a GET.
     try:
         wanted = _delivery_filters(request)

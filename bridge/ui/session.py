@@ -95,6 +95,17 @@ def csrf_refused(request: web.Request, current: Session | None) -> web.Response:
     return problem(request, 403, "This form is missing its CSRF token.", current)
 
 
+async def signed_in_post(request: web.Request) -> Session | web.Response:
+    """The session of a POST that carries its CSRF token, or the answer that changes nothing
+    instead: the login page for an expired session, a 403 without the token."""
+    current = signed_in(request)
+    if isinstance(current, web.Response):
+        return current
+    if not csrf_ok(current, await request.post()):
+        return csrf_refused(request, current)
+    return current
+
+
 async def login_page(request: web.Request) -> web.Response:
     """The login form."""
     return render(request, "login.html", {"error": None}, None)

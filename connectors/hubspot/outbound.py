@@ -67,7 +67,8 @@ class Writes(auth.Api):
                 try:
                     done = await self._update(object_type, chunk)
                 except errors.ConnectorError as exc:
-                    done = dict.fromkeys(ids, Outcome("retry", None, exc.message))
+                    failed = Outcome("retry", None, exc.message)  # this batch only
+                    done = {str(item["id"]): failed for item in chunk}
                 outcomes |= {(object_type, i): o for i, o in done.items()}
         missing = Outcome("retry", None, "no outcome for this record")
         return [outcomes.get((object_type_of(t) or t, i), missing) for t, i, _ in writes]

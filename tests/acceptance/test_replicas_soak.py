@@ -42,25 +42,22 @@ processes' scheduling are not reproducible. The long variant (5,000 enrichments)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import os
 import random
 import signal
 import subprocess
 import time
-import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import aiohttp
 import psycopg
 import pytest
 
 from bridge.sim import sink as sink_mod
 from tests import pg
+from tests.acceptance import soak
 from tests.acceptance import test_serve as serve_mod
 from tests.conftest import API_TOKEN, SECRET
 
@@ -71,19 +68,8 @@ REPLICAS = 3
 POLL_TICK_S = 0.5
 DELIVERY_BATCH = 50
 QUERY_EXCESS_MAX = 1.1
-EVENTS = (
-    "enrichment.finished",
-    "enrichment.failed",
-    "enrichment.timeout",
-    "enrichment.cancelled",
-    "enrichment.expired",
-    "enrichment.lost",
-)
-
 lance_url = serve_mod.lance_url
 receiver = serve_mod.receiver
-
-Key = tuple[str, str]  # (entityId, field); every task here is a person
 
 
 @pytest.fixture
@@ -138,82 +124,17 @@ type = "webhook"
 url = "{sink_url}/hook"
 secret = "{SECRET}"
 timeout_seconds = 5
-events = {list(EVENTS)}
+events = {list(soak.EVENTS)}
 """,
         encoding="utf-8",
     )
     return path
 
 
-@dataclasses.dataclass
-class Load:
-    """Sends triggers in batches, round robin over the replicas, until ``count`` were sent.
+class Load(soak.Load):
+    """The soak's load over every replica: a refused submit goes to the next one."""
 
-    A batch answered 202 is *accepted*. One whose connection broke mid-request (its replica
-    killed under it) is *ambiguous*: it may or may not be stored, and is not sent again (a
-    second trigger of an enrichment that already ended may rightly cost credits). A refused
-    connection or a 503 stored nothing: the same batch goes to the next replica.
-    """
-
-    rng: random.Random
-    urls: list[str]
-    count: int
-    pause_s: tuple[float, float]
-    accepted: dict[Key, int] = dataclasses.field(default_factory=dict)
-    ambiguous: set[Key] = dataclasses.field(default_factory=set)
-    sent: int = 0
-    requests: int = 0
-    refused: int = 0
-    turn: int = 0
-
-    async def run(self) -> None:
-        headers = {"Authorization": f"Bearer {API_TOKEN}"}
-        # A fresh connection per request: a dead replica then means "refused", not a reset
-        # pooled socket, so only requests really cut by a kill count as ambiguous.
-        connector = aiohttp.TCPConnector(force_close=True)
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(
-            headers=headers, connector=connector, timeout=timeout
-        ) as session:
-            while self.sent < self.count:
-                batch = self._batch(min(self.rng.randint(5, 40), self.count - self.sent))
-                await self._send(session, batch)
-                self.sent += len(batch)
-                await asyncio.sleep(self.rng.uniform(*self.pause_s))
-
-    def _batch(self, size: int) -> list[dict[str, str]]:
-        tasks: list[dict[str, str]] = []
-        while len(tasks) < size:
-            entity = str(uuid.uuid4())
-            fields = self.rng.choice((("emails",), ("phones",), ("emails", "phones")))
-            tasks += [{"entityId": entity, "field": field} for field in fields]
-        return tasks
-
-    async def _send(self, session: aiohttp.ClientSession, tasks: list[dict[str, str]]) -> None:
-        keys = [(t["entityId"], t["field"]) for t in tasks]
-        while True:
-            url = self.urls[self.turn % len(self.urls)]
-            self.turn += 1
-            self.requests += 1
-            try:
-                async with session.post(f"{url}/v1/triggers", json={"tasks": tasks}) as resp:
-                    if resp.status == 503:
-                        self.refused += 1
-                        await asyncio.sleep(0.02)
-                        continue
-                    assert resp.status == 202, await resp.text()
-                    body = await resp.json()
-            except aiohttp.ClientConnectorError:
-                self.refused += 1  # that replica is down (killed, restarting): nothing sent
-                await asyncio.sleep(0.02)
-                continue
-            except (aiohttp.ClientError, TimeoutError):
-                self.ambiguous.update(keys)
-                return
-            rows = body["enrichments"]
-            assert [(r["entityId"], r["field"]) for r in rows] == keys
-            self.accepted.update({key: int(r["id"]) for key, r in zip(keys, rows, strict=True)})
-            return
+    retry_pause_s: ClassVar[float] = 0.02
 
 
 async def _killer(
@@ -236,24 +157,7 @@ async def _killer(
 
 def _unsettled(url: str) -> int:
     with psycopg.connect(url) as db:
-        [(rows,)] = db.execute(
-            "SELECT count(*) FROM enrichments"
-            " WHERE state IN ('queued', 'pending') OR needs_fetch = 1"
-        ).fetchall()
-        [(deliveries,)] = db.execute(
-            "SELECT count(*) FROM deliveries WHERE state = 'pending'"
-        ).fetchall()
-    return int(rows) + int(deliveries)
-
-
-async def _sim(lance_url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, f"{lance_url}{path}", json=body) as response,
-    ):
-        assert response.status == 200, await response.text()
-        answer: dict[str, Any] = await response.json()
-        return answer
+        return soak.unsettled(db)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -293,7 +197,7 @@ async def test_three_replicas_killed_at_random_lose_nothing_and_repeat_no_trigge
         serve_mod.Serve(config, port, tmp_path / f"r{i}" / "serve.log")
         for i, (config, port) in enumerate(zip(configs, ports, strict=True))
     ]
-    faults = await _sim(lance_url, "POST", "/_sim/faults", FAULTS)
+    faults = await soak.sim(lance_url, "POST", "/_sim/faults", FAULTS)
     assert faults["drop_rate"] == FAULTS["drop_rate"]
     load = Load(rng, [r.url for r in replicas], count, pause_s)
     stop_killing = asyncio.Event()
@@ -314,8 +218,8 @@ async def test_three_replicas_killed_at_random_lose_nothing_and_repeat_no_trigge
         codes = await asyncio.gather(*(r.stop(signal.SIGTERM) for r in replicas))
         assert codes == [0] * REPLICAS
     finally:
-        await _reap(replicas, killer)
-    stats = await _sim(lance_url, "GET", f"/_sim/stats?tick={POLL_TICK_S}")
+        await soak.reap(replicas, [] if killer is None else [killer])
+    stats = await soak.sim(lance_url, "GET", f"/_sim/stats?tick={POLL_TICK_S}")
     figures = _check_ledger(database, load, sink)
     queries = stats["batchQueries"]
     duplicates = sum(n - 1 for n in sink.attempts.values())
@@ -345,61 +249,9 @@ async def test_three_replicas_killed_at_random_lose_nothing_and_repeat_no_trigge
     assert duplicates <= len(killed) * DELIVERY_BATCH, (duplicates, killed)
 
 
-async def _reap(replicas: list[serve_mod.Serve], killer: asyncio.Task[list[str]] | None) -> None:
-    """After a failure, leave no replica behind."""
-    if killer is not None and not killer.done():
-        killer.cancel()
-        await asyncio.gather(killer, return_exceptions=True)
-    for replica in replicas:
-        if replica.process is not None and replica.process.returncode is None:
-            replica.process.kill()
-            await replica.process.wait()
-
-
 def _check_ledger(url: str, load: Load, sink: sink_mod.WebhookSink) -> dict[str, Any]:
     with psycopg.connect(url) as db:
-        rows = db.execute(
-            "SELECT id, entity_id, field, state, needs_fetch FROM enrichments"
-        ).fetchall()
-        deliveries = db.execute(
-            "SELECT enrichment_id, connector, event_type, message_id, state, last_error"
-            " FROM deliveries"
-        ).fetchall()
-    ledger_rows = {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
-    states = Counter(str(r[3]) for r in rows)
-    ids_by_key = Counter(ledger_rows.values())
-
-    # Zero lost: every 202 is in the ledger as answered, and everything in it reached the end.
-    for key, row_id in load.accepted.items():
-        assert ledger_rows.get(row_id) == key, f"accepted {key} as row {row_id}, not in the ledger"
-    assert set(ids_by_key) <= load.accepted.keys() | load.ambiguous, "rows nobody sent"
-    assert max(ids_by_key.values()) == 1, "one row per (entity, field): each was sent once"
-    assert not {"queued", "pending", "lost"} & set(states), states
-    assert not [r for r in rows if r[4]], "finished with data found but values never read"
-
-    # Every terminal enrichment has exactly its one webhook delivery, and each delivery ended.
-    expected = {(int(r[0]), f"enrichment.{r[3]}") for r in rows}
-    routed = Counter((int(d[0]), str(d[2])) for d in deliveries if d[1] == "hook")
-    assert set(routed) == expected, "terminal events = delivered + dead, per target"
-    assert max(routed.values()) == 1
-    assert len(deliveries) == len(expected)
-    delivery_states = Counter(str(d[4]) for d in deliveries)
-    assert set(delivery_states) <= {"delivered", "dead"}, delivery_states
-    dead = [str(d[5] or "") for d in deliveries if d[4] == "dead"]
-    assert all(reason.strip() for reason in dead), "a dead delivery without a reason"
-
-    # The receiver saw only accepted work, and holds every delivery the ledger calls delivered.
-    for payload in sink.received.values():
-        data = payload["data"]
-        key = (data["enrichment"]["entityId"], data["enrichment"]["field"])
-        assert key in load.accepted.keys() | load.ambiguous, f"event for unsent task {key}"
-        assert ledger_rows[data["ledgerId"]] == key
-    delivered = {str(d[3]) for d in deliveries if d[4] == "delivered"}
-    assert delivered <= sink.received.keys(), "delivered per the ledger, never received"
-    return {
-        "enrichments": len(rows),
-        "ambiguousInLedger": len(load.ambiguous & set(ids_by_key)),
-        "states": dict(states),
-        "deliveries": dict(delivery_states),
-        "dead": len(dead),
-    }
+        rows = db.execute(soak.ENRICHMENT_ROWS).fetchall()
+        deliveries = db.execute(soak.DELIVERY_ROWS).fetchall()
+    figures, dead = soak.check_books(rows, deliveries, load, sink)
+    return figures | {"dead": len(dead)}

@@ -21,15 +21,14 @@ import random
 import signal
 import sqlite3
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bridge.sim import sink as sink_mod
+from tests.acceptance import soak
 from tests.acceptance import test_serve as serve_mod
 from tests.conftest import API_TOKEN, SECRET
 
@@ -38,19 +37,9 @@ SEED = int(os.environ.get("SOAK_SEED", "1729"))
 FAULTS = {"fail_rate": 0.05, "throttle_rate": 0.03, "drop_rate": 0.02, "retry_after_s": 1}
 RETRY_SCHEDULE_S = (0.0, 0.2, 0.4)  # three attempts within about a second
 SINK_OUTAGE_S = 1.5  # longer than the schedule: deliveries tried only then end dead
-EVENTS = (
-    "enrichment.finished",
-    "enrichment.failed",
-    "enrichment.timeout",
-    "enrichment.cancelled",
-    "enrichment.expired",
-    "enrichment.lost",
-)
 
 lance_url = serve_mod.lance_url
 receiver = serve_mod.receiver
-
-Key = tuple[str, str]  # (entityId, field); every task here is a person
 
 
 def _config(tmp_path: Path, lance_url: str, sink_url: str, port: int) -> Path:
@@ -96,7 +85,7 @@ type = "webhook"
 url = "{sink_url}/hook"
 secret = "{SECRET}"
 timeout_seconds = 5
-events = {list(EVENTS)}
+events = {list(soak.EVENTS)}
 """,
         encoding="utf-8",
     )
@@ -104,39 +93,15 @@ events = {list(EVENTS)}
 
 
 @dataclasses.dataclass
-class Load:
-    """Sends triggers in batches until ``count`` tasks were sent; remembers what became of each.
+class Load(soak.Load):
+    """The soak's load on one ``serve``, which the killer follows: :meth:`reached` waits for a
+    share of it; a batch may name a task twice."""
 
-    A batch the bridge answered 202 is *accepted*. A batch whose connection broke mid-request
-    (``serve`` killed under it) is *ambiguous*: it may or may not be in the ledger, and is not
-    sent again, since a second trigger of an enrichment that already ended may rightly cost
-    credits. A refused connection or a 503 sent nothing, so the same batch is sent again.
-    """
-
-    rng: random.Random
-    url: str
-    count: int
-    accepted: dict[Key, int] = dataclasses.field(default_factory=dict)
-    ambiguous: set[Key] = dataclasses.field(default_factory=set)
-    sent: int = 0
-    requests: int = 0
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     progress: asyncio.Condition = dataclasses.field(default_factory=asyncio.Condition)
 
     async def run(self) -> None:
-        headers = {"Authorization": f"Bearer {API_TOKEN}"}
-        # A fresh connection per request: a dead `serve` then means "refused", not a reset of a
-        # pooled socket, so only requests really cut by a kill count as ambiguous.
-        connector = aiohttp.TCPConnector(force_close=True)
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(
-            headers=headers, connector=connector, timeout=timeout
-        ) as session:
-            while self.sent < self.count:
-                batch = self._batch(min(self.rng.randint(5, 40), self.count - self.sent))
-                await self._send(session, batch)
-                await self._advance(len(batch))
-                await asyncio.sleep(self.rng.uniform(0.005, 0.03))  # pacing of the load itself
+        await super().run()
         self.done.set()
         await self._advance(0)
 
@@ -151,36 +116,10 @@ class Load:
             self.progress.notify_all()
 
     def _batch(self, size: int) -> list[dict[str, str]]:
-        tasks: list[dict[str, str]] = []
-        while len(tasks) < size:
-            entity = str(uuid.uuid4())
-            fields = self.rng.choice((("emails",), ("phones",), ("emails", "phones")))
-            tasks += [{"entityId": entity, "field": field} for field in fields]
+        tasks = super()._batch(size)
         if self.rng.random() < 0.3:  # the same task twice in one request joins one row
             tasks.append(dict(self.rng.choice(tasks)))
         return tasks
-
-    async def _send(self, session: aiohttp.ClientSession, tasks: list[dict[str, str]]) -> None:
-        keys = [(t["entityId"], t["field"]) for t in tasks]
-        while True:
-            self.requests += 1
-            try:
-                async with session.post(f"{self.url}/v1/triggers", json={"tasks": tasks}) as resp:
-                    if resp.status == 503:
-                        await asyncio.sleep(0.05)
-                        continue
-                    assert resp.status == 202, await resp.text()
-                    body = await resp.json()
-            except aiohttp.ClientConnectorError:
-                await asyncio.sleep(0.05)  # serve is down (killed, restarting): nothing sent
-                continue
-            except (aiohttp.ClientError, TimeoutError):
-                self.ambiguous.update(keys)
-                return
-            rows = body["enrichments"]
-            assert [(r["entityId"], r["field"]) for r in rows] == keys
-            self.accepted.update({key: int(r["id"]) for key, r in zip(keys, rows, strict=True)})
-            return
 
 
 async def _sink_faults(
@@ -224,24 +163,7 @@ def _db(tmp_path: Path) -> sqlite3.Connection:
 
 def _unsettled(tmp_path: Path) -> int:
     with _db(tmp_path) as db:
-        [(rows,)] = db.execute(
-            "SELECT count(*) FROM enrichments"
-            " WHERE state IN ('queued', 'pending') OR needs_fetch = 1"
-        ).fetchall()
-        [(deliveries,)] = db.execute(
-            "SELECT count(*) FROM deliveries WHERE state = 'pending'"
-        ).fetchall()
-    return int(rows) + int(deliveries)
-
-
-async def _sim(lance_url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, f"{lance_url}{path}", json=body) as response,
-    ):
-        assert response.status == 200, await response.text()
-        answer: dict[str, Any] = await response.json()
-        return answer
+        return soak.unsettled(db)
 
 
 def _reason(error: str) -> str:
@@ -271,9 +193,9 @@ async def test_faults_and_sigkills_lose_nothing_and_repeat_no_paid_trigger(
     serve = serve_mod.Serve(
         _config(tmp_path, lance_url, sink_url, port), port, tmp_path / "serve.log"
     )
-    faults = await _sim(lance_url, "POST", "/_sim/faults", FAULTS)
+    faults = await soak.sim(lance_url, "POST", "/_sim/faults", FAULTS)
     assert faults["fail_rate"] == FAULTS["fail_rate"]
-    load = Load(rng, serve.url, count)
+    load = Load(rng, [serve.url], count)
     stop_faults = asyncio.Event()
     background: list[asyncio.Task[None]] = []
     try:
@@ -292,8 +214,8 @@ async def test_faults_and_sigkills_lose_nothing_and_repeat_no_paid_trigger(
         await background[1]
         assert await serve.stop(signal.SIGTERM) == 0
     finally:
-        await _reap(serve, background)
-    stats = await _sim(lance_url, "GET", "/_sim/stats")
+        await soak.reap([serve], background)
+    stats = await soak.sim(lance_url, "GET", "/_sim/stats")
     figures = _check_ledger(tmp_path, load, sink)
     print(  # the soak's figures, shown with `pytest -s`
         f"\nsoak seed={SEED} count={count}: {time.monotonic() - started:.1f} s,"
@@ -304,16 +226,6 @@ async def test_faults_and_sigkills_lose_nothing_and_repeat_no_paid_trigger(
     _check_charges(stats["credits"], figures["enrichments"])
 
 
-async def _reap(serve: serve_mod.Serve, background: list[asyncio.Task[None]]) -> None:
-    """After a failure, leave no ``serve`` and no load behind."""
-    for task in background:
-        task.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
-    if serve.process is not None and serve.process.returncode is None:
-        serve.process.kill()
-        await serve.process.wait()
-
-
 def _check_charges(credits: dict[str, Any], enrichments: int) -> None:
     """No paid trigger repeated: Lance charged each (entity, field) once, and only those rows."""
     assert credits["maxChargesPerKey"] == 1, credits
@@ -322,49 +234,10 @@ def _check_charges(credits: dict[str, Any], enrichments: int) -> None:
 
 def _check_ledger(tmp_path: Path, load: Load, sink: sink_mod.WebhookSink) -> dict[str, Any]:
     with _db(tmp_path) as db:
-        rows = db.execute(
-            "SELECT id, entity_id, field, state, needs_fetch FROM enrichments"
-        ).fetchall()
-        deliveries = db.execute(
-            "SELECT enrichment_id, connector, event_type, message_id, state, last_error"
-            " FROM deliveries"
-        ).fetchall()
-    ledger_rows = {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
-    states = Counter(str(r[3]) for r in rows)
-    ids_by_key = Counter(ledger_rows.values())
-
-    # Zero lost: every 202 is in the ledger as answered, and everything in it reached the end.
-    for key, row_id in load.accepted.items():
-        assert ledger_rows.get(row_id) == key, f"accepted {key} as row {row_id}, not in the ledger"
-    assert set(ids_by_key) <= load.accepted.keys() | load.ambiguous, "rows nobody sent"
-    assert max(ids_by_key.values()) == 1, "one row per (entity, field): each was sent once"
-    assert not {"queued", "pending", "lost"} & set(states), states
-    assert not [r for r in rows if r[4]], "finished with data found but values never read"
-
-    # Every terminal enrichment has exactly its one webhook delivery, and each delivery ended.
-    expected = {(int(r[0]), f"enrichment.{r[3]}") for r in rows}
-    routed = Counter((int(d[0]), str(d[2])) for d in deliveries if d[1] == "hook")
-    assert set(routed) == expected, "terminal events = delivered + dead, per target"
-    assert max(routed.values()) == 1
-    assert len(deliveries) == len(expected)
-    delivery_states = Counter(str(d[4]) for d in deliveries)
-    assert set(delivery_states) <= {"delivered", "dead"}, delivery_states
-    dead = [str(d[5] or "") for d in deliveries if d[4] == "dead"]
-    assert all(reason.strip() for reason in dead), "a dead delivery without a reason"
-
-    # The receiver saw only accepted work, and holds every delivery the ledger calls delivered.
-    for payload in sink.received.values():
-        data = payload["data"]
-        key = (data["enrichment"]["entityId"], data["enrichment"]["field"])
-        assert key in load.accepted.keys() | load.ambiguous, f"event for unsent task {key}"
-        assert ledger_rows[data["ledgerId"]] == key
-    delivered = {str(d[3]) for d in deliveries if d[4] == "delivered"}
-    assert delivered <= sink.received.keys(), "delivered per the ledger, never received"
-    return {
-        "enrichments": len(rows),
-        "ambiguousInLedger": len(load.ambiguous & set(ids_by_key)),
-        "states": dict(states),
-        "deliveries": dict(delivery_states),
+        rows = db.execute(soak.ENRICHMENT_ROWS).fetchall()
+        deliveries = db.execute(soak.DELIVERY_ROWS).fetchall()
+    figures, dead = soak.check_books(rows, deliveries, load, sink)
+    return figures | {
         "deadReasons": dict(Counter(_reason(reason) for reason in dead)),
         "sinkAttempts": sum(sink.attempts.values()),
     }

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bridge import ledger, model, runtime
@@ -28,6 +30,7 @@ ARGS = [
 ]
 ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 HOSTILE = "<script>window.pwned=1</script>"
+Client = TestClient[web.Request, web.Application]
 
 
 def _need_chromium() -> None:
@@ -55,6 +58,20 @@ async def _shot(page: Page, name: str) -> None:
     await page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
 
+async def _open(browser: Browser, client: Client) -> tuple[str, Page]:
+    """The bridge's base URL, and a fresh desktop-sized page of ``browser``."""
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(10_000)
+    return str(client.make_url("")).rstrip("/"), page
+
+
+async def _log_in(page: Page) -> None:
+    """Log in on the login page shown; the overview follows."""
+    await page.get_by_label("API token").fill(API_TOKEN)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
 async def test_an_operator_follows_work_through_the_dashboard(
     browser: Browser,
     make_bridge: BridgeFactory,
@@ -65,16 +82,12 @@ async def test_an_operator_follows_work_through_the_dashboard(
 ) -> None:
     receiver, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, simulator[1], sink_url))
-    base = str(client.make_url("")).rstrip("/")
-    page = await browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(10_000)
+    base, page = await _open(browser, client)
 
     await page.goto(f"{base}/ui/")
     await expect(page).to_have_url(f"{base}/ui/login")
     await _shot(page, "login")
-    await page.get_by_label("API token").fill(API_TOKEN)
-    await page.get_by_role("button", name="Log in").click()
-    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    await _log_in(page)
     queued = page.locator('.card[data-state="queued"] strong')
     await expect(queued).to_have_text("0")
 
@@ -161,9 +174,7 @@ async def test_inbound_connectors_filters_retry_all_and_jump_in_the_browser(
 ) -> None:
     receiver, sink_url = sink
     client = await make_bridge(make_settings(tmp_path, simulator[1], sink_url))
-    base = str(client.make_url("")).rstrip("/")
-    page = await browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(10_000)
+    base, page = await _open(browser, client)
     refused: list[str] = []
     page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
 
@@ -182,9 +193,7 @@ async def test_inbound_connectors_filters_retry_all_and_jump_in_the_browser(
     response = await page.goto(f"{base}/ui/login")
     assert response is not None
     assert "script-src 'self'" in response.headers["content-security-policy"]
-    await page.get_by_label("API token").fill(API_TOKEN)
-    await page.get_by_role("button", name="Log in").click()
-    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    await _log_in(page)
     await expect(page.get_by_test_id("throughput").locator("svg rect").first).to_be_visible()
     await _shot(page, "overview-charts")
     # Keyboard: the first Tab reaches the navigation, and Enter follows it.

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from bridge import runtime
 from bridge.sim import hubspot as hs
 from bridge.sim import lance as sim
-from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of
+from tests.conftest import BridgeFactory, Clock, drain, jobs_of
+from tests.integration.matching import inbound, people_by_url
 from tests.integration.test_hubspot import (
+    CLIENT_SECRET,
     READ,
     TRIGGER,
     UPDATE,
@@ -41,9 +45,7 @@ FORMS = (
 
 def _portal(sandbox: hs.HubSpotSandbox, lance: sim.LanceSimulator) -> dict[str, list[Any]]:
     """500 contacts as a portal has them: 400 findable, 40 namesakes, 40 unknown, 20 junk."""
-    shared = collections.Counter(p.linkedin_url for p in lance.directory.people)
-    single = [p for p in lance.directory.people if shared[p.linkedin_url] == 1]
-    twins = sorted({p.linkedin_url for p in lance.directory.people if shared[p.linkedin_url] > 1})
+    single, twins = people_by_url(lance)
     assert (len(single) >= 400, len(twins) >= 40) == (True, True)
     contacts: dict[str, list[Any]] = {"matched": [], "ambiguous": [], "unmatched": []}
     for n, person in enumerate(single[:400]):
@@ -75,20 +77,6 @@ async def _send(client: Client, requests: list[list[dict[str, Any]]], clock: Clo
         assert response.status == 200
         answers.update(await response.json())
     return answers
-
-
-async def _inbound(client: Client, state: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    cursor = ""
-    while True:
-        url = f"/v1/inbound?state={state}&limit=50" + (f"&cursor={cursor}" if cursor else "")
-        response = await client.get(url, headers=auth())
-        assert response.status == 200, await response.text()
-        page = await response.json()
-        rows += page["inbound"]
-        cursor = page["nextCursor"]
-        if not cursor:
-            return rows
 
 
 @pytest.mark.parametrize("sim_config", [{"people": 1200}], indirect=True)
@@ -135,11 +123,11 @@ async def test_500_contacts_without_lance_ids_are_matched_written_back_and_enric
         assert not record.get("lance_person_id")
         assert not record.get("email")
     assert {entity for _, entity, _ in lance.charges} == {person.id for _, person in matched}
-    ambiguous = await _inbound(client, "ambiguous")
+    ambiguous = await inbound(client, "ambiguous")
     assert sorted(r["objectId"] for r in ambiguous) == sorted(contacts["ambiguous"])
     assert all(r["reason"].startswith("2 Lance people match") for r in ambiguous)
     assert all(len(r["candidates"]) == 2 for r in ambiguous)
-    unmatched = await _inbound(client, "unmatched")
+    unmatched = await inbound(client, "unmatched")
     assert sorted(r["objectId"] for r in unmatched) == sorted(contacts["unmatched"])
     reasons = collections.Counter(r["reason"].split(":")[0] for r in unmatched)
     assert reasons == {"no Lance person found for this LinkedIn URL": 40, "hs_linkedin_url": 20}
@@ -156,7 +144,7 @@ async def test_500_contacts_without_lance_ids_are_matched_written_back_and_enric
     assert lance.requests[TRIGGER] == triggers
     assert lance.charges == credits
     # The events settled from the match table carry the reason the search gave.
-    ambiguous = await _inbound(client, "ambiguous")
+    ambiguous = await inbound(client, "ambiguous")
     assert len(ambiguous) == 80
     assert all(r["reason"].startswith("2 Lance people match") for r in ambiguous)
     counts = await client.app[runtime.BRIDGE].ledger.inbound_counts()
@@ -217,3 +205,59 @@ async def test_a_failed_write_back_is_retried_and_never_holds_up_the_enrichment(
     clock.advance(61)
     assert (await jobs_of(client).matcher.run_once()).written_back == 1
     assert sandbox.record("contacts", contact)["lance_person_id"] == person.id
+
+
+class _RefusingSandbox(hs.HubSpotSandbox):
+    """A sandbox whose OAuth tokens expire at the second batch update of contacts, and whose
+    token endpoint then refuses the refresh once."""
+
+    def _take_fault(self, key: str) -> web.Response | None:
+        if key.endswith("/batch/update") and self.counts[key] == 2:
+            self.expire_tokens()
+            self.fail_next(1, 400, route="oauth")
+        return super()._take_fault(key)
+
+
+@pytest.fixture
+async def refusing(clock: Clock) -> AsyncIterator[tuple[hs.HubSpotSandbox, str]]:
+    sandbox = _RefusingSandbox(clock=clock, client_secret=CLIENT_SECRET, rate_limit=0)
+    runner = await hs.serve(sandbox)
+    yield sandbox, hs.base_url(runner)
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("sim_config", [{"people": 600}], indirect=True)
+async def test_a_failed_batch_of_write_backs_leaves_the_batches_written_before_it_done(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    refusing: tuple[hs.HubSpotSandbox, str],
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    lance, lance_url = simulator
+    sandbox, hubspot_url = refusing
+    oauth = {"access_token": None, "refresh_token": "refresh-sandbox"}
+    settings = hubspot_settings(
+        tmp_path, lance_url, hubspot_url, client_id=sandbox.client_id, **oauth
+    )
+    settings = settings.model_copy(
+        update={"match": settings.match.model_copy(update={"searches_per_minute": 0})}
+    )
+    client = await make_bridge(settings)
+    single, _ = people_by_url(lance)
+    people = {
+        sandbox.add_record("contacts", {"hs_linkedin_url": p.linkedin_url}): p for p in single[:150]
+    }
+    await _send(client, _creations(list(people), clock, 70_000), clock)
+    await jobs_of(client).resolver.run_once()
+
+    report = await jobs_of(client).matcher.run_once()
+
+    # The first 100 were written before the token was refused; only the last 50 wait.
+    assert (report.matched, report.written_back, report.write_back_failed) == (150, 100, 50)
+    written = [c for c in people if sandbox.record("contacts", c).get("lance_person_id")]
+    assert len(written) == 100
+    clock.advance(61)
+    assert (await jobs_of(client).matcher.run_once()).written_back == 50
+    for contact, person in people.items():
+        assert sandbox.record("contacts", contact)["lance_person_id"] == person.id

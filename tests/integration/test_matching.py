@@ -18,6 +18,8 @@ from bridge.sim import _http
 from bridge.sim import hubspot as hs
 from bridge.sim import lance as sim
 from tests.conftest import BridgeFactory, Clock, auth, drain, jobs_of, make_settings
+from tests.integration.matching import inbound
+from tests.integration.matching import twin as twin_of
 from tests.integration.test_hubspot import (
     TRIGGER,
     hubspot,  # noqa: F401 - the sandbox fixture
@@ -26,14 +28,6 @@ from tests.integration.test_hubspot import (
 )
 
 SEARCH = "/api/v1/entities/prospects/person"
-
-
-async def _inbound(client: Any, state: str | None = None) -> list[dict[str, Any]]:
-    query = f"?state={state}" if state else ""
-    response = await client.get(f"/v1/inbound{query}", headers=auth())
-    assert response.status == 200, await response.text()
-    rows: list[dict[str, Any]] = (await response.json())["inbound"]
-    return rows
 
 
 async def test_a_match_task_triggers_only_once_its_one_person_is_found(
@@ -45,7 +39,7 @@ async def test_a_match_task_triggers_only_once_its_one_person_is_found(
     lance, lance_url = simulator
     client = await make_bridge(make_settings(tmp_path, lance_url, sink[1]))
     person = lance.directory.people[3]
-    twin = next(p for p in lance.directory.people if p.id in lance.directory.url_overrides)
+    twin = twin_of(lance)
     tasks = [
         {"match": {"linkedinUrl": person.linkedin_url.upper() + "/"}, "field": "emails"},
         {"match": {"linkedinUrl": twin.linkedin_url}, "field": "emails"},
@@ -70,7 +64,7 @@ async def test_a_match_task_triggers_only_once_its_one_person_is_found(
     assert person.id in charged
     assert twin.id not in charged
     assert len(charged) == 2  # the match, and the task that named its entityId
-    states = collections.Counter(row["state"] for row in await _inbound(client))
+    states = collections.Counter(row["state"] for row in await inbound(client))
     assert states == {"matched": 1, "ambiguous": 1, "unmatched": 1}
     scraped = await (await client.get("/metrics", headers=auth())).text()
     for outcome, n in (("matched", 1), ("ambiguous", 1), ("unmatched", 1), ("error", 0)):
@@ -97,7 +91,7 @@ async def test_write_back_false_enriches_without_writing_the_id(
     record = sandbox.record("contacts", contact)
     assert not record.get("lance_person_id")
     assert record["email"]
-    [event] = await _inbound(client, "matched")
+    [event] = await inbound(client, "matched")
     assert event["entityId"] == person.id
 
 
@@ -130,7 +124,7 @@ async def test_a_bad_match_task_is_a_422_and_stores_nothing(
 
     assert response.status == 422
     assert message in (await response.json())["error"]["message"]
-    assert await _inbound(client) == []
+    assert await inbound(client) == []
     assert (await client.get("/v1/enrichments", headers=auth())).status == 200
     page = await (await client.get("/v1/enrichments", headers=auth())).json()
     assert page["enrichments"] == []
@@ -146,12 +140,12 @@ async def test_a_manual_trigger_with_an_entity_id_settles_an_ambiguous_contact(
     lance, lance_url = simulator
     sandbox, hubspot_url = hubspot
     client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
-    twin = next(p for p in lance.directory.people if p.id in lance.directory.url_overrides)
+    twin = twin_of(lance)
     contact = sandbox.add_record("contacts", {"hs_linkedin_url": twin.linkedin_url})
     await post_events(client, [hs.creation(int(contact), clock=clock)], clock)
     await jobs_of(client).resolver.run_once()
     await jobs_of(client).matcher.run_once()
-    [event] = await _inbound(client, "ambiguous")
+    [event] = await inbound(client, "ambiguous")
     assert twin.id in event["candidates"]
     assert lance.requests[TRIGGER] == 0
 
@@ -160,7 +154,7 @@ async def test_a_manual_trigger_with_an_entity_id_settles_an_ambiguous_contact(
     response = await client.post("/v1/triggers", json={"tasks": [task]}, headers=auth())
 
     assert response.status == 202
-    [settled] = await _inbound(client, "matched")
+    [settled] = await inbound(client, "matched")
     assert (settled["objectId"], settled["entityId"]) == (contact, twin.id)
     assert "manual trigger" in settled["reason"]
     await drain(client)
@@ -224,7 +218,7 @@ async def test_each_failed_search_leaves_a_reason_and_the_rest_of_the_batch_goes
     report = await jobs_of(client).matcher.run_once()
 
     assert report.searches == len(slugs)
-    rows = {row["matchKey"].rsplit("/", 1)[-1]: row for row in await _inbound(client)}
+    rows = {row["matchKey"].rsplit("/", 1)[-1]: row for row in await inbound(client)}
     expect = {
         "refused-400": ("unmatched", "Lance refused the search"),
         "token-401": ("matching", "Lance token rejected"),
@@ -277,7 +271,7 @@ async def test_name_and_company_are_searched_only_when_match_by_names_them(
 
     if match_by == ["linkedin"]:
         assert report.searches == 0
-        [event] = await _inbound(client, "skipped")
+        [event] = await inbound(client, "skipped")
         assert event["reason"] == f"no lance_person_id on contacts {contact}"
         return
     assert (report.searches, report.matched) == (1, 1)
@@ -301,7 +295,7 @@ async def test_a_match_task_by_name_and_company_finds_its_person(
 
     assert response.status == 202
     assert report.matched == 1
-    [event] = await _inbound(client, "matched")
+    [event] = await inbound(client, "matched")
     assert event["entityId"] == person.id
     assert event["matchKey"] == f"name:{person.full_name.lower()}\t{person.company_name.lower()}"
 
@@ -330,4 +324,4 @@ async def test_searches_keep_to_their_budget_and_the_rest_wait(
     assert (first.searches, first.deferred) == (2, 3)
     assert (again.searches, half.searches, later.searches) == (0, 0, 2)
     assert lance.searches["total"] == 4
-    assert len(await _inbound(client, "matching")) == 1
+    assert len(await inbound(client, "matching")) == 1

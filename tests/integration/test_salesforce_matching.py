@@ -4,7 +4,6 @@ Collections of 200 → enriched → values written; namesakes and unknowns untou
 
 from __future__ import annotations
 
-import collections
 import math
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ import pytest
 
 from bridge.sim import lance as sim
 from bridge.sim import salesforce as sf
-from tests.conftest import BridgeFactory, auth, drain, jobs_of
+from tests.conftest import BridgeFactory, drain, jobs_of
+from tests.integration.matching import inbound, people_by_url
 from tests.integration.test_salesforce import (
     FLOW_TOKEN,
     HOOK,
@@ -45,9 +45,8 @@ async def test_leads_and_contacts_without_lance_ids_are_matched_and_written_back
     lance, lance_url = simulator
     sandbox, salesforce_url = salesforce
     client = await start(make_bridge, tmp_path, lance_url, sf_table(salesforce_url))
-    shared = collections.Counter(p.linkedin_url for p in lance.directory.people)
-    single = [p for p in lance.directory.people if shared[p.linkedin_url] == 1][:250]
-    twins = sorted(url for url, n in shared.items() if n > 1)[:10]
+    single, twins = people_by_url(lance)
+    single, twins = single[:250], twins[:10]
     found = []
     for n, person in enumerate(single):
         sobject = "Lead" if n % 2 else "Contact"
@@ -83,8 +82,7 @@ async def test_leads_and_contacts_without_lance_ids_are_matched_and_written_back
         assert not record.get("Lance_Person_Id__c")
         assert not record.get("Email")
     assert {entity for _, entity, _ in lance.charges} == {p.id for _, _, p in found}
-    listed = await (await client.get("/v1/inbound?state=ambiguous", headers=auth())).json()
-    assert len(listed["inbound"]) == 10
+    assert len(await inbound(client, "ambiguous")) == 10
 
     searches, triggers = lance.searches["total"], lance.requests[TRIGGER]
     for body in bodies:  # Salesforce's retries of the same messages
@@ -120,7 +118,5 @@ async def test_a_flow_callout_with_a_linkedin_url_is_matched_and_junk_is_unmatch
     assert refused.status == 400
     assert (report.searches, report.matched) == (1, 1)
     assert sandbox.record("Lead", lead)["Lance_Person_Id__c"] == person.id
-    [junk] = (await (await client.get("/v1/inbound?state=unmatched", headers=auth())).json())[
-        "inbound"
-    ]
+    [junk] = await inbound(client, "unmatched")
     assert (junk["objectId"], junk["reason"]) == (contact, "linkedinUrl: contains whitespace")

@@ -52,6 +52,13 @@ async def _bridge(
     return await make_bridge(make_settings(tmp_path, simulator[1], sink[1], **sections))
 
 
+async def _enrich(client: Client, count: int) -> None:
+    """Trigger ``count`` email enrichments, then run the jobs until all is settled."""
+    body = {"tasks": tasks_for(count, "emails")}
+    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
+    await drain(client)
+
+
 async def test_pages_need_a_login_and_the_cookie_is_locked_down(
     make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any
 ) -> None:
@@ -200,9 +207,7 @@ async def test_retry_replays_a_dead_delivery_and_refuses_a_delivered_one(
     receiver, _ = sink
     client = await _bridge(make_bridge, tmp_path, simulator, sink)
     receiver.fail_always(410)
-    body = {"tasks": tasks_for(1, "emails")}
-    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
-    await drain(client)
+    await _enrich(client, 1)
     csrf = await _login(client)
     dead = await (await client.get("/ui/deliveries?state=dead")).text()
     [delivery_id] = re.findall(r'<tr data-id="(\d+)"', dead)
@@ -298,9 +303,7 @@ async def test_every_page_carries_the_csp_and_no_inline_script(
     make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any
 ) -> None:
     client = await _bridge(make_bridge, tmp_path, simulator, sink)
-    body = {"tasks": tasks_for(1, "emails")}
-    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
-    await drain(client)
+    await _enrich(client, 1)
     await _login(client)
     paths = [
         "/ui/login",
@@ -338,9 +341,7 @@ async def test_overview_charts_the_last_hour_and_jump_goes_to_an_id(
     make_bridge: BridgeFactory, tmp_path: Path, simulator: Any, sink: Any
 ) -> None:
     client = await _bridge(make_bridge, tmp_path, simulator, sink)
-    body = {"tasks": tasks_for(3, "emails")}
-    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
-    await drain(client)
+    await _enrich(client, 3)
     await _login(client)
     page = await _page(client, "/ui/")
     throughput = re.search(r'data-testid="throughput">(.*?)</figure>', page, re.S)
@@ -406,9 +407,7 @@ async def test_retry_every_dead_delivery_of_a_filter_after_a_confirmation(
     receiver, _ = sink
     client = await _bridge(make_bridge, tmp_path, simulator, sink)
     receiver.fail_always(410)
-    body = {"tasks": tasks_for(4, "emails")}
-    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
-    await drain(client)
+    await _enrich(client, 4)
     csrf = await _login(client)
     store = client.app[runtime.BRIDGE].ledger
     assert await store.count_deliveries(model.DeliveryState.DEAD) == 4
@@ -501,13 +500,9 @@ async def test_connectors_show_success_rate_last_error_and_budget(
     client = await make_bridge(
         make_settings(tmp_path, simulator[1], None, connectors=[hook, hubspot])
     )
-    body = {"tasks": tasks_for(3, "emails")}
-    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
-    await drain(client)
+    await _enrich(client, 3)
     receiver.fail_always(410)
-    body = {"tasks": tasks_for(1, "emails")}
-    assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
-    await drain(client)
+    await _enrich(client, 1)
     await _login(client)
 
     page = await _page(client, "/ui/connectors")
@@ -549,9 +544,7 @@ async def test_the_pages_on_postgresql_list_the_replicas(
             ledger_section = {"url": url, "replica_id": "ui-a"}
             client = await _bridge(make_bridge, tmp_path, simulator, sink, ledger=ledger_section)
             await client.app[runtime.BRIDGE].ledger.heartbeat(clock())
-            body = {"tasks": tasks_for(2, "emails")}
-            assert (await client.post("/v1/triggers", json=body, headers=auth())).status == 202
-            await drain(client)
+            await _enrich(client, 2)
             await client.app[runtime.BRIDGE].ledger.receive(
                 "hook", [model.Inbound("pg-1", skipped="no Lance id")], clock()
             )

@@ -49,6 +49,7 @@ def _page(
         ),
         (_page(skipped=2), "unmatched", None, False, "2 candidate(s) without a usable id"),
         (_page({"id": "not-a-uuid"}), "unmatched", None, False, "without a usable id"),
+        (_page(total=1), "unmatched", None, False, "counted 1 person but sent none"),
     ],
 )
 def test_only_one_clean_candidate_is_a_match(
