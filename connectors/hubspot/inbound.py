@@ -79,8 +79,9 @@ class Hooks(auth.Api):
         name = item.get("propertyName")
         value = item.get("propertyValue")
         if object_type == "contacts" and name in self.settings.contacts.match_properties():
-            found = self.record_tasks(object_type, object_id, {name: value})
-            return connector.inbound_of(key, found, record)
+            # The event names one property: the record may already hold a Lance id, which a
+            # search must never replace. Read the record (batched by the lookup job) instead.
+            return model.Inbound(key, lookup=record)
         lance_id_property = self.settings.objects()[object_type].lance_id_property
         if name != lance_id_property:
             return model.Inbound(
@@ -113,6 +114,10 @@ class Hooks(auth.Api):
                 " (or ?objectType= naming the other object type)",
             )
         key = "workflow:" + hashlib.sha256(request.body).hexdigest()
+        if name not in properties:
+            # A customised body with match properties only: whether the record already has a
+            # Lance id is not in it, so read the record rather than search on a guess.
+            return model.Inbound(key, lookup=(object_type, str(object_id)))
         values = {prop: _property_value(properties, prop) for prop in known}
         found = self.record_tasks(object_type, str(object_id), values)
         return connector.inbound_of(key, found, (object_type, str(object_id)))

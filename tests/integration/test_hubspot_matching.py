@@ -164,12 +164,13 @@ async def test_workflow_calls_and_linkedin_changes_of_contacts_without_a_lance_i
     client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
     first, second = lance.directory.people[1], lance.directory.people[2]
     by_workflow = sandbox.add_record("contacts", {"hs_linkedin_url": first.linkedin_url})
-    by_change = sandbox.add_record("contacts", {})
+    by_change = sandbox.add_record("contacts", {"hs_linkedin_url": second.linkedin_url})
     customised = {"hs_object_id": by_workflow, "hs_linkedin_url": first.linkedin_url + "/"}
 
     workflow = await post_workflow(client, customised, clock)
     change = hs.property_change(int(by_change), "hs_linkedin_url", second.linkedin_url, clock=clock)
     changed = await post_events(client, [change], clock)
+    await jobs_of(client).resolver.run_once()  # both name match properties only: records read
     report = await jobs_of(client).matcher.run_once()
 
     assert (workflow.status, changed.status) == (200, 200)
@@ -178,6 +179,39 @@ async def test_workflow_calls_and_linkedin_changes_of_contacts_without_a_lance_i
     assert sandbox.record("contacts", by_change)["lance_person_id"] == second.id
     await drain(client)
     assert sandbox.record("contacts", by_change)["email"] == lance_values(second.id, "emails")[0]
+
+
+async def test_a_linkedin_change_on_a_contact_with_a_lance_id_never_replaces_it(
+    make_bridge: BridgeFactory,
+    simulator: tuple[sim.LanceSimulator, str],
+    hubspot: tuple[hs.HubSpotSandbox, str],  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    clock: Clock,
+) -> None:
+    # The contact already carries a Lance id; its LinkedIn URL now names someone else. The
+    # change event and a customised workflow body name the URL only: neither may search,
+    # write another id over the one the record holds, or trigger another person.
+    lance, lance_url = simulator
+    sandbox, hubspot_url = hubspot
+    client = await make_bridge(hubspot_settings(tmp_path, lance_url, hubspot_url))
+    own, other = lance.directory.people[3], lance.directory.people[4]
+    contact = sandbox.add_record(
+        "contacts", {"lance_person_id": own.id, "hs_linkedin_url": other.linkedin_url}
+    )
+    change = hs.property_change(int(contact), "hs_linkedin_url", other.linkedin_url, clock=clock)
+    changed = await post_events(client, [change], clock)
+    workflow = await post_workflow(
+        client, {"hs_object_id": contact, "hs_linkedin_url": other.linkedin_url}, clock
+    )
+    await jobs_of(client).resolver.run_once()
+    report = await jobs_of(client).matcher.run_once()
+
+    assert (changed.status, workflow.status) == (200, 200)
+    assert report.searches == 0
+    assert sandbox.record("contacts", contact)["lance_person_id"] == own.id
+    await drain(client)
+    assert sandbox.record("contacts", contact)["lance_person_id"] == own.id
+    assert sandbox.record("contacts", contact)["email"] == lance_values(own.id, "emails")[0]
 
 
 async def test_a_failed_write_back_is_retried_and_never_holds_up_the_enrichment(
