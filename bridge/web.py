@@ -174,12 +174,10 @@ async def post_triggers(request: web.Request) -> web.Response:
     tasks = [task for _, task in checked if isinstance(task, model.Task)]
     matches = [(i, task) for i, task in checked if isinstance(task, model.Inbound)]
     now = bridge.clock()
-    # A task naming a CRM record settles that record's ambiguous match, in its transaction.
-    settles = any(target.object_id for task in tasks for target in task.targets)
-    accept = bridge.ledger.accept_settling if settles else bridge.ledger.accept
-    accepted = await accept(tasks, now) if tasks else []
-    if matches:
-        await bridge.ledger.receive(API_SOURCE, [event for _, event in matches], now)
+    # The whole request in one transaction: its tasks, the ambiguous matches of the CRM records
+    # they name settled, and its match tasks; all of it stored, or none.
+    events = [event for _, event in matches]
+    accepted = await bridge.ledger.accept_trigger(tasks, API_SOURCE, events, now)
     shaped = [
         {
             "id": row.id,
