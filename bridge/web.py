@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
@@ -354,6 +355,9 @@ def _inbound_cursor(raw: str) -> tuple[float, str, str] | None:
         received, source, key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         position = (float(received), str(source), str(key))
     except (ValueError, TypeError, binascii.Error):
+        position = None
+    # ``nan`` and ``inf`` parse as floats, yet no nextCursor ever holds them.
+    if position is None or not math.isfinite(position[0]):
         fail(400, "invalid_parameter", "cursor must be a value from nextCursor")
     return position
 

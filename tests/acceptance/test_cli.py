@@ -271,6 +271,8 @@ def test_inspection_filters_by_age_and_time_and_prints_json(tmp_path: Path) -> N
         (("deliveries", "list", "--since", "1h", "--until", "2h"), "--since is later than --until"),
         (("deliveries", "retry", "--since", "1h"), "--since only select with --all-dead"),
         (("deliveries", "retry", "--connector", "hook"), "--connector only select with --all-dead"),
+        (("inbound", "list", "--state", "lost"), "argument --state: invalid choice: 'lost'"),
+        (("inbound", "list", "--limit", "-1"), "argument --limit: must be a whole number"),
     ],
 )
 def test_bad_inspection_options_are_one_line_and_exit_2(
