@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from bridge import ledger, model, outbox
 from bridge import settings as settings_mod
-from bridge.ledger import postgres_db, postgres_rows, sqlite_rows
+from bridge.ledger import postgres_db, postgres_rows, sqlite, sqlite_rows
 from bridge.sim import lance as sim
 from tests import pg
 from tests.conftest import LEDGER_BACKENDS, BridgeFactory, LedgerFactory, auth, make_settings
@@ -161,3 +161,36 @@ async def test_concurrent_trigger_requests_settle_their_records_and_keep_their_e
         ("crm", "ev2"): ("matched", people["ev2"]),
         ("api", "ev7"): ("matching", None),
     }
+
+
+async def test_triggers_naming_records_share_one_group_commit_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await ledger.open(tmp_path / "l.db", router=outbox.Router([CRM]))
+    assert isinstance(store, sqlite.SQLiteLedger)
+    begun = 0
+    transaction = store.db.transaction
+
+    def counted() -> Any:
+        nonlocal begun
+        begun += 1
+        return transaction()
+
+    monkeypatch.setattr(store.db, "transaction", counted)
+    try:
+
+        def naming(n: int) -> model.Task:
+            target = model.Target("crm", "contacts", str(n))
+            return model.Task("person", str(uuid.uuid4()), "emails", "trigger", (target,))
+
+        found = await asyncio.gather(
+            *(store.accept_trigger([naming(n)], "api", [], NOW) for n in range(10)),
+            store.accept_trigger([], "api", [_matching(99)], NOW),
+        )
+
+        assert begun == 1
+        assert [len(rows) for rows in found] == [1] * 10 + [0]
+        assert len(await store.list_enrichments(state=None, after=0, limit=100)) == 10
+        assert [e["key"] for e in await store.list_inbound(state=None)] == ["ev99"]
+    finally:
+        await store.close()
