@@ -122,7 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         "create or upgrade the ledger's schema (PostgreSQL: run before `serve`; safe from"
         " several replicas at once)",
     )
-    command("status", "counts by state, oldest in-flight age, dead deliveries, last poll")
+    status = command(
+        "status",
+        "counts by state, oldest in-flight age, dead deliveries, last poll, inbound events",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object, not tables")
     command("healthcheck", "exit 0 if the daemon of this config answers /healthz, else 1")
     sim = command("simulate", "run the Lance simulator alone")
     sim.add_argument("--host", default="127.0.0.1")

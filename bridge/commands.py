@@ -120,14 +120,19 @@ async def migrate(settings: settings_mod.Settings, _: argparse.Namespace) -> int
     return EXIT_OK
 
 
-async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
-    """Counts by state, oldest in-flight age, dead deliveries, last poll, replicas."""
+async def status(settings: settings_mod.Settings, args: argparse.Namespace) -> int:
+    """Counts by state, oldest in-flight age, dead deliveries, last poll, inbound events by
+    source and state, replicas; ``--json`` prints them as one JSON object."""
     store = await _open_existing(settings)
     try:
         facts = await store.counts()
+        inbound = _by_source(await store.inbound_counts())
         replicas = await store.replicas()
     finally:
         await store.close()
+    if args.json:
+        print(json.dumps(_status_json(facts, inbound, replicas), indent=2))
+        return EXIT_OK
     console = Console()
     table = Table(title=f"enrichments in {ledger.where(settings.ledger)}")
     table.add_column("state")
@@ -142,6 +147,7 @@ async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
     for name, by_state in sorted(facts["deliveries"].items()):
         deliveries.add_row(name, *(str(by_state.get(s, 0)) for s in model.DeliveryState))
     console.print(deliveries)
+    console.print(_inbound_table(inbound))
     oldest = facts["oldestInFlightCreatedAt"]
     age = "none in flight" if oldest is None else f"{time.time() - oldest:.0f} s"
     console.print(f"oldest in flight: {age}; last poll: {facts['lastPollAt'] or 'never'}")
@@ -149,6 +155,56 @@ async def status(settings: settings_mod.Settings, _: argparse.Namespace) -> int:
         console.print(f"[bold red]triggers held since {facts['triggersHeld']}[/]")
     console.print(_replica_table(replicas, time.time()))
     return EXIT_OK
+
+
+def _by_source(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """Inbound counts as source → every inbound state → count (0 where none)."""
+    found: dict[str, dict[str, int]] = {}
+    for source, _ in sorted(counts):
+        found[source] = {
+            state.value: counts.get((source, state), 0) for state in model.InboundState
+        }
+    return found
+
+
+def _inbound_table(inbound: dict[str, dict[str, int]]) -> Table | str:
+    """Inbound CRM events (and ``match`` tasks, source ``api``) the ledger keeps: a row per
+    state, a column per source (there are few sources, and seven states)."""
+    if not inbound:
+        return "inbound events: none"
+    table = Table(title="inbound events")
+    table.add_column("state")
+    for source in inbound:
+        table.add_column(source, justify="right")
+    for state in model.InboundState:
+        table.add_row(state, *(str(by_state[state]) for by_state in inbound.values()))
+    return table
+
+
+def _status_json(
+    facts: dict[str, Any], inbound: dict[str, dict[str, int]], replicas: list[ledger.Replica]
+) -> dict[str, Any]:
+    """``status --json``: what the tables show, every state named even at 0."""
+    return {
+        "enrichments": {s.value: facts["enrichments"].get(s, 0) for s in model.EnrichmentState},
+        "deliveries": {
+            name: {s.value: by_state.get(s, 0) for s in model.DeliveryState}
+            for name, by_state in sorted(facts["deliveries"].items())
+        },
+        "inbound": inbound,
+        "oldestInFlightCreatedAt": facts["oldestInFlightCreatedAt"],
+        "lastPollAt": facts["lastPollAt"],
+        "triggersHeld": facts["triggersHeld"],
+        "replicas": [
+            {
+                "id": r.id,
+                "startedAt": r.started_at,
+                "lastHeartbeat": r.last_heartbeat,
+                "held": r.held,
+            }
+            for r in replicas
+        ],
+    }
 
 
 def _replica_table(replicas: list[ledger.Replica], now: float) -> Table:

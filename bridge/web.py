@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
@@ -174,12 +175,10 @@ async def post_triggers(request: web.Request) -> web.Response:
     tasks = [task for _, task in checked if isinstance(task, model.Task)]
     matches = [(i, task) for i, task in checked if isinstance(task, model.Inbound)]
     now = bridge.clock()
-    # A task naming a CRM record settles that record's ambiguous match, in its transaction.
-    settles = any(target.object_id for task in tasks for target in task.targets)
-    accept = bridge.ledger.accept_settling if settles else bridge.ledger.accept
-    accepted = await accept(tasks, now) if tasks else []
-    if matches:
-        await bridge.ledger.receive(API_SOURCE, [event for _, event in matches], now)
+    # The whole request in one transaction: its tasks, the ambiguous matches of the CRM records
+    # they name settled, and its match tasks; all of it stored, or none.
+    events = [event for _, event in matches]
+    accepted = await bridge.ledger.accept_trigger(tasks, API_SOURCE, events, now)
     shaped = [
         {
             "id": row.id,
@@ -356,6 +355,9 @@ def _inbound_cursor(raw: str) -> tuple[float, str, str] | None:
         received, source, key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         position = (float(received), str(source), str(key))
     except (ValueError, TypeError, binascii.Error):
+        position = None
+    # ``nan`` and ``inf`` parse as floats, yet no nextCursor ever holds them.
+    if position is None or not math.isfinite(position[0]):
         fail(400, "invalid_parameter", "cursor must be a value from nextCursor")
     return position
 

@@ -313,6 +313,24 @@ class Ledger(abc.ABC):
         an explicit Lance id settles them)."""
 
     @abc.abstractmethod
+    async def accept_trigger(
+        self,
+        tasks: Sequence[model.Task],
+        source: str,
+        events: Sequence[model.Inbound],
+        now: float,
+    ) -> list[model.Accepted]:
+        """One ``POST /v1/triggers`` request in one transaction: :meth:`accept` ``tasks``,
+        settling as :meth:`accept_settling` does the events of the records they name, and
+        record ``events`` (its ``match`` tasks) from ``source`` as :meth:`receive` does.
+
+        Either all of it is stored or, when this raises, none of it.
+
+        Returns:
+            For each task, in order, its row and whether this call created it.
+        """
+
+    @abc.abstractmethod
     async def list_inbound(
         self,
         *,

@@ -22,7 +22,7 @@ import orjson
 
 from bridge import batching, errors, ledger, model, outbox
 from bridge import settings as settings_mod
-from bridge.ledger import events, postgres_db, postgres_match, postgres_rows
+from bridge.ledger import events, match_rows, postgres_db, postgres_match, postgres_rows
 
 _PENDING = model.EnrichmentState.PENDING.value
 _FINISHED = model.EnrichmentState.FINISHED.value
@@ -61,6 +61,16 @@ async def _server_now(conn: postgres_rows.Conn) -> float:
     assert row is not None
     return float(row[0])
 
+
+# A manual trigger naming a Lance id settles the ambiguous or unmatched events of its records.
+_SETTLE = (
+    "UPDATE inbound i SET state = 'matched', entity_id = r.entity_id,"
+    " detail = %(detail)s, updated_at = %(now)s"
+    " FROM unnest(%(sources)s::text[], %(types)s::text[], %(ids)s::text[],"
+    " %(entities)s::text[]) AS r (source, object_type, object_id, entity_id)"
+    " WHERE i.source = r.source AND i.object_type = r.object_type"
+    " AND i.object_id = r.object_id AND i.state IN ('ambiguous', 'unmatched')"
+)
 
 # The last tick grid point whose due rows a replica claimed, and whether ``limit`` cut it.
 _TICK_META = "poll_tick"
@@ -164,6 +174,37 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
     ) -> list[list[model.Accepted]]:
         async with self.db.transaction() as conn:
             return await postgres_rows.accept_in(conn, groups)
+
+    async def accept_trigger(
+        self,
+        tasks: Sequence[model.Task],
+        source: str,
+        events: Sequence[model.Inbound],
+        now: float,
+    ) -> list[model.Accepted]:
+        """One ``POST /v1/triggers`` request in one transaction: its tasks, the settling of
+        the records they name and its ``match`` events."""
+        records = match_rows.settling(tasks)
+        unique = list({event.key: event for event in events}.values())
+        async with self.db.transaction() as conn:
+            [accepted] = await postgres_rows.accept_in(conn, [(tasks, now)])
+            if records:
+                await conn.execute(
+                    _SETTLE,
+                    {
+                        "now": now,
+                        "detail": match_rows.SETTLED_BY_TRIGGER,
+                        "sources": [r[0] for r in records],
+                        "types": [r[1] for r in records],
+                        "ids": [r[2] for r in records],
+                        "entities": list(records.values()),
+                    },
+                )
+            if unique:
+                fresh = await postgres_rows.insert_inbound(conn, source, unique, now)
+                new = [(event.tasks, now) for event in unique if event.key in fresh]
+                await postgres_rows.accept_in(conn, new)
+        return accepted
 
     async def receive(
         self, source: str, events: Sequence[model.Inbound], now: float

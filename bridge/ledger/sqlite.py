@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import typing
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from bridge import batching, ledger, model, outbox
 from bridge import settings as settings_mod
 from bridge.ledger import (
     events,
+    match_rows,
     sqlite_db,
     sqlite_match,
     sqlite_outbox,
@@ -57,6 +59,24 @@ async def open(
     store = SQLiteLedger(db, router)
     store.replica = ledger.replica_id(config)
     return store
+
+
+# A manual trigger naming a Lance id settles the ambiguous or unmatched events of its records.
+_SETTLE = (
+    "UPDATE inbound SET state = 'matched', entity_id = ?, detail = ?, updated_at = ?"
+    " WHERE source = ? AND object_type = ? AND object_id = ?"
+    " AND state IN ('ambiguous', 'unmatched')"
+)
+
+
+class _Request(typing.NamedTuple):
+    """What one caller of the accept group commit stores."""
+
+    tasks: Sequence[model.Task]
+    now: float
+    source: str = ""
+    events: Sequence[model.Inbound] = ()
+    settles: bool = False
 
 
 # The meta key of the one replica a SQLite file has (the ``serve`` holding its lock).
@@ -132,23 +152,57 @@ class SQLiteLedger(sqlite_match.Matching, ledger.Ledger):
         Returns:
             For each task, in order, its row and whether this call created it.
         """
-        return await self._accepts.submit((tasks, now))
+        return await self._accepts.submit(_Request(tasks, now))
 
-    async def _accept_groups(
-        self, groups: Sequence[tuple[Sequence[model.Task], float]]
-    ) -> list[list[model.Accepted]]:
-        tasks = [task for group, _ in groups for task in group]
-        if len(tasks) <= sqlite_rows.INSERT_CHUNK and not any(task.targets for task in tasks):
+    async def accept_trigger(
+        self,
+        tasks: Sequence[model.Task],
+        source: str,
+        events: Sequence[model.Inbound],
+        now: float,
+    ) -> list[model.Accepted]:
+        """One ``POST /v1/triggers`` request in one transaction: its tasks, the settling of
+        the records they name and its ``match`` events.
+
+        Shares the group commit of :meth:`accept`: a request naming CRM records or matching
+        people commits with the concurrent ones, all of each or none.
+        """
+        return await self._accepts.submit(_Request(tasks, now, source, events, settles=True))
+
+    async def _accept_groups(self, groups: Sequence[_Request]) -> list[list[model.Accepted]]:
+        accepting = [(group.tasks, group.now) for group in groups]
+        tasks = [task for group in groups for task in group.tasks]
+        settled = [
+            (entity_id, match_rows.SETTLED_BY_TRIGGER, group.now, *record)
+            for group in groups
+            if group.settles
+            for record, entity_id in match_rows.settling(group.tasks).items()
+        ]
+        received = [group for group in groups if group.events]
+        if (
+            len(tasks) <= sqlite_rows.INSERT_CHUNK
+            and not any(task.targets for task in tasks)
+            and not received
+        ):
             # One INSERT ... RETURNING is atomic by itself: no BEGIN and COMMIT round trips
             # to the ledger's thread (the usual single-task trigger). What follows it only
             # reads, under the same lock, so no other write can come between.
             async with self.db.write_lock:
                 with self.db.translated():
-                    accepted = await sqlite_rows.accept_in(self.db.writer, groups)
+                    accepted = await sqlite_rows.accept_in(self.db.writer, accepting)
                 self.db.stored()
                 return accepted
         async with self.db.transaction() as db:
-            return await sqlite_rows.accept_in(db, groups)
+            accepted = await sqlite_rows.accept_in(db, accepting)
+            if settled:
+                await db.executemany(_SETTLE, settled)
+            for group in received:
+                unique = list({event.key: event for event in group.events}.values())
+                fresh = await sqlite_rows.insert_inbound(db, group.source, unique, group.now)
+                await sqlite_rows.accept_in(
+                    db, [(event.tasks, group.now) for event in unique if event.key in fresh]
+                )
+            return accepted
 
     # -- inbound CRM events ---------------------------------------------------------------
 

@@ -271,6 +271,8 @@ def test_inspection_filters_by_age_and_time_and_prints_json(tmp_path: Path) -> N
         (("deliveries", "list", "--since", "1h", "--until", "2h"), "--since is later than --until"),
         (("deliveries", "retry", "--since", "1h"), "--since only select with --all-dead"),
         (("deliveries", "retry", "--connector", "hook"), "--connector only select with --all-dead"),
+        (("inbound", "list", "--state", "lost"), "argument --state: invalid choice: 'lost'"),
+        (("inbound", "list", "--limit", "-1"), "argument --limit: must be a whole number"),
     ],
 )
 def test_bad_inspection_options_are_one_line_and_exit_2(
@@ -339,3 +341,72 @@ def test_inbound_list_shows_unmatched_and_ambiguous_records_with_their_reasons(
     assert (row["objectId"], row["state"], len(row["candidates"])) == ("43", "ambiguous", 2)
     assert row["reason"] == "2 Lance people match"
     assert bad.returncode == 2
+
+
+def _seed_more_inbound(path: Path) -> None:
+    async def seed() -> None:
+        store = await ledger.open(path)
+        try:
+            skipped = [
+                model.Inbound(f"s{n}", skipped="no Lance id and no LinkedIn URL") for n in (1, 2)
+            ]
+            await store.receive("salesforce", skipped, NOW)
+            record = model.Target("hook", "", "")
+            key = "linkedin:https://www.linkedin.com/in/grace-h"
+            waiting = model.Match(key, ("emails",), (record,))
+            await store.receive("api", [model.Inbound("api:1", match=waiting)], NOW)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+def test_status_counts_inbound_events_by_source_and_state(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    _seed_inbound(tmp_path / "ledger.db")
+    _seed_more_inbound(tmp_path / "ledger.db")
+
+    table = _run("status", "-c", config)
+    as_json = _call("status", "--json", "-c", config)
+
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    header = next(line for line in lines if "salesforce" in line)
+    assert [cell.strip() for cell in header.strip("│┃ ").split("┃")] == [
+        "state",
+        "api",
+        "hubspot",
+        "salesforce",
+    ]
+    rows = {
+        cells[0]: cells[1:]
+        for line in lines
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0] in set(model.InboundState)
+    }
+    assert rows == {
+        "accepted": ["0", "0", "0"],
+        "lookup": ["0", "0", "0"],
+        "skipped": ["0", "0", "2"],
+        "matching": ["1", "0", "0"],
+        "matched": ["0", "0", "0"],
+        "unmatched": ["0", "1", "0"],
+        "ambiguous": ["0", "1", "0"],
+    }
+    assert as_json.returncode == 0, as_json.stderr
+    facts = json.loads(as_json.stdout)
+    assert facts["inbound"] == {
+        "api": dict.fromkeys(model.InboundState, 0) | {"matching": 1},
+        "hubspot": dict.fromkeys(model.InboundState, 0) | {"unmatched": 1, "ambiguous": 1},
+        "salesforce": dict.fromkeys(model.InboundState, 0) | {"skipped": 2},
+    }
+    assert facts["enrichments"] == dict.fromkeys(model.EnrichmentState, 0)
+    assert facts["lastPollAt"] is None
+
+
+def test_status_with_no_inbound_event_says_so(tmp_path: Path) -> None:
+    _seed_ledger(tmp_path / "ledger.db")
+    done = _call("status", "--json", "-c", str(_config(tmp_path)))
+    table = _run("status", "-c", str(_config(tmp_path)))
+
+    assert json.loads(done.stdout)["inbound"] == {}
+    assert "inbound events: none" in table.stdout

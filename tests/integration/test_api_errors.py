@@ -12,6 +12,7 @@ Tests that change the ledger get their own app from ``make_bridge``.
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import json
 import math
@@ -552,6 +553,12 @@ async def test_a_body_under_the_limit_is_accepted(small_client: Client) -> None:
 
 # -- GET and retry parameters ----------------------------------------------------------------
 
+
+def _cursor(position: object) -> str:
+    """An inbound ``cursor`` encoded as ``nextCursor`` is, holding ``position``."""
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+
+
 # (id, method, path, status, code, words the message must contain)
 _PARAM_CASES = [
     ("unknown-id", "GET", "/v1/enrichments/999", 404, "not_found", "no enrichment 999"),
@@ -568,6 +575,34 @@ _PARAM_CASES = [
     ("dl-state", "GET", "/v1/deliveries?state=bogus", 400, "invalid_parameter", "state must be"),
     ("dl-state-queued", "GET", "/v1/deliveries?state=queued", 400, "invalid_parameter", "dead"),
     ("dl-limit-0", "GET", "/v1/deliveries?limit=0", 400, "invalid_parameter", "limit must be"),
+    ("in-state", "GET", "/v1/inbound?state=bogus", 400, "invalid_parameter", "state must be"),
+    ("in-limit-0", "GET", "/v1/inbound?limit=0", 400, "invalid_parameter", "limit must be"),
+    ("in-cursor-abc", "GET", "/v1/inbound?cursor=abc", 400, "invalid_parameter", "cursor must"),
+    ("in-cursor-digit", "GET", "/v1/inbound?cursor=%C2%B2", 400, "invalid_parameter", "cursor"),
+    (
+        "in-cursor-short",
+        "GET",
+        f"/v1/inbound?cursor={_cursor([1, 'a'])}",
+        400,
+        "invalid_parameter",
+        "cursor must",
+    ),
+    (
+        "in-cursor-null",
+        "GET",
+        f"/v1/inbound?cursor={_cursor([None, 'a', 'b'])}",
+        400,
+        "invalid_parameter",
+        "cursor must",
+    ),
+    (
+        "in-cursor-nan",
+        "GET",
+        f"/v1/inbound?cursor={_cursor(['nan', 'a', 'b'])}",
+        400,
+        "invalid_parameter",
+        "cursor must",
+    ),
     ("retry-unknown", "POST", "/v1/deliveries/999/retry", 404, "not_found", "no delivery 999"),
     ("retry-non-numeric", "POST", "/v1/deliveries/abc/retry", 404, "not_found", "'abc'"),
     ("unknown-route", "GET", "/nope", 404, "not_found", "Not Found"),
