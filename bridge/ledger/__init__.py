@@ -305,14 +305,6 @@ class Ledger(abc.ABC):
         """Write the outcomes of one round of write-backs in one transaction."""
 
     @abc.abstractmethod
-    async def accept_settling(
-        self, tasks: Sequence[model.Task], now: float
-    ) -> list[model.Accepted]:
-        """:meth:`accept`, and in the same transaction mark the ``ambiguous`` or ``unmatched``
-        inbound events of the records the tasks target as ``matched`` (a manual trigger with
-        an explicit Lance id settles them)."""
-
-    @abc.abstractmethod
     async def accept_trigger(
         self,
         tasks: Sequence[model.Task],
@@ -321,7 +313,8 @@ class Ledger(abc.ABC):
         now: float,
     ) -> list[model.Accepted]:
         """One ``POST /v1/triggers`` request in one transaction: :meth:`accept` ``tasks``,
-        settling as :meth:`accept_settling` does the events of the records they name, and
+        marking the ``ambiguous`` or ``unmatched`` inbound events of the records they name as
+        ``matched`` (a manual trigger with an explicit Lance id settles them), and
         record ``events`` (its ``match`` tasks) from ``source`` as :meth:`receive` does.
 
         Either all of it is stored or, when this raises, none of it.

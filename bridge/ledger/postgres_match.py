@@ -167,32 +167,6 @@ class Matching(postgres_reads.Reads):
                 },
             )
 
-    async def accept_settling(
-        self, tasks: Sequence[model.Task], now: float
-    ) -> list[model.Accepted]:
-        """Accept ``tasks`` and settle the ambiguous or unmatched events of their records."""
-        records = match_rows.settling(tasks)
-        async with self.db.transaction() as conn:
-            [accepted] = await postgres_rows.accept_in(conn, [(tasks, now)])
-            if records:
-                await conn.execute(
-                    "UPDATE inbound i SET state = 'matched', entity_id = r.entity_id,"
-                    " detail = %(detail)s, updated_at = %(now)s"
-                    " FROM unnest(%(sources)s::text[], %(types)s::text[], %(ids)s::text[],"
-                    " %(entities)s::text[]) AS r (source, object_type, object_id, entity_id)"
-                    " WHERE i.source = r.source AND i.object_type = r.object_type"
-                    " AND i.object_id = r.object_id AND i.state IN ('ambiguous', 'unmatched')",
-                    {
-                        "now": now,
-                        "detail": match_rows.SETTLED_BY_TRIGGER,
-                        "sources": [r[0] for r in records],
-                        "types": [r[1] for r in records],
-                        "ids": [r[2] for r in records],
-                        "entities": list(records.values()),
-                    },
-                )
-        return accepted
-
 
 async def _cache(conn: postgres_rows.Conn, found: Sequence[ledger.Found], now: float) -> None:
     rows = match_rows.cacheable(found)

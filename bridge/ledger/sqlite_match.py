@@ -115,23 +115,6 @@ class Matching(sqlite_reads.Reads):
                 ],
             )
 
-    async def accept_settling(
-        self, tasks: Sequence[model.Task], now: float
-    ) -> list[model.Accepted]:
-        """Accept ``tasks`` and settle the ambiguous or unmatched events of their records."""
-        async with self.db.transaction() as db:
-            [accepted] = await sqlite_rows.accept_in(db, [(tasks, now)])
-            await db.executemany(
-                "UPDATE inbound SET state = 'matched', entity_id = ?, detail = ?, updated_at = ?"
-                " WHERE source = ? AND object_type = ? AND object_id = ?"
-                " AND state IN ('ambiguous', 'unmatched')",
-                [
-                    (entity_id, match_rows.SETTLED_BY_TRIGGER, now, *record)
-                    for record, entity_id in match_rows.settling(tasks).items()
-                ],
-            )
-        return accepted
-
 
 async def _cache(db: aiosqlite.Connection, found: Sequence[ledger.Found], now: float) -> None:
     await db.executemany(

@@ -127,7 +127,7 @@ async def test_a_manual_trigger_settles_the_ambiguous_event_of_its_record(
     )
     target = model.Target("crm", "contacts", "1")
     task = model.Task("person", candidates[1], "emails", "trigger", (target,))
-    [row] = await store.accept_settling([task], NOW + 1)
+    [row] = await store.accept_trigger([task], "api", [], NOW + 1)
     assert row.created
     [event] = await store.list_inbound(state=None)
     assert (event["state"], event["entityId"]) == ("matched", candidates[1])
