@@ -20,7 +20,6 @@ import itsdangerous
 import jinja2
 from aiohttp import web
 
-from bridge import runtime
 from bridge.ui import charts, pages, session
 
 _HERE = Path(__file__).parent
@@ -71,8 +70,6 @@ def setup(app: web.Application, clock: Callable[[], float] = time.time) -> None:
 
 
 async def _figures_ctx(app: web.Application) -> AsyncIterator[None]:
-    bridge = app[runtime.BRIDGE]  # the ledger's context, registered before this one, opened it
-    app[pages.FIGURES].warm(bridge.ledger, bridge.clock())
     yield
     await app[pages.FIGURES].close()
 

@@ -32,20 +32,11 @@ class Figures:
         self._last: tuple[float, ledger_figures.LedgerFigures] | None = None
         self._refresh: asyncio.Task[ledger_figures.LedgerFigures] | None = None
 
-    def warm(self, store: ledger.Ledger, now: float) -> asyncio.Task[ledger_figures.LedgerFigures]:
-        """Start the first read as the bridge starts, so the first overview does not wait
-        for a count over every row (at a million rows, half a second); the read running."""
-        if self._refresh is None:
-            self._refresh = asyncio.create_task(self._read(store, now))
-            self._refresh.add_done_callback(self._done)
-        return self._refresh
-
     async def get(self, store: ledger.Ledger, now: float) -> ledger_figures.LedgerFigures:
-        """The figures: the first read's (awaited while it still runs), then at most
-        :data:`FRESH_S` old plus one read's duration (a stale answer starts the read that
-        replaces it)."""
+        """The figures: read now the first time, then at most :data:`FRESH_S` old plus one
+        read's duration (a stale answer starts the read that replaces it)."""
         if self._last is None:
-            return await asyncio.shield(self.warm(store, now))
+            return await self._read(store, now)
         read_at, figures = self._last
         if time.monotonic() - read_at >= FRESH_S and self._refresh is None:
             self._refresh = asyncio.create_task(self._read(store, now))

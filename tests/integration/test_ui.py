@@ -13,12 +13,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
-from bridge import ledger, ledger_figures, model, runtime
+from bridge import ledger, model, runtime
 from bridge import settings as settings_mod
 from bridge.ledger import postgres_db, sqlite_reads
 from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
-from bridge.ui import pages
 from tests import pg
 from tests.conftest import (
     API_TOKEN,
@@ -82,31 +81,6 @@ async def test_pages_need_a_login_and_the_cookie_is_locked_down(
     page = await (await client.get("/ui/")).text()
     assert API_TOKEN not in page
     assert "sim-token" not in page
-
-
-async def test_the_overview_figures_are_read_as_the_bridge_starts(
-    make_bridge: BridgeFactory,
-    tmp_path: Path,
-    simulator: Any,
-    sink: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # At a million rows the counts take half a second: the first viewer must not wait on them.
-    reads: list[float] = []
-    real = ledger_figures.read_ledger
-
-    async def counted(*args: Any, **kwargs: Any) -> ledger_figures.LedgerFigures:
-        reads.append(time.monotonic())
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(ledger_figures, "read_ledger", counted)
-    client = await _bridge(make_bridge, tmp_path, simulator, sink)
-    bridge = client.app[runtime.BRIDGE]
-    assert len(reads) == 1  # started with the bridge, before any request
-    await client.app[pages.FIGURES].warm(bridge.ledger, bridge.clock())  # the same read
-    await _login(client)
-    assert (await client.get("/ui/")).status == 200
-    assert len(reads) == 1  # the first overview used it instead of counting again
 
 
 async def test_an_expired_or_forged_session_gets_the_login_page(
