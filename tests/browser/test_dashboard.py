@@ -20,6 +20,10 @@ from bridge.sim import lance as sim
 from bridge.sim import sink as sink_mod
 from tests.conftest import API_TOKEN, BridgeFactory, Clock, auth, drain, make_settings, tasks_for
 
+# The overview polls every 2 s and its figures may be 2 s old: a count can take two polls and a
+# read to move, longer on a busy 2-core machine than expect()'s default 5 s.
+expect.set_options(timeout=15_000)
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
