@@ -34,6 +34,10 @@ _MATCHING = model.InboundState.MATCHING.value
 # callers' clock): far longer than one poll or delivery round takes, short enough that a
 # replica that died mid-round delays its rows by a minute at most.
 LEASE_S = 60.0
+# Poll results commit on this many connections at once. With one group commit, the poll
+# tick's requests that answered while a transaction committed waited for it to end; with
+# two, one transaction's statements run while the other's round trips and commit do.
+APPLY_LANES = 2
 
 # Rows nobody holds, this replica's own (a failed round retries them at once), or rows whose
 # lease ended (their replica stalled or died).
@@ -132,7 +136,8 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         self.db = db
         self.replica = ledger.replica_id(settings_mod.LedgerSettings())  # :func:`open` names it
         self._accepts = batching.GroupCommit(self._accept_groups)
-        self._applies = batching.GroupCommit(self._apply_groups)
+        self._applies = [batching.GroupCommit(self._apply_groups) for _ in range(APPLY_LANES)]
+        self._queued = [0] * APPLY_LANES  # calls waiting for, or inside, each lane's commit
 
     def __repr__(self) -> str:
         return f"<PostgresLedger {self.db.where}>"
@@ -140,7 +145,8 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
     async def close(self) -> None:
         """Wait for the group commits in progress, then close the pool."""
         await self._accepts.close()
-        await self._applies.close()
+        for lane in self._applies:
+            await lane.close()
         await self.db.close()
 
     # -- health ---------------------------------------------------------------------------
@@ -391,10 +397,20 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         A change to a row another replica has claimed since is refused (fenced); the claim of
         a written row ends. Concurrent calls share one transaction (group commit): a poll
         tick's requests answer at once, and one commit for all of them costs one round of
-        statements, where one each would queue them for the pool's few connections.
+        statements, where one each would queue them for the pool's few connections. There
+        are :data:`APPLY_LANES` such group commits; a call joins the one fewest calls wait
+        for, so while one commits the next results are already being written by the other.
+        Each row is in one call only (its replica's claim), so the lanes never write the
+        same row.
         """
-        if changes:
-            await self._applies.submit((changes, now))
+        if not changes:
+            return
+        lane = min(range(APPLY_LANES), key=self._queued.__getitem__)
+        self._queued[lane] += 1
+        try:
+            await self._applies[lane].submit((changes, now))
+        finally:
+            self._queued[lane] -= 1
 
     async def _apply_groups(
         self, groups: Sequence[tuple[Sequence[ledger.Change], float]]
@@ -410,11 +426,14 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
                 if group:
                     await conn.execute(sql, postgres_rows.pending_params(group, self.replica))
             if moving:
-                await conn.execute(
+                # The events of the rows it moved (not those fenced off): those with values
+                # to read get theirs once the fetch job has stored them.
+                cursor = await conn.execute(
                     postgres_rows.TO_TERMINAL, postgres_rows.terminal_params(moving, self.replica)
                 )
-            ready = [(c.id, n) for c, n in moving if not postgres_rows.needs_fetch(c)]
-            await postgres_rows.emit(conn, self.router, ready)
+                ready = [row[:8] for row in await cursor.fetchall() if not row[8]]
+                when = {c.id: n for c, n in moving}
+                await postgres_rows.emit_rows(conn, self.router, ready, when)
         return [None] * len(groups)
 
     # -- fetch job ------------------------------------------------------------------------

@@ -132,6 +132,17 @@ async def emit(conn: Conn, router: outbox.Router, ready: Sequence[tuple[int, flo
         " FROM enrichments WHERE id = ANY(%s)",
         (ids,),
     )
+    return await emit_rows(conn, router, rows, when)
+
+
+async def emit_rows(
+    conn: Conn, router: outbox.Router, rows: Sequence[Sequence[Any]], when: dict[int, float]
+) -> int:
+    """:func:`emit` of rows already read, as an UPDATE returned them: (id, entity_type,
+    entity_id, field, state, record, enriched, error) of each, and when each changed."""
+    if not rows:
+        return 0
+    ids = [int(row[0]) for row in rows]
     named: dict[int, list[tuple[str, str, str]]] = {}
     for row in await _rows(
         conn,
@@ -187,6 +198,9 @@ TO_TERMINAL = (
     " %(now)b::float8[]) AS c (id, state, record, lance_id, found, error, needs_fetch, now)"
     " WHERE e.id = c.id AND e.state IN ('queued', 'pending')"
     " AND (e.claimed_by IS NULL OR e.claimed_by = %(me)s)"
+    # The rows it moved, ready for their events without reading them again.
+    " RETURNING e.id, e.entity_type, e.entity_id, e.field, e.state, e.record, e.enriched,"
+    " e.error, e.needs_fetch"
 )
 
 

@@ -252,6 +252,42 @@ async def test_an_expired_claim_comes_back_and_its_late_write_is_refused(migrate
         await second.close()
 
 
+async def test_a_claim_rewrites_rows_in_place_and_a_fenced_terminal_write_emits_nothing(
+    migrated: str,
+) -> None:
+    first = await ledger.open(_config(migrated))
+    second = await ledger.open(_config(migrated))
+    try:
+        crm = model.Target("crm", "contacts", "7")
+        tasks = [
+            model.Task("person", str(uuid.uuid4()), "emails", "track", (crm,)) for _ in range(600)
+        ]
+        await first.accept(tasks, NOW)
+        page = "SELECT id, (ctid::text::point)[0] FROM enrichments ORDER BY id"
+        before = await first.fetch(page)
+        assert len({r[1] for r in before}) > 4  # several full pages
+
+        rows = await first.due_for_poll(NOW + 1, limit=1000)
+        # The claim changes no indexed column and the pages kept room for it: most new row
+        # versions stay on their page (heap-only), where a full page would move every one.
+        after = dict(await first.fetch(page))
+        assert sum(after[i] == p for i, p in before) >= 0.75 * len(before)
+
+        # Once the lease ran out and the second replica holds a row, the first's terminal
+        # write is refused, and so is its event.
+        later = NOW + 1 + 61
+        [taken] = await second.due_for_poll(later, limit=1)
+        await first.apply([ledger.Change(taken.id, "failed", error="late")], later)
+        assert await first.fetch("SELECT * FROM deliveries") == []
+        mine = next(row.id for row in rows if row.id != taken.id)
+        await first.apply([ledger.Change(mine, "failed", error="down")], later)
+        events = await first.fetch("SELECT enrichment_id, event_type FROM deliveries")
+        assert [tuple(e) for e in events] == [(mine, "enrichment.failed")]
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_two_replicas_triggering_claim_disjoint_queued_rows(migrated: str) -> None:
     first = await ledger.open(_config(migrated))
     second = await ledger.open(_config(migrated))
