@@ -191,6 +191,8 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         """One ``POST /v1/triggers`` request in one transaction: its tasks, the settling of
         the records they name and its ``match`` events."""
         records = match_rows.settling(tasks)
+        if not records and not events:
+            return await self.accept(tasks, now)  # nothing else to write: group-committed
         unique = list({event.key: event for event in events}.values())
         async with self.db.transaction() as conn:
             [accepted] = await postgres_rows.accept_in(conn, [(tasks, now)])

@@ -194,3 +194,37 @@ async def test_triggers_naming_records_share_one_group_commit_on_sqlite(
         assert [e["key"] for e in await store.list_inbound(state=None)] == ["ev99"]
     finally:
         await store.close()
+
+
+async def test_plain_triggers_share_the_accept_group_commit_on_postgresql(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Triggers that name no CRM record and carry no match task (the API's common case) must
+    # ride the accept group commit, not open a transaction each: 856/s instead of 2,562/s.
+    async with pg.schema() as url:
+        config = settings_mod.LedgerSettings(url=SecretStr(url))
+        await postgres_db.migrate(config)
+        store = await ledger.open(config)
+        begun = 0
+        transaction = store.db.transaction  # type: ignore[attr-defined]
+
+        def counted() -> Any:
+            nonlocal begun
+            begun += 1
+            return transaction()
+
+        monkeypatch.setattr(store.db, "transaction", counted)  # type: ignore[attr-defined]
+        try:
+            plain = [
+                [model.Task("person", str(uuid.uuid4()), "emails", "trigger", ())]
+                for _ in range(20)
+            ]
+            found = await asyncio.gather(
+                *(store.accept_trigger(tasks, "api", [], NOW) for tasks in plain)
+            )
+
+            assert begun <= 2  # the first alone, the other 19 in one group
+            assert [len(rows) for rows in found] == [1] * 20
+            assert len(await store.list_enrichments(state=None, after=0, limit=100)) == 20
+        finally:
+            await store.close()
