@@ -14,6 +14,7 @@ import enum
 import json
 import typing
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 
@@ -288,3 +289,23 @@ class Received:
     lookups: int = 0
     accepted: tuple[Accepted, ...] = ()
     matching: int = 0
+
+    @classmethod
+    def of(
+        cls, events: int, stored: Sequence[Inbound], accepted: Sequence[Sequence[Accepted]]
+    ) -> Received:
+        """The summary of ``events`` events of which ``stored`` were new (the rest were
+        duplicates), with the rows their tasks were accepted as (one sequence per event)."""
+        return cls(
+            events=events,
+            duplicates=events - len(stored),
+            skipped=sum(event.state == _SKIPPED for event in stored),
+            lookups=sum(event.state == _LOOKUP for event in stored),
+            accepted=tuple(row for rows in accepted for row in rows),
+            matching=sum(event.state == _MATCHING for event in stored),
+        )
+
+
+def distinct(events: Sequence[Inbound]) -> list[Inbound]:
+    """One event per ``key`` (the last sent), in the order the keys first came."""
+    return list({event.key: event for event in events}.values())

@@ -27,9 +27,6 @@ from bridge.ledger import events, match_rows, postgres_db, postgres_match, postg
 _PENDING = model.EnrichmentState.PENDING.value
 _FINISHED = model.EnrichmentState.FINISHED.value
 _TERMINAL = frozenset(state.value for state in model.TERMINAL)
-_LOOKUP = model.InboundState.LOOKUP.value
-_SKIPPED = model.InboundState.SKIPPED.value
-_MATCHING = model.InboundState.MATCHING.value
 # How long a replica holds the rows it claimed before others may take them (seconds of the
 # callers' clock): far longer than one poll or delivery round takes, short enough that a
 # replica that died mid-round delays its rows by a minute at most.
@@ -193,7 +190,7 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         records = match_rows.settling(tasks)
         if not records and not events:
             return await self.accept(tasks, now)  # nothing else to write: group-committed
-        unique = list({event.key: event for event in events}.values())
+        unique = model.distinct(events)
         async with self.db.transaction() as conn:
             [accepted] = await postgres_rows.accept_in(conn, [(tasks, now)])
             if records:
@@ -218,19 +215,12 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
         self, source: str, events: Sequence[model.Inbound], now: float
     ) -> model.Received:
         """Record the events a CRM sent and accept their tasks, in one transaction."""
-        unique = list({event.key: event for event in events}.values())
+        unique = model.distinct(events)
         async with self.db.transaction() as conn:
             fresh = await postgres_rows.insert_inbound(conn, source, unique, now)
             new = [event for event in unique if event.key in fresh]
             accepted = await postgres_rows.accept_in(conn, [(event.tasks, now) for event in new])
-        return model.Received(
-            events=len(events),
-            duplicates=len(events) - len(new),
-            skipped=sum(event.state == _SKIPPED for event in new),
-            lookups=sum(event.state == _LOOKUP for event in new),
-            accepted=tuple(row for rows in accepted for row in rows),
-            matching=sum(event.state == _MATCHING for event in new),
-        )
+        return model.Received.of(len(events), new, accepted)
 
     async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
         """Claim events waiting for a record read, oldest first: (key, objectType, objectId).
@@ -279,12 +269,7 @@ class PostgresLedger(postgres_match.Matching, ledger.Ledger):
             accepted = await postgres_rows.accept_in(
                 conn, [(event.tasks, now) for event in resolved]
             )
-        return model.Received(
-            events=len(resolved),
-            skipped=sum(event.state == _SKIPPED for event in resolved),
-            accepted=tuple(row for rows in accepted for row in rows),
-            matching=sum(event.state == _MATCHING for event in resolved),
-        )
+        return model.Received.of(len(resolved), resolved, accepted)
 
     async def prune_inbound(self, before: float) -> int:
         """Forget settled inbound events received before ``before``; returns how many."""

@@ -15,7 +15,7 @@ import orjson
 import psycopg
 
 from bridge import ledger, model, outbox
-from bridge.ledger import events
+from bridge.ledger import accepts, events
 
 _QUEUED = model.EnrichmentState.QUEUED.value
 _PENDING = model.EnrichmentState.PENDING.value
@@ -72,30 +72,14 @@ async def accept_in(
         # A conflict waited for the other transaction's commit; this statement now sees it.
         found = await _rows(conn, _IN_FLIGHT, _columns(attached, 3))
         ids.update({(r[1], r[2], r[3]): (int(r[0]), str(r[4]), str(r[5])) for r in found})
-    targets = [
-        (ids[task.key][0], t.connector, t.object_type, t.object_id)
-        for tasks, _ in groups
-        for task in tasks
-        for t in task.targets
-    ]
+    targets = accepts.target_rows(groups, ids)
     if targets:
         await conn.execute(
             "INSERT INTO targets SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[],"
             " %b::text[]) ON CONFLICT DO NOTHING",
             _columns(sorted(set(targets)), 4),
         )
-    seen: set[int] = set()
-    results = []
-    for tasks, _ in groups:
-        result = []
-        for task in tasks:
-            row_id, state, mode = ids[task.key]
-            result.append(
-                model.Accepted(row_id, row_id in created and row_id not in seen, state, mode)
-            )
-            seen.add(row_id)
-        results.append(result)
-    return results
+    return accepts.answers(groups, ids, created)
 
 
 async def insert_inbound(

@@ -34,9 +34,6 @@ from bridge.ledger import (
 # adapts those one by one) would cost more than the string did.
 _PENDING = model.EnrichmentState.PENDING.value
 _TERMINAL = frozenset(state.value for state in model.TERMINAL)
-_LOOKUP = model.InboundState.LOOKUP.value
-_SKIPPED = model.InboundState.SKIPPED.value
-_MATCHING = model.InboundState.MATCHING.value
 
 
 async def open(
@@ -197,7 +194,7 @@ class SQLiteLedger(sqlite_match.Matching, ledger.Ledger):
             if settled:
                 await db.executemany(_SETTLE, settled)
             for group in received:
-                unique = list({event.key: event for event in group.events}.values())
+                unique = model.distinct(group.events)
                 fresh = await sqlite_rows.insert_inbound(db, group.source, unique, group.now)
                 await sqlite_rows.accept_in(
                     db, [(event.tasks, group.now) for event in unique if event.key in fresh]
@@ -214,19 +211,12 @@ class SQLiteLedger(sqlite_match.Matching, ledger.Ledger):
         An event whose ``key`` this source already sent (a retry, a duplicate) changes
         nothing, so it can never trigger a second paid enrichment.
         """
-        unique = list({event.key: event for event in events}.values())
+        unique = model.distinct(events)
         async with self.db.transaction() as db:
             fresh = await sqlite_rows.insert_inbound(db, source, unique, now)
             new = [event for event in unique if event.key in fresh]
             accepted = await sqlite_rows.accept_in(db, [(event.tasks, now) for event in new])
-        return model.Received(
-            events=len(events),
-            duplicates=len(events) - len(new),
-            skipped=sum(event.state == _SKIPPED for event in new),
-            lookups=sum(event.state == _LOOKUP for event in new),
-            accepted=tuple(row for rows in accepted for row in rows),
-            matching=sum(event.state == _MATCHING for event in new),
-        )
+        return model.Received.of(len(events), new, accepted)
 
     async def lookups(self, source: str, limit: int) -> list[tuple[str, str, str]]:
         """(key, objectType, objectId) of events waiting for a record read, oldest first."""
@@ -254,12 +244,7 @@ class SQLiteLedger(sqlite_match.Matching, ledger.Ledger):
                 ],
             )
             accepted = await sqlite_rows.accept_in(db, [(event.tasks, now) for event in resolved])
-        return model.Received(
-            events=len(resolved),
-            skipped=sum(event.state == _SKIPPED for event in resolved),
-            accepted=tuple(row for rows in accepted for row in rows),
-            matching=sum(event.state == _MATCHING for event in resolved),
-        )
+        return model.Received.of(len(resolved), resolved, accepted)
 
     async def prune_inbound(self, before: float) -> int:
         """Forget settled inbound events received before ``before``; returns how many."""

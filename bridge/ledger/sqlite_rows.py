@@ -12,6 +12,7 @@ import aiosqlite
 import orjson
 
 from bridge import ledger, model
+from bridge.ledger import accepts
 
 # SQLite's bound-parameter limit is 32766; stay well under it.
 MAX_PARAMS = 30_000
@@ -197,23 +198,7 @@ async def accept_in(
     attached = new_rows.keys() - ids.keys()
     if attached:
         ids.update(await _in_flight_ids(db, attached))
-    targets = [
-        (ids[task.key][0], t.connector, t.object_type, t.object_id)
-        for tasks, _ in groups
-        for task in tasks
-        for t in task.targets
-    ]
+    targets = accepts.target_rows(groups, ids)
     if targets:
         await db.executemany("INSERT OR IGNORE INTO targets VALUES (?,?,?,?)", targets)
-    seen: set[int] = set()
-    results = []
-    for tasks, _ in groups:
-        result = []
-        for task in tasks:
-            row_id, state, mode = ids[task.key]
-            result.append(
-                model.Accepted(row_id, row_id in created and row_id not in seen, state, mode)
-            )
-            seen.add(row_id)
-        results.append(result)
-    return results
+    return accepts.answers(groups, ids, created)
